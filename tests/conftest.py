@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """A tiny random Llama + offline-trained tokenizer, written once per session."""
+    from zrl_plugins.testing import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture
+def fresh_pm():
+    """A plugin manager of its own (built-ins + installed entry points), not the process-wide one."""
+    from zrl_plugins.plugins import ZRLPluginManager
+
+    return ZRLPluginManager()
+
+
+@pytest.fixture
+def arithmetic_dataset():
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": f"What is {a} + {a + 1}?", "answer": str(2 * a + 1)} for a in range(16)])
+
+
+def char_count_reward(prompts, completions, **kwargs):
+    """A reward with variance on a random model: how many digits the completion writes."""
+    return [float(sum(ch.isdigit() for ch in c)) + 0.1 * len(c) for c in completions]
+
+
+def tiny_config(tmp_path, **overrides):
+    from zrl_plugins import ZRLConfig
+
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+        learning_rate=1e-2,
+        temperature=1.0,
+    )
+    defaults.update(overrides)
+    return ZRLConfig(**defaults)

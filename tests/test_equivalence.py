@@ -1,0 +1,123 @@
+"""With ``grpo`` + ``k3``, ZRLGRPOTrainer reproduces TRL's GRPOTrainer (loss_type="grpo", scale_rewards="group")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from tests.conftest import char_count_reward, tiny_config
+from zrl_plugins import ZRLGRPOTrainer
+
+COMMON = dict(
+    per_device_train_batch_size=8,
+    num_generations=4,
+    max_completion_length=8,
+    report_to=[],
+    use_cpu=True,
+    bf16=False,
+    save_strategy="no",
+    gradient_checkpointing=False,
+    seed=0,
+    beta=0.04,
+    epsilon=0.2,
+    epsilon_high=0.28,
+    loss_type="grpo",
+    scale_rewards="group",
+)
+
+
+def _trainers(tmp_path, model_path, dataset, **overrides):
+    trl_args = GRPOConfig(output_dir=str(tmp_path / "trl"), **{**COMMON, **overrides})
+    zrl_args = tiny_config(tmp_path, **{**COMMON, **overrides}, normalizer="grpo", kl_penalty="k3")
+    trl = GRPOTrainer(model_path, char_count_reward, args=trl_args, train_dataset=dataset)
+    zrl = ZRLGRPOTrainer(model_path, char_count_reward, args=zrl_args, train_dataset=dataset)
+    for trainer in (trl, zrl):
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+    return trl, zrl
+
+
+def _batch(dataset, n_prompts=2, group=4):
+    return [dict(dataset[i]) for i in range(n_prompts) for _ in range(group)]
+
+
+def _perturb(batch, generator):
+    """Make ratios ≠ 1 (so clipping is exercised), the reference differ from the policy (so KL ≠ 0), and completion
+    lengths differ (so sequence-mean and token-mean aggregation disagree)."""
+    batch = dict(batch)
+    rows, width = batch["completion_mask"].shape
+    lengths = torch.arange(rows) % width + 1
+    batch["completion_mask"] = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    batch["num_items_in_batch"] = batch["completion_mask"].sum()
+    completion_mask = batch["completion_mask"].float()
+    with torch.no_grad():
+        logps = batch["ref_per_token_logps"]
+        batch["old_per_token_logps"] = logps + 0.3 * torch.randn(logps.shape, generator=generator) * completion_mask
+        batch["ref_per_token_logps"] = logps + 0.5 * torch.randn(logps.shape, generator=generator) * completion_mask
+    return batch
+
+
+def _loss_and_grads(trainer, batch):
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_rollout_advantages_loss_and_gradients_match_trl(tmp_path, tiny_model_path, arithmetic_dataset, grad_accum):
+    trl, zrl = _trainers(tmp_path, tiny_model_path, arithmetic_dataset, gradient_accumulation_steps=grad_accum)
+    inputs = _batch(arithmetic_dataset)
+
+    torch.manual_seed(123)
+    trl_out = trl._generate_and_score_completions([dict(x) for x in inputs])
+    torch.manual_seed(123)
+    zrl_out = zrl._generate_and_score_completions([dict(x) for x in inputs])
+
+    assert torch.equal(trl_out["completion_ids"], zrl_out["completion_ids"])
+    assert trl_out["advantages"].abs().sum() > 0, "the rewards must vary within groups for the test to mean anything"
+    torch.testing.assert_close(zrl_out["advantages"], trl_out["advantages"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(zrl_out["ref_per_token_logps"], trl_out["ref_per_token_logps"], atol=1e-6, rtol=0)
+
+    batch = _perturb(trl_out, torch.Generator().manual_seed(7))
+    trl_loss, trl_grads = _loss_and_grads(trl, batch)
+    zrl_loss, zrl_grads = _loss_and_grads(zrl, batch)
+    assert trl.state is not None and abs(trl_loss.item()) > 1e-4
+    torch.testing.assert_close(zrl_loss, trl_loss, atol=1e-6, rtol=0)
+    assert trl_grads.keys() == zrl_grads.keys() and trl_grads
+    for name in trl_grads:
+        torch.testing.assert_close(zrl_grads[name], trl_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+    # the same metrics as TRL, computed the same way
+    for key in ("kl", "entropy", "clip_ratio/region_mean", "clip_ratio/high_mean", "clip_ratio/low_mean"):
+        assert zrl._metrics["train"][key][-1] == pytest.approx(trl._metrics["train"][key][-1], abs=1e-6), key
+
+
+def test_equivalence_is_not_vacuous(tmp_path, tiny_model_path, arithmetic_dataset):
+    """A different normalizer (here: grpo with another δ) must change the loss: the test above can fail."""
+    trl, _ = _trainers(tmp_path, tiny_model_path, arithmetic_dataset)
+    zrl_args = tiny_config(tmp_path, **COMMON, normalizer="grpo", normalizer_kwargs={"delta": 1.0})
+    zrl = ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=zrl_args, train_dataset=arithmetic_dataset)
+    zrl.model.train()
+    inputs = _batch(arithmetic_dataset)
+    torch.manual_seed(123)
+    trl_out = trl._generate_and_score_completions([dict(x) for x in inputs])
+    torch.manual_seed(123)
+    zrl_out = zrl._generate_and_score_completions([dict(x) for x in inputs])
+    assert not torch.allclose(zrl_out["advantages"], trl_out["advantages"], atol=1e-3)
+
+
+def test_kl_none_loads_no_reference_model(tmp_path, tiny_model_path, arithmetic_dataset):
+    args = tiny_config(tmp_path, kl_penalty="none", beta=0.0)
+    trainer = ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
+    assert trainer.ref_model is None and trainer.beta == 0.0
+    trainer.model.train()
+    out = trainer._generate_and_score_completions(_batch(arithmetic_dataset))
+    assert "ref_per_token_logps" not in out
+
+    with_ref = ZRLGRPOTrainer(
+        tiny_model_path, char_count_reward, args=tiny_config(tmp_path, kl_penalty="k3", beta=0.1),
+        train_dataset=arithmetic_dataset,
+    )  # fmt: skip
+    assert with_ref.ref_model is not None and with_ref.beta == 0.1

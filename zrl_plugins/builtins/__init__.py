@@ -1,0 +1,35 @@
+"""The core's components, registered through the same hooks as any third-party plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..hookspecs import hookimpl
+from .kl import K3KLPenalty, NoKLPenalty
+from .normalizers import GRPONormalizer
+from .rollouts import DefaultRollout
+from .verifiers import LastNumberVerifier
+
+Register = Callable[[str, Callable[..., Any]], None]
+
+
+@hookimpl
+def zrl_register_verifiers(register: Register) -> None:
+    register("last_number", LastNumberVerifier)
+
+
+@hookimpl
+def zrl_register_normalizers(register: Register) -> None:
+    register("grpo", GRPONormalizer)
+
+
+@hookimpl
+def zrl_register_kl_penalties(register: Register) -> None:
+    register("k3", K3KLPenalty)
+    register("none", NoKLPenalty)
+
+
+@hookimpl
+def zrl_register_rollouts(register: Register) -> None:
+    register("default", DefaultRollout)

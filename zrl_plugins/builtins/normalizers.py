@@ -1,0 +1,35 @@
+"""The core's reference normalizer ``grpo`` (DeepSeekMath). Others live in the ``zrl-normalizers`` plugin."""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops import group_view, nanstd, sequence_mean_aggregate
+from ..protocols import LossContext
+
+
+class GRPONormalizer:
+    """Group-normalized advantages and the sequence-mean-of-token-means loss (SPEC §2, ``grpo``).
+
+    A_i = (r_i − mean_g(r)) / (std_g(r) + δ), std unbiased over the scorable completions of the group;
+    loss = (1/N) Σ_i (1/|o_i|) Σ_t ℓ_{i,t} m_{i,t}.
+
+    Equals TRL's ``scale_rewards="group"`` + ``loss_type="grpo"`` (δ = 1e-4 as in TRL). Unscorable rows (NaN) are
+    left out of the group statistics and get advantage 0; a group whose rewards are all equal gets 0 everywhere.
+
+    Args:
+        delta: δ added to the standard deviation.
+    """
+
+    def __init__(self, delta: float = 1e-4):
+        self.delta = delta
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        grouped = group_view(rewards, group_size, "grpo")
+        mean = torch.nanmean(grouped, dim=1, keepdim=True)
+        std = nanstd(grouped, dim=1, keepdim=True)
+        advantages = (grouped - mean) / (std + self.delta)
+        return torch.nan_to_num(advantages, nan=0.0).view(-1)
+
+    def aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+        return sequence_mean_aggregate(per_token_loss, mask, ctx)

@@ -1,0 +1,64 @@
+"""The core's one built-in verifier, ``last_number``: enough for generated arithmetic tasks and the demo.
+
+Mathematical equivalence (LaTeX, ``\\boxed{}``, fractions, sets...) is the ``zrl-math`` plugin's ``math_correct``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def last_number(text: str) -> float | None:
+    """The last number written in ``text`` (thousands separators allowed), or ``None``."""
+    matches = _NUMBER.findall(text)
+    if not matches:
+        return None
+    try:
+        return float(matches[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def completion_text(completion: Any) -> str:
+    """Text of a completion given as a string or as a list of chat messages."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    return str(completion)
+
+
+class LastNumberVerifier:
+    """1.0 when the last number in the completion equals the gold answer (within ``tolerance``), else 0.0.
+
+    Returns ``None`` for a row whose gold answer is missing or not a number.
+
+    Args:
+        gold_column: the data set column holding the gold answer.
+        tolerance: absolute tolerance of the comparison.
+    """
+
+    def __init__(self, gold_column: str = "answer", tolerance: float = 1e-6):
+        self.gold_column = gold_column
+        self.tolerance = tolerance
+        self.__name__ = "last_number"  # TRL names reward functions by __name__
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
+        if self.gold_column not in columns:
+            raise KeyError(
+                f"verifier 'last_number' needs the data set column {self.gold_column!r} (the gold answer); "
+                f"columns present: {sorted(k for k in columns if not k.startswith(('trainer_', 'log_')))}"
+            )
+        rewards: list[float | None] = []
+        for completion, gold in zip(completions, columns[self.gold_column], strict=True):
+            gold_value = last_number(str(gold)) if gold is not None else None
+            if gold_value is None or math.isnan(gold_value):
+                rewards.append(None)
+                continue
+            predicted = last_number(completion_text(completion))
+            rewards.append(float(predicted is not None and abs(predicted - gold_value) <= self.tolerance))
+        return rewards

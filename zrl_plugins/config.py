@@ -1,0 +1,96 @@
+"""``ZRLConfig``: TRL's ``GRPOConfig`` plus the names (and keyword arguments) of the components to use.
+
+Every field carries ``metadata={"help": ...}`` so ``trl.TrlParser`` turns it into a CLI flag and a YAML key; the
+``*_kwargs`` fields accept a JSON object on the command line, e.g.
+``--normalizer dr_grpo --normalizer_kwargs '{"max_length": 1024}'``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import GRPOConfig
+
+KWARGS_FIELDS = ("verifier_kwargs", "normalizer_kwargs", "kl_penalty_kwargs", "rollout_kwargs")
+
+
+def _parse_kwargs(name: str, value: Any) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{name} must be a JSON object, e.g. '{{\"delta\": 1e-6}}'; could not parse {value!r}: {exc}"
+            ) from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a mapping of keyword arguments, got {type(value).__name__}: {value!r}")
+    return dict(value)
+
+
+@dataclass
+class ZRLConfig(GRPOConfig):
+    """Configuration of :class:`zrl_plugins.ZRLGRPOTrainer`.
+
+    Adds to ``GRPOConfig`` the components selected by name. ``normalizer`` takes over the roles of TRL's
+    ``scale_rewards`` (advantage formula) and ``loss_type`` (loss aggregation), which the zrl trainer does not read;
+    ``kl_penalty`` decides the KL estimator and placement, with ``beta`` as its initial coefficient.
+    """
+
+    verifiers: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Names of the reward verifiers to use (see `zrl plugins`). Their rewards are summed, weighted by "
+            "`reward_weights` (verifiers first, then any `reward_funcs` passed to the trainer directly)."
+        },
+    )
+    verifier_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments per verifier, as a mapping from verifier name to kwargs (JSON on the CLI), e.g. "
+            '\'{"math_correct": {"mode": "format_aware"}}\'.'
+        },
+    )
+    normalizer: str = field(
+        default="grpo",
+        metadata={"help": "Advantage normalizer and loss aggregation, by name (e.g. grpo, dr_grpo, lite_ppo)."},
+    )
+    normalizer_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of the normalizer (JSON object on the CLI)."}
+    )
+    kl_penalty: str = field(
+        default="k3",
+        metadata={
+            "help": "KL penalty by name (k3, none, ...). `beta` is its initial coefficient; `none` loads no "
+            "reference model."
+        },
+    )
+    kl_penalty_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of the KL penalty (JSON object on the CLI)."}
+    )
+    rollout: str = field(
+        default="default",
+        metadata={"help": "Rollout strategy by name (default = TRL's own generation, incl. its vLLM modes)."},
+    )
+    rollout_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of the rollout strategy (JSON object on the CLI)."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in KWARGS_FIELDS:
+            setattr(self, name, _parse_kwargs(name, getattr(self, name)))
+        for verifier, kwargs in self.verifier_kwargs.items():
+            if not isinstance(kwargs, dict):
+                raise ValueError(
+                    f"verifier_kwargs[{verifier!r}] must be a mapping of keyword arguments, got {kwargs!r}"
+                )
+        unused = sorted(set(self.verifier_kwargs) - set(self.verifiers))
+        if unused:
+            raise ValueError(
+                f"verifier_kwargs names verifiers that are not selected in `verifiers`: {unused}; "
+                f"selected verifiers: {self.verifiers}"
+            )
+        super().__post_init__()

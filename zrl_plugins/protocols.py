@@ -1,0 +1,129 @@
+"""The four component protocols. Components are plain objects: testable without a trainer.
+
+Shapes: ``N`` is the number of completions in the *global* batch (all processes), grouped contiguously by prompt
+(``group_size`` completions per prompt); ``B`` is the number of local rows and ``T`` the padded completion length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+
+COMPONENT_KINDS = ("verifier", "normalizer", "kl_penalty", "rollout")
+ComponentKind = Literal["verifier", "normalizer", "kl_penalty", "rollout"]
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """A TRL reward function: any TRL reward function is a verifier and vice versa.
+
+    ``__call__(prompts, completions, **columns)`` receives one prompt and one completion per row (text, or a list of
+    chat messages for conversational data) and every other data set column as a keyword list (e.g. ``answer``), plus
+    TRL's extras (``completion_ids``, ``trainer_state``, ``log_metric``...). It returns one reward per row;
+    ``None`` means "not applicable / could not score" (the row is excluded from group statistics when every verifier
+    says ``None``).
+    """
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]: ...
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What a normalizer needs to turn per-token losses into one scalar, independent of how the batch was split.
+
+    Attributes:
+        num_items_in_batch: completion tokens (mask sum) of the whole generation batch over all processes.
+        num_processes: data-parallel processes.
+        gradient_accumulation_steps: micro-batches accumulated into one optimizer step (1 in evaluation).
+        steps_per_generation: optimizer micro-steps one generation batch is split into.
+        max_completion_length: the configured ``max_completion_length`` (L_max of Dr. GRPO).
+        training: whether the loss is for training (``False`` in evaluation: no accumulation).
+    """
+
+    num_items_in_batch: float
+    num_processes: int
+    gradient_accumulation_steps: int
+    steps_per_generation: int
+    max_completion_length: int
+    training: bool = True
+
+
+@runtime_checkable
+class Normalizer(Protocol):
+    """Advantage estimation plus loss aggregation: the two places where length and difficulty biases live.
+
+    ``advantages(rewards, group_size)``: ``rewards`` is a 1-D float tensor over the global batch (``N`` rows, groups
+    contiguous, NaN = unscorable). Returns a tensor of ``N`` advantages (or ``N x T`` for per-token estimators) with
+    no NaN; unscorable rows must get 0.
+
+    ``aggregate(per_token_loss, mask, ctx)``: ``per_token_loss`` and ``mask`` are ``B x T`` (local rows). Returns the
+    scalar loss to back-propagate for this micro-batch, already scaled so that summing over accumulation steps and
+    averaging over processes (DDP) gives the method's loss.
+    """
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor: ...
+
+    def aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class KLController(Protocol):
+    """Owns the KL coefficient β. ``update`` is called once per optimizer step with the observed mean KL."""
+
+    @property
+    def beta(self) -> float: ...
+
+    def update(self, observed_kl: float, n_steps: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class KLPenalty(Protocol):
+    """A KL penalty towards the reference policy.
+
+    Attributes:
+        placement: ``"loss"`` (β·aggregate(KL) added to the loss, GRPO style) or ``"reward"`` (β·KL_t subtracted from
+            the per-token reward, PPO style).
+        controller: the :class:`KLController` holding β.
+        requires_reference: whether reference log-probs are needed (``False`` → no reference model is loaded).
+
+    ``per_token(logp, ref_logp)`` returns the per-token KL estimate (``B x T``) from the policy's and the reference's
+    log-probs of the sampled tokens.
+    """
+
+    placement: Literal["loss", "reward"]
+    controller: KLController
+
+    @property
+    def requires_reference(self) -> bool: ...
+
+    def per_token(self, logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class RolloutStrategy(Protocol):
+    """How completions and their behaviour log-probs are produced.
+
+    Attributes:
+        replaces_generation: ``False`` → TRL's own generation is used unchanged (transformers ``generate`` or TRL's
+            vLLM server/colocate modes); ``True`` → ``__call__`` is installed as TRL's ``rollout_func``.
+        off_policy: ``True`` when the behaviour policy differs from π_old (e.g. a layer-skipped model): the trainer
+            then computes π_old log-probs itself and passes the behaviour log-probs to the loss as
+            ``sampling_per_token_logps`` for importance correction.
+
+    ``__call__(prompts, trainer)`` follows TRL's ``rollout_func`` contract: it receives this process's prompts (already
+    repeated ``num_generations`` times by TRL's sampler) and returns a dict with ``prompt_ids``, ``completion_ids``
+    (lists of token-id lists) and ``logprobs`` (per-token behaviour log-probs, or ``None``); other keys are forwarded
+    to the verifiers as columns.
+    """
+
+    replaces_generation: bool
+    off_policy: bool
+
+    def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, Any]: ...

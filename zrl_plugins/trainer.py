@@ -1,0 +1,538 @@
+"""``ZRLGRPOTrainer``: TRL's ``GRPOTrainer`` whose rewards, advantages, loss aggregation, KL and rollouts come from
+plugins selected by name in :class:`~zrl_plugins.ZRLConfig`.
+
+Everything else — data sampling, generation (transformers or TRL's vLLM modes), tool loops, PEFT, reference-model
+handling, gradient accumulation, multi-process gathering, logging, checkpoints — is TRL's, unchanged.
+
+TRL methods overridden, and why:
+
+``__init__``
+    Builds the selected components through the plugin manager, turns verifiers into TRL reward functions, installs a
+    rollout strategy that replaces generation as TRL's ``rollout_func``, and sets ``args.beta`` so that TRL loads a
+    reference model exactly when the KL penalty needs one (``kl_penalty="none"`` → none is loaded).
+``_calculate_rewards``
+    Calls TRL's, and keeps the gathered (global) reward matrix for the normalizer. TRL computes advantages inline in
+    ``_generate_and_score_completions`` with no hook, so this is the seam.
+``_generate_and_score_completions``
+    Calls TRL's, then replaces ``advantages`` with the normalizer's, computed on the global batch and sliced to this
+    process (as TRL does); applies a reward-placed KL penalty first; computes π_old log-probs for off-policy
+    rollouts; calls the ``zrl_on_rollout_batch`` observers.
+``_compute_loss``
+    TRL aggregates the per-token loss with a fixed ``if loss_type == ...`` chain and hard-codes the k3 estimator, so
+    the loss is rebuilt here: the same clipped surrogate as TRL's ``grpo``/``dapo``/``dr_grpo``/``bnpo`` loss types
+    (token or sequence importance level, two-sided ``delta`` clip, off-policy mask, entropy mask, vLLM importance
+    correction, entropy bonus, router aux loss — reusing TRL's helpers), with the aggregation delegated to the
+    normalizer and the KL term to the KL penalty. The metrics logged are TRL's, plus ``kl_coef``.
+``log`` (through :class:`_ObservedLog`, placed after ``GRPOTrainer`` in the MRO)
+    Lets ``zrl_on_log`` observers see and extend the metrics dict after TRL has merged its own metrics into it.
+``_save_checkpoint`` / ``_load_optimizer_and_scheduler``
+    Write and restore component state (KL controller, any ``state_dict()`` of a component) and the
+    ``zrl_on_save_checkpoint`` / ``zrl_on_load_checkpoint`` plugin state, next to TRL's own files.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import numbers
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from accelerate.utils import gather
+from transformers import Trainer
+from trl import GRPOTrainer
+from trl.trainer.utils import get_callable_name, is_async_callable, nanmax, nanmin
+
+from .config import ZRLConfig
+from .errors import ComponentContractError, PluginError
+from .plugins import ZRLPluginManager, get_plugin_manager
+from .protocols import LossContext
+
+logger = logging.getLogger(__name__)
+
+CLIPPED_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+STATE_FILE = "zrl_state_{rank}.pt"
+
+
+class NamedVerifier:
+    """A verifier as a TRL reward function: named after the component (TRL logs ``rewards/<name>/mean``), with
+    errors and broken return values reported with the verifier's name and origin."""
+
+    def __init__(self, name: str, verifier: Callable[..., list[float | None]], origin: str):
+        self.__name__ = name
+        self.verifier = verifier
+        self.origin = origin
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
+        try:
+            rewards = self.verifier(prompts=prompts, completions=completions, **columns)
+        except Exception as exc:
+            raise PluginError(self.origin, f"verifier {self.__name__!r}", exc) from exc
+        rewards = list(rewards)
+        if len(rewards) != len(completions):
+            raise ComponentContractError(
+                f"verifier {self.__name__!r} ({self.origin}) returned {len(rewards)} rewards for {len(completions)} "
+                "completions; it must return exactly one reward (or None) per completion."
+            )
+        for row, reward in enumerate(rewards):
+            if reward is not None and (not isinstance(reward, numbers.Real) or not math.isfinite(reward)):
+                raise ComponentContractError(
+                    f"verifier {self.__name__!r} ({self.origin}) returned {reward!r} for row {row}; rewards must be "
+                    "finite numbers, or None when the row cannot be scored."
+                )
+        return rewards
+
+
+class _ObservedLog(Trainer):
+    """Sits between ``GRPOTrainer`` and ``Trainer`` in the MRO so observers see TRL's merged metrics."""
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._zrl_observe_log(logs)
+        super().log(logs, start_time)
+
+    def _zrl_observe_log(self, logs: dict[str, float]) -> None:  # overridden below
+        pass
+
+
+def _accepts(factory: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
+    """GRPO-family trainer whose ingredients are plugins. Same constructor as ``trl.GRPOTrainer``.
+
+    Args:
+        model, reward_funcs, args, ...: as ``trl.GRPOTrainer``. ``reward_funcs`` may be omitted when
+            ``args.verifiers`` names at least one verifier; both may be combined (verifiers first).
+        plugin_manager: the plugin manager to take components from (default: the process-wide one, with every
+            installed ``zrl`` entry point loaded).
+    """
+
+    _tag_names: ClassVar[list[str]] = ["trl", "grpo", "zrl"]
+    _name = "ZRL-GRPO"
+
+    def __init__(
+        self,
+        model: Any,
+        reward_funcs: Any = None,
+        args: ZRLConfig | None = None,
+        *pargs: Any,
+        plugin_manager: ZRLPluginManager | None = None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            args = ZRLConfig(output_dir="zrl-output")
+        if not isinstance(args, ZRLConfig):
+            raise TypeError(
+                f"ZRLGRPOTrainer needs a ZRLConfig (got {type(args).__name__}); ZRLConfig extends GRPOConfig"
+            )
+        self.zrl_pm = plugin_manager or get_plugin_manager()
+        self._check_supported(args)
+
+        self.normalizer = self._build(
+            "normalizer", args.normalizer, args.normalizer_kwargs, max_completion_length=args.max_completion_length
+        )
+        kl_kwargs = dict(args.kl_penalty_kwargs)
+        kl_kwargs.setdefault("beta", args.beta)
+        self.kl_penalty = self.zrl_pm.load_component("kl_penalty", args.kl_penalty, **kl_kwargs)
+        self.rollout_strategy = self._build("rollout", args.rollout, args.rollout_kwargs)
+        # TRL loads (and calls) a reference model iff beta != 0; make that follow the KL penalty.
+        args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
+
+        verifier_funcs = [self._verifier(name, args.verifier_kwargs.get(name, {})) for name in args.verifiers]
+        if reward_funcs is None:
+            reward_funcs = []
+        elif not isinstance(reward_funcs, list):
+            reward_funcs = [reward_funcs]
+        reward_funcs = verifier_funcs + reward_funcs
+        if not reward_funcs and kwargs.get("environment_factory") is None:
+            raise ValueError(
+                "no reward: select verifiers by name (ZRLConfig(verifiers=[...]), `--verifiers` on the CLI; installed: "
+                f"{', '.join(self.zrl_pm.names('verifier'))}) or pass reward_funcs to the trainer."
+            )
+
+        if self.rollout_strategy.replaces_generation:
+            if kwargs.get("rollout_func") is not None:
+                raise ValueError(
+                    f"rollout strategy {args.rollout!r} replaces generation, and a rollout_func was passed as well; "
+                    "use one of the two."
+                )
+            kwargs["rollout_func"] = self.rollout_strategy
+
+        self._kl_window = torch.zeros(2)  # (sum of observed KL · tokens, tokens) since the last optimizer step
+        self._zrl_rewards_per_func: torch.Tensor | None = None
+        super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------ construction
+    @staticmethod
+    def _check_supported(args: ZRLConfig) -> None:
+        if args.loss_type not in CLIPPED_LOSS_TYPES:
+            raise ValueError(
+                f"loss_type={args.loss_type!r} changes the policy surrogate, which ZRLGRPOTrainer does not support; "
+                f"use one of {CLIPPED_LOSS_TYPES} (all give the PPO-clipped surrogate here) and choose the loss "
+                "aggregation with `normalizer`."
+            )
+        if args.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                "multi_objective_aggregation must be 'sum_then_normalize' with ZRLGRPOTrainer: the normalizer receives "
+                "the weighted sum of the verifier rewards."
+            )
+        if args.use_adaptive_entropy:
+            raise ValueError("use_adaptive_entropy is not supported by ZRLGRPOTrainer; use a fixed entropy_coef.")
+
+    def _build(self, kind: str, name: str, kwargs: dict[str, Any], **defaults: Any) -> Any:
+        factory = self.zrl_pm.entry(kind, name).factory
+        merged = dict(kwargs)
+        for key, value in defaults.items():
+            if key not in merged and _accepts(factory, key):
+                merged[key] = value
+        return self.zrl_pm.load_component(kind, name, **merged)
+
+    def _verifier(self, name: str, kwargs: dict[str, Any]) -> Callable[..., Any]:
+        verifier = self.zrl_pm.load_component("verifier", name, **kwargs)
+        entry = self.zrl_pm.entry("verifier", name)
+        if is_async_callable(verifier) or isinstance(verifier, torch.nn.Module):
+            return verifier  # TRL runs these itself (in parallel / as a reward model)
+        wrapped = NamedVerifier(name, verifier, f"{entry.plugin} ({entry.origin})")
+        if get_callable_name(wrapped) != name:  # pragma: no cover - guards TRL's naming rule
+            raise RuntimeError("TRL would not name the verifier after its component")
+        return wrapped
+
+    # ------------------------------------------------------------------------------------------------ rewards
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._zrl_rewards_per_func = rewards_per_func  # global (gathered) matrix, rows grouped by prompt
+        return rewards_per_func
+
+    def _global_rewards(self) -> torch.Tensor:
+        """Weighted sum of the reward functions per completion, NaN where every function said None (as TRL)."""
+        rewards_per_func = self._zrl_rewards_per_func
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        rewards = (rewards_per_func * weights).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        return rewards
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        mask = output["completion_mask"] * output.get("tool_mask", 1)
+
+        if self.rollout_strategy.off_policy and "old_per_token_logps" not in output:
+            output["old_per_token_logps"] = self._policy_logps(output)
+
+        rewards = self._global_rewards()
+        if self.kl_penalty.placement == "reward" and self.kl_penalty.controller.beta != 0.0:
+            logps = output.get("old_per_token_logps")
+            if logps is None:
+                logps = self._policy_logps(output)
+            per_token_kl = self.kl_penalty.per_token(logps, output["ref_per_token_logps"]) * mask
+            sequence_kl = gather(per_token_kl.sum(-1))
+            self._observe_kl(per_token_kl.sum(), mask.sum(), mode)
+            rewards = rewards - self.kl_penalty.controller.beta * sequence_kl
+
+        advantages = self._normalized_advantages(rewards, group_size)
+        rows = len(output["prompt_ids"])
+        process_slice = slice(self.accelerator.process_index * rows, (self.accelerator.process_index + 1) * rows)
+        output["advantages"] = advantages[process_slice]
+        if advantages.dim() == 1:  # keep TRL's completions table consistent with what is trained on
+            tail = self._logs["advantages"]
+            for _ in range(min(len(advantages), len(tail))):
+                tail.pop()
+            tail.extend(advantages.tolist())
+
+        self.zrl_pm.call_observer(
+            "zrl_on_rollout_batch",
+            trainer=self,
+            batch={
+                "prompts": [x.get("prompt") for x in inputs],
+                "completions": self.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True),
+                "rewards": rewards.detach(),
+                "rewards_per_func": self._zrl_rewards_per_func.detach(),
+                "reward_func_names": list(self.reward_func_names),
+                "advantages": output["advantages"].detach(),
+                "completion_ids": output["completion_ids"],
+                "completion_mask": output["completion_mask"],
+                "mode": mode,
+                "step": self.state.global_step,
+            },
+        )
+        return output
+
+    def _normalized_advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        name = self.args.normalizer
+        try:
+            advantages = self.normalizer.advantages(rewards, group_size)
+        except Exception as exc:
+            entry = self.zrl_pm.entry("normalizer", name)
+            raise PluginError(entry.plugin, f"normalizer {name!r}.advantages", exc, entry.distribution) from exc
+        if not isinstance(advantages, torch.Tensor) or advantages.shape[:1] != rewards.shape or advantages.dim() > 2:
+            shape = tuple(advantages.shape) if isinstance(advantages, torch.Tensor) else type(advantages).__name__
+            raise ComponentContractError(
+                f"normalizer {name!r} returned advantages of shape {shape} for {rewards.numel()} rewards; expected "
+                f"({rewards.numel()},) or ({rewards.numel()}, T). No optimizer step was taken."
+            )
+        if not torch.isfinite(advantages).all():
+            raise ComponentContractError(
+                f"normalizer {name!r} returned NaN or infinite advantages (rewards: {rewards.tolist()}); unscorable "
+                "rows must get advantage 0. No optimizer step was taken."
+            )
+        return advantages
+
+    def _policy_logps(self, output: dict[str, Any]) -> torch.Tensor:
+        """Per-token log-probs of the completions under the current policy, without gradient."""
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        mode = "train" if self.model.training else "eval"
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        with torch.no_grad():
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, input_ids, attention_mask, output["completion_ids"].size(1), batch_size=batch_size
+            )
+        return logps
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs):
+        mode = "train" if self.model.training else "eval"
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        multimodal = {
+            key: inputs.get(key)
+            for key in (
+                "pixel_values",
+                "image_grid_thw",
+                "num_images",
+                "pixel_attention_mask",
+                "spatial_shapes",
+                "num_tiles",
+                "image_sizes",
+                "token_type_ids",
+                "mm_token_type_ids",
+                "image_position_ids",
+            )
+        }
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            **multimodal,
+        )
+
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        old_per_token_logps = inputs.get("old_per_token_logps")
+        if old_per_token_logps is None:
+            old_per_token_logps = per_token_logps.detach()
+
+        log_ratio = per_token_logps - old_per_token_logps
+        if self.importance_sampling_level == "token":
+            log_importance_weights = log_ratio
+        else:  # "sequence" (GSPO)
+            log_importance_weights = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+        coef_1 = torch.exp(log_importance_weights)
+        coef_2 = torch.clamp(coef_1, 1 - self.epsilon_low, 1 + self.epsilon_high)
+        if self.args.delta is not None:
+            coef_1 = torch.clamp(coef_1, max=self.args.delta)
+        per_token_loss = -torch.min(coef_1 * advantages, coef_2 * advantages)
+
+        if self.off_policy_mask_threshold is not None:
+            per_token_loss = per_token_loss * self.get_off_policy_mask(
+                advantages=advantages,
+                per_token_logps=per_token_logps,
+                sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_per_token_logps),
+                mask=mask,
+                off_policy_threshold=self.off_policy_mask_threshold,
+            )
+        entropy_mask = None
+        if self.top_entropy_quantile < 1.0:
+            entropy_mask = self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+            per_token_loss = per_token_loss * entropy_mask
+        if "importance_sampling_ratio" in inputs:
+            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+
+        kl = self.kl_penalty
+        per_token_kl = None
+        if kl.placement == "loss" and self.beta != 0.0:
+            per_token_kl = kl.per_token(per_token_logps, inputs["ref_per_token_logps"])
+            if self.args.use_bias_correction_kl:
+                per_token_kl = per_token_kl * coef_1
+            per_token_loss = per_token_loss + kl.controller.beta * per_token_kl
+
+        ctx = LossContext(
+            num_items_in_batch=float(inputs["num_items_in_batch"]),
+            num_processes=self.accelerator.num_processes,
+            gradient_accumulation_steps=self.current_gradient_accumulation_steps if mode == "train" else 1,
+            steps_per_generation=self.args.steps_per_generation,
+            max_completion_length=self.max_completion_length,
+            training=mode == "train",
+        )
+        loss = self._aggregate(per_token_loss, mask, ctx)
+        policy_loss = loss.detach()
+
+        accumulation = ctx.gradient_accumulation_steps
+        if self.entropy_coef:
+            effective_mask = mask if entropy_mask is None else mask * entropy_mask
+            entropy = (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0)
+            loss = loss - self.entropy_coef * entropy / accumulation
+            self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+
+        self._log_loss_metrics(mode, mask, entropies, per_token_kl, coef_1, advantages)
+        return loss
+
+    def _aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+        name = self.args.normalizer
+        try:
+            loss = self.normalizer.aggregate(per_token_loss, mask, ctx)
+        except Exception as exc:
+            entry = self.zrl_pm.entry("normalizer", name)
+            raise PluginError(entry.plugin, f"normalizer {name!r}.aggregate", exc, entry.distribution) from exc
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ComponentContractError(
+                f"normalizer {name!r}.aggregate must return a scalar tensor, got "
+                f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}. "
+                "No optimizer step was taken."
+            )
+        if not torch.isfinite(loss):
+            raise ComponentContractError(
+                f"normalizer {name!r}.aggregate returned a non-finite loss ({loss.item()}); "
+                "no optimizer step was taken."
+            )
+        return loss.reshape(())
+
+    def _log_loss_metrics(self, mode, mask, entropies, per_token_kl, coef_1, advantages) -> None:
+        def masked_seq_mean(x: torch.Tensor) -> torch.Tensor:
+            if x.shape[1] == 1:
+                return x.squeeze(1)
+            return (x * mask).sum(-1) / mask.sum(-1)
+
+        def global_masked_mean(x: torch.Tensor) -> float:
+            if x.shape[1] == 1:
+                local_sum, local_count = x.sum(), torch.tensor(float(x.shape[0]), device=x.device)
+            else:
+                local_sum, local_count = (x * mask).sum(), mask.sum().float()
+            totals = self.accelerator.reduce(torch.stack([local_sum, local_count]), reduction="sum")
+            return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+        metrics = self._metrics[mode]
+        if per_token_kl is not None:
+            metrics["kl"].append(global_masked_mean(per_token_kl.detach()))
+            self._observe_kl((per_token_kl.detach() * mask).sum(), mask.sum(), mode)
+        metrics["entropy"].append(global_masked_mean(entropies))
+        is_low_clipped = (coef_1 < 1 - self.epsilon_low) & (advantages < 0)
+        is_high_clipped = (coef_1 > 1 + self.epsilon_high) & (advantages > 0)
+        metrics["clip_ratio/low_mean"].append(global_masked_mean(is_low_clipped.float()))
+        metrics["clip_ratio/high_mean"].append(global_masked_mean(is_high_clipped.float()))
+        metrics["clip_ratio/region_mean"].append(global_masked_mean((is_low_clipped | is_high_clipped).float()))
+        metrics["clip_ratio/low_min"].append(
+            nanmin(self.accelerator.gather(masked_seq_mean(is_low_clipped.float()))).item()
+        )
+        metrics["clip_ratio/high_max"].append(
+            nanmax(self.accelerator.gather(masked_seq_mean(is_high_clipped.float()))).item()
+        )
+        if mode == "train" and self.accelerator.sync_gradients:
+            self._update_kl_controller()
+            metrics["kl_coef"].append(self.kl_penalty.controller.beta)
+
+    # ------------------------------------------------------------------------------------------------ KL controller
+    def _observe_kl(self, kl_sum: torch.Tensor, tokens: torch.Tensor, mode: str) -> None:
+        if mode == "train":
+            self._kl_window += torch.stack([kl_sum.detach().float().cpu(), tokens.detach().float().cpu()])
+
+    def _update_kl_controller(self) -> None:
+        """Once per optimizer step: feed the KL observed since the last step (all processes) to the controller."""
+        if self.kl_penalty.controller.beta == 0.0 and not self.kl_penalty.requires_reference:
+            return
+        window = self.accelerator.reduce(self._kl_window.to(self.accelerator.device), reduction="sum").cpu()
+        self._kl_window.zero_()
+        if window[1] > 0:
+            self.kl_penalty.controller.update(
+                float(window[0] / window[1]),
+                n_steps=self.args.per_device_train_batch_size * self.accelerator.num_processes,
+            )
+
+    # ------------------------------------------------------------------------------------------------ observers
+    def _zrl_observe_log(self, logs: dict[str, float]) -> None:
+        self.zrl_pm.call_observer("zrl_on_log", trainer=self, logs=logs)
+
+    def log_metric(self, name: str, value: float) -> None:
+        """Record a scalar metric for the next log line (averaged over processes), as reward functions can."""
+        self._log_metric(name, value)
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def _stateful_components(self) -> dict[str, Any]:
+        components = {
+            "normalizer": self.normalizer,
+            "kl_penalty": self.kl_penalty.controller,
+            "rollout": self.rollout_strategy,
+        }
+        for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
+            components[f"verifier:{name}"] = func.verifier if isinstance(func, NamedVerifier) else func
+        return {
+            k: v
+            for k, v in components.items()
+            if callable(getattr(v, "state_dict", None))
+            and callable(getattr(v, "load_state_dict", None))
+            and not isinstance(v, torch.nn.Module)
+        }
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        checkpoint_dir = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        state: dict[str, Any] = {
+            "components": {key: c.state_dict() for key, c in self._stateful_components().items()},
+            "plugins": {},
+            "kl_window": self._kl_window.clone(),
+        }
+        self.zrl_pm.call_observer(
+            "zrl_on_save_checkpoint", trainer=self, checkpoint_dir=checkpoint_dir, state=state["plugins"]
+        )
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        torch.save(state, os.path.join(checkpoint_dir, STATE_FILE.format(rank=self.accelerator.process_index)))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, STATE_FILE.format(rank=self.accelerator.process_index))
+        if not os.path.exists(path):
+            path = os.path.join(checkpoint, STATE_FILE.format(rank=0))
+        if not os.path.exists(path):
+            warnings.warn(
+                f"{checkpoint} holds no zrl state ({STATE_FILE.format(rank='<rank>')}); components keep their initial "
+                "state (KL coefficient, running statistics).",
+                stacklevel=2,
+            )
+            state: dict[str, Any] = {"components": {}, "plugins": {}}
+        else:
+            state = torch.load(path, weights_only=False)
+        saved = state.get("components", {})
+        for key, component in self._stateful_components().items():
+            if key in saved:
+                component.load_state_dict(saved[key])
+            else:
+                warnings.warn(
+                    f"checkpoint {checkpoint} has no state for {key}; keeping its initial state.", stacklevel=2
+                )
+        if "kl_window" in state:
+            self._kl_window = state["kl_window"].clone()
+        self.zrl_pm.call_observer(
+            "zrl_on_load_checkpoint", trainer=self, checkpoint_dir=checkpoint, state=state.get("plugins", {})
+        )
