@@ -114,7 +114,7 @@ def test_k3_with_beta_zero_needs_no_reference():
 
 
 def test_k3_rejects_unknown_placement():
-    with pytest.raises(PluginError, match="factory of kl_penalty 'k3'.*placement must be 'loss' or 'reward'"):
+    with pytest.raises(PluginError, match=r"factory of kl_penalty 'k3'.*placement must be 'loss' or 'reward'"):
         load_component("kl_penalty", "k3", beta=0.1, placement="advantage")
 
 

@@ -32,11 +32,7 @@ def test_cli_flags_select_components_and_parse_json_kwargs():
 def test_yaml_config_and_cli_override(tmp_path):
     yaml_file = tmp_path / "recipe.yaml"
     yaml_file.write_text(
-        "verifiers: [last_number]\n"
-        "normalizer: grpo\n"
-        "normalizer_kwargs:\n  delta: 0.001\n"
-        "kl_penalty: k3\n"
-        "beta: 0.0001\n"
+        "verifiers: [last_number]\nnormalizer: grpo\nnormalizer_kwargs:\n  delta: 0.001\nkl_penalty: k3\nbeta: 0.0001\n"
     )
     parser = TrlParser(ZRLConfig)
     (config,) = parser.parse_args_and_config([*BASE, "--config", str(yaml_file), "--normalizer", "lite_ppo"])

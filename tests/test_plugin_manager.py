@@ -151,7 +151,7 @@ def test_factory_that_raises_names_plugin(fresh_pm):
             register("needs_gpu", factory)
 
     fresh_pm.register_plugin(Fails(), name="fails", distribution="fails-dist")
-    with pytest.raises(PluginError, match="plugin 'fails'.*the factory of rollout 'needs_gpu'.*no GPU"):
+    with pytest.raises(PluginError, match=r"plugin 'fails'.*the factory of rollout 'needs_gpu'.*no GPU"):
         fresh_pm.load_component("rollout", "needs_gpu")
 
 

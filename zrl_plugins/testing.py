@@ -14,7 +14,25 @@ TINY_SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
 
 def _corpus(n: int = 400, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    words = "what is the answer sum of plus minus times equals so we get therefore result number question".split()
+    words = [
+        "what",
+        "is",
+        "the",
+        "answer",
+        "sum",
+        "of",
+        "plus",
+        "minus",
+        "times",
+        "equals",
+        "so",
+        "we",
+        "get",
+        "therefore",
+        "result",
+        "number",
+        "question",
+    ]
     lines = []
     for _ in range(n):
         a, b = rng.randint(0, 99), rng.randint(0, 99)
