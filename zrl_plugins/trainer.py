@@ -527,7 +527,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         for key, component in self._stateful_components().items():
             if key in saved:
                 component.load_state_dict(saved[key])
-            else:
+            elif os.path.exists(path):  # a file from an older plugin version: say which entry is missing
                 warnings.warn(
                     f"checkpoint {checkpoint} has no state for {key}; keeping its initial state.", stacklevel=2
                 )

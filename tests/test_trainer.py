@@ -1,0 +1,237 @@
+"""ZRLGRPOTrainer: components chosen by name, observer hooks, checkpoint state, KL placement, error paths."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.conftest import char_count_reward, tiny_config
+from zrl_plugins import ComponentContractError, PluginError, UnknownComponentError, ZRLGRPOTrainer, hookimpl
+from zrl_plugins.builtins.kl import K3KLPenalty
+from zrl_plugins.builtins.normalizers import GRPONormalizer
+from zrl_plugins.plugins import ZRLPluginManager
+
+
+class DoublingController:
+    """A stateful controller: β doubles at every optimizer step (easy to check after a resume)."""
+
+    def __init__(self, beta):
+        self._beta = beta
+        self.updates = 0
+
+    @property
+    def beta(self):
+        return self._beta
+
+    def update(self, observed_kl, n_steps):
+        self._beta *= 2
+        self.updates += 1
+
+    def state_dict(self):
+        return {"beta": self._beta, "updates": self.updates}
+
+    def load_state_dict(self, state):
+        self._beta, self.updates = state["beta"], state["updates"]
+
+
+class DoublingKL(K3KLPenalty):
+    def __init__(self, beta=0.01, placement="loss"):
+        super().__init__(beta=beta, placement=placement)
+        self.controller = DoublingController(beta)
+
+
+class Recorder:
+    """A plugin that records every observer call and registers a few components."""
+
+    def __init__(self):
+        self.batches, self.logs, self.saved, self.loaded = [], [], [], []
+
+    @hookimpl
+    def zrl_register_verifiers(self, register):
+        register("digits", lambda: char_count_reward)
+        register("raises", lambda: _raising_verifier)
+        register("wrong_count", lambda: lambda prompts, completions, **kw: [1.0])
+        register("nan_reward", lambda: lambda prompts, completions, **kw: [float("nan")] * len(completions))
+
+    @hookimpl
+    def zrl_register_normalizers(self, register):
+        register("nan_normalizer", NaNNormalizer)
+        register("wrong_shape", WrongShapeNormalizer)
+
+    @hookimpl
+    def zrl_register_kl_penalties(self, register):
+        register("doubling", DoublingKL)
+
+    @hookimpl
+    def zrl_on_rollout_batch(self, trainer, batch):
+        self.batches.append(batch)
+
+    @hookimpl
+    def zrl_on_log(self, trainer, logs):
+        self.logs.append(dict(logs))
+        logs["recorder/calls"] = float(len(self.logs))
+
+    @hookimpl
+    def zrl_on_save_checkpoint(self, trainer, checkpoint_dir, state):
+        state["recorder"] = {"batches": len(self.batches)}
+        self.saved.append(checkpoint_dir)
+
+    @hookimpl
+    def zrl_on_load_checkpoint(self, trainer, checkpoint_dir, state):
+        self.loaded.append((checkpoint_dir, dict(state)))
+
+
+def _raising_verifier(prompts, completions, **kwargs):
+    raise ZeroDivisionError("bad row 3")
+
+
+class NaNNormalizer(GRPONormalizer):
+    def advantages(self, rewards, group_size):
+        return torch.full_like(rewards, float("nan"))
+
+
+class WrongShapeNormalizer(GRPONormalizer):
+    def advantages(self, rewards, group_size):
+        return rewards[:-1]
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+@pytest.fixture
+def pm(recorder):
+    manager = ZRLPluginManager()
+    manager.register_plugin(recorder, name="recorder", distribution="recorder-dist")
+    return manager
+
+
+def _trainer(tmp_path, model_path, dataset, pm, **overrides):
+    args = tiny_config(tmp_path, **{"verifiers": ["digits"], **overrides})
+    return ZRLGRPOTrainer(model_path, args=args, train_dataset=dataset, plugin_manager=pm)
+
+
+def test_training_by_name_calls_every_observer(tmp_path, tiny_model_path, arithmetic_dataset, pm, recorder):
+    trainer = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, max_steps=2)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters()), "no parameter moved"
+    assert len(recorder.batches) == 2
+    batch = recorder.batches[0]
+    assert set(batch) >= {"prompts", "completions", "rewards", "rewards_per_func", "advantages", "mode", "step"}
+    assert batch["reward_func_names"] == ["digits"] and batch["rewards"].shape == (8,)
+    torch.testing.assert_close(batch["advantages"], GRPONormalizer().advantages(batch["rewards"], 4))
+    step_logs = [log for log in recorder.logs if "loss" in log]
+    assert step_logs and "rewards/digits/mean" in step_logs[0] and "kl_coef" in step_logs[0]
+    assert any("recorder/calls" in h for h in trainer.state.log_history)  # an observer can add metrics
+
+
+def test_unknown_component_in_config_fails_before_training(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    with pytest.raises(UnknownComponentError, match="unknown normalizer 'dr_gpro'.*Installed normalizers: grpo"):
+        _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, normalizer="dr_gpro")
+    with pytest.raises(UnknownComponentError, match="unknown verifier 'math_corect'"):
+        _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, verifiers=["math_corect"])
+
+
+def test_no_reward_at_all_is_an_error(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    with pytest.raises(ValueError, match="no reward: select verifiers by name"):
+        _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, verifiers=[])
+
+
+def test_unsupported_trl_options_are_refused(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    with pytest.raises(ValueError, match="loss_type='cispo' changes the policy surrogate"):
+        _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, loss_type="cispo")
+    with pytest.raises(ValueError, match="multi_objective_aggregation must be 'sum_then_normalize'"):
+        _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, multi_objective_aggregation="normalize_then_sum")
+
+
+def test_verifier_that_raises_is_named(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    trainer = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, verifiers=["raises"])
+    with pytest.raises(PluginError, match=r"recorder \(recorder-dist\).*raised in verifier 'raises'.*bad row 3"):
+        trainer.train()
+
+
+@pytest.mark.parametrize(
+    ("verifier", "message"),
+    [
+        ("wrong_count", "verifier 'wrong_count' .* returned 1 rewards for 8 completions"),
+        ("nan_reward", "verifier 'nan_reward' .* returned nan for row 0"),
+    ],
+)
+def test_verifier_breaking_its_contract(tmp_path, tiny_model_path, arithmetic_dataset, pm, verifier, message):
+    trainer = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, verifiers=[verifier])
+    with pytest.raises(ComponentContractError, match=message):
+        trainer.train()
+
+
+@pytest.mark.parametrize(
+    ("normalizer", "message"),
+    [
+        ("nan_normalizer", "normalizer 'nan_normalizer' returned NaN or infinite advantages"),
+        ("wrong_shape", r"normalizer 'wrong_shape' returned advantages of shape \(7,\) for 8 rewards"),
+    ],
+)
+def test_broken_normalizer_stops_before_the_optimizer_step(
+    tmp_path, tiny_model_path, arithmetic_dataset, pm, normalizer, message
+):
+    trainer = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, normalizer=normalizer)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with pytest.raises(ComponentContractError, match=message):
+        trainer.train()
+    assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+def test_kl_in_the_reward_is_subtracted_before_normalization(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    beta = 0.5
+    trainer = _trainer(
+        tmp_path, tiny_model_path, arithmetic_dataset, pm, beta=beta, kl_penalty_kwargs={"placement": "reward"}
+    )
+    with torch.no_grad():  # make the reference differ from the policy so the penalty is not zero
+        for p in trainer.ref_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trainer.model.train()
+    inputs = [dict(arithmetic_dataset[i]) for i in range(2) for _ in range(4)]
+    out = trainer._generate_and_score_completions(inputs)
+    mask = out["completion_mask"]
+    logps = trainer._policy_logps(out)
+    k3 = torch.exp(out["ref_per_token_logps"] - logps) - (out["ref_per_token_logps"] - logps) - 1
+    sequence_kl = (k3 * mask).sum(-1)
+    assert sequence_kl.abs().max() > 1e-3
+    rewards = trainer._zrl_rewards_per_func.sum(dim=1)
+    expected = GRPONormalizer().advantages(rewards - beta * sequence_kl, group_size=4)
+    torch.testing.assert_close(out["advantages"], expected, atol=1e-5, rtol=1e-5)
+    without_kl = GRPONormalizer().advantages(rewards, group_size=4)
+    assert not torch.allclose(out["advantages"], without_kl, atol=1e-3)
+
+
+def test_component_and_plugin_state_survive_a_resume(tmp_path, tiny_model_path, arithmetic_dataset, pm, recorder):
+    common = dict(kl_penalty="doubling", beta=0.01, save_strategy="steps", save_steps=1)
+    first = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, max_steps=3, **common)
+    first.train()
+    assert first.kl_penalty.controller.beta == pytest.approx(0.01 * 2**3)
+    checkpoint = os.path.join(first.args.output_dir, "checkpoint-2")
+    assert os.path.exists(os.path.join(checkpoint, "zrl_state_0.pt"))
+    assert recorder.saved[-1].endswith("checkpoint-3")
+
+    resumed = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, max_steps=3, **common)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    # restored to β = 0.04 after 2 updates, then one more step: the same β as the uninterrupted run
+    assert resumed.kl_penalty.controller.updates == 3
+    assert resumed.kl_penalty.controller.beta == pytest.approx(first.kl_penalty.controller.beta)
+    loaded_dir, loaded_state = recorder.loaded[-1]
+    assert loaded_dir == checkpoint and loaded_state == {"recorder": {"batches": 2}}
+
+
+def test_checkpoint_without_zrl_state_warns_and_keeps_defaults(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    common = dict(kl_penalty="doubling", beta=0.01, save_strategy="steps", save_steps=1)
+    first = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, max_steps=1, **common)
+    first.train()
+    checkpoint = os.path.join(first.args.output_dir, "checkpoint-1")
+    os.remove(os.path.join(checkpoint, "zrl_state_0.pt"))  # as written by a version without zrl state
+    resumed = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, max_steps=2, **common)
+    with pytest.warns(UserWarning, match="holds no zrl state"):
+        resumed.train(resume_from_checkpoint=checkpoint)
+    assert resumed.kl_penalty.controller.updates == 1  # started again from the initial state
