@@ -235,3 +235,66 @@ def test_checkpoint_without_zrl_state_warns_and_keeps_defaults(tmp_path, tiny_mo
     with pytest.warns(UserWarning, match="holds no zrl state"):
         resumed.train(resume_from_checkpoint=checkpoint)
     assert resumed.kl_penalty.controller.updates == 1  # started again from the initial state
+
+
+class CountingRollout:
+    """A strategy that replaces generation: TRL's sampling, plus behaviour log-probs from the policy itself."""
+
+    replaces_generation = True
+
+    def __init__(self, off_policy=False):
+        self.off_policy = off_policy
+        self.calls = 0
+
+    def __call__(self, prompts, trainer):
+        from zrl_plugins.builtins.rollouts import generate_with_trl
+
+        self.calls += 1
+        out = generate_with_trl(prompts, trainer)
+        out["logprobs"] = [[-1.0] * len(ids) for ids in out["completion_ids"]]
+        out["rollout_call"] = self.calls  # extra keys reach the verifiers as columns
+        return out
+
+
+class RolloutPlugin:
+    @hookimpl
+    def zrl_register_rollouts(self, register):
+        register("counting", CountingRollout)
+
+
+def test_a_rollout_strategy_that_replaces_generation(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    pm.register_plugin(RolloutPlugin(), name="rollouts")
+    seen_columns = []
+
+    def reward(prompts, completions, **columns):
+        seen_columns.append(set(columns["rollout_call"]))  # one value per row
+        return char_count_reward(prompts, completions)
+
+    args = tiny_config(tmp_path, rollout="counting", max_steps=2)
+    trainer = ZRLGRPOTrainer(tiny_model_path, reward, args=args, train_dataset=arithmetic_dataset, plugin_manager=pm)
+    assert trainer.rollout_func is trainer.rollout_strategy
+    trainer.train()
+    assert trainer.rollout_strategy.calls == 2 and seen_columns == [{1}, {2}]
+
+
+def test_an_off_policy_rollout_gets_old_and_behaviour_logps(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    pm.register_plugin(RolloutPlugin(), name="rollouts")
+    args = tiny_config(tmp_path, rollout="counting", rollout_kwargs={"off_policy": True})
+    trainer = ZRLGRPOTrainer(
+        tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset, plugin_manager=pm
+    )
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([dict(arithmetic_dataset[i]) for i in range(2) for _ in range(4)])
+    mask = out["completion_mask"].bool()
+    assert (out["sampling_per_token_logps"][mask] == -1.0).all()  # the behaviour log-probs, as returned
+    torch.testing.assert_close(out["old_per_token_logps"], trainer._policy_logps(out))  # π_old from the policy
+
+
+def test_a_rollout_func_and_a_replacing_strategy_conflict(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    pm.register_plugin(RolloutPlugin(), name="rollouts")
+    args = tiny_config(tmp_path, rollout="counting")
+    with pytest.raises(ValueError, match="replaces generation, and a rollout_func was passed as well"):
+        ZRLGRPOTrainer(
+            tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset, plugin_manager=pm,
+            rollout_func=lambda prompts, trainer: {},
+        )  # fmt: skip

@@ -1,0 +1,96 @@
+"""Plugin overhead: zrl GRPO step time / plain TRL GRPO step time, same config, measured side by side in one run.
+
+Both trainers are built from the same model and data with equivalent settings (TRL: loss_type="grpo",
+scale_rewards="group", beta; zrl: normalizer="grpo", kl_penalty="k3", same beta). They train in alternating rounds
+(TRL, zrl, zrl, TRL, ...) so drift of the machine hits both; the first step of every round is dropped (optimizer
+and cache warm-up) and the median over the remaining steps is compared.
+
+    python -m bench.overhead --model tiny              # ~1 min on 2 CPU cores
+    python -m bench.overhead --model smollm2           # SmolLM2-135M, a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+def build(model_name: str, workdir: str):
+    if model_name == "tiny":
+        from zrl_plugins.testing import build_tiny_model
+
+        return str(build_tiny_model(os.path.join(workdir, "tiny"))), dict(
+            per_device_train_batch_size=8, num_generations=4, max_completion_length=16
+        )
+    from zrl_plugins.models import smollm2_path
+
+    return smollm2_path(), dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=16)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps_per_round", type=int, default=8)
+    args = parser.parse_args()
+
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from bench.common import StepTimer, median, write_results
+    from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
+    from zrl_plugins.data import addition_splits
+
+    workdir = tempfile.mkdtemp(prefix="zrl-bench-")
+    model_path, shape = build(args.model, workdir)
+    train_rows, _ = addition_splits(n_eval=10, chat=args.model == "smollm2")
+    dataset = Dataset.from_list(train_rows)
+
+    def reward(prompts, completions, **kwargs):  # identical for both: a cheap reward with variance
+        return [float(sum(ch.isdigit() for ch in str(c))) for c in completions]
+
+    common = dict(
+        **shape, learning_rate=1e-6, beta=0.04, logging_steps=1, report_to=[], use_cpu=True, bf16=False,
+        save_strategy="no", gradient_checkpointing=False, seed=0, disable_tqdm=True, max_steps=args.steps_per_round,
+    )  # fmt: skip
+    trl_args = GRPOConfig(output_dir=os.path.join(workdir, "trl"), loss_type="grpo", scale_rewards="group", **common)
+    zrl_args = ZRLConfig(output_dir=os.path.join(workdir, "zrl"), normalizer="grpo", kl_penalty="k3", **common)
+    trainers = {
+        "trl": GRPOTrainer(model_path, reward, args=trl_args, train_dataset=dataset),
+        "zrl": ZRLGRPOTrainer(model_path, reward, args=zrl_args, train_dataset=dataset),
+    }
+    times: dict[str, list[float]] = {"trl": [], "zrl": []}
+    for round_index in range(args.rounds):
+        order = ["trl", "zrl"] if round_index % 2 == 0 else ["zrl", "trl"]
+        for name in order:
+            timer = StepTimer()
+            trainers[name].add_callback(timer)
+            trainers[name].train()
+            trainers[name].remove_callback(timer)
+            times[name] += timer.times[1:]
+        print(f"round {round_index + 1}/{args.rounds}: trl {median(times['trl']):.4f}s zrl {median(times['zrl']):.4f}s")
+
+    ratio = median(times["zrl"]) / median(times["trl"])
+    payload = {
+        "benchmark": "plugin overhead: zrl GRPO step time / plain TRL GRPO step time",
+        "model": args.model,
+        "config": {k: v for k, v in shape.items()},
+        "steps_measured_each": len(times["trl"]),
+        "ratio_median_step_time": ratio,
+        "median_step_s": {k: median(v) for k, v in times.items()},
+        "step_times_s": times,
+    }
+    table = (
+        f"| model | steps each | zrl / TRL median step time |\n|---|---|---|\n"
+        f"| {args.model} | {len(times['trl'])} | {ratio:.3f} |"
+    )
+    path = write_results(f"overhead_{args.model}", payload, table)
+    print(table)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
