@@ -2,8 +2,9 @@
 
 Both trainers are built from the same model and data with equivalent settings (TRL: loss_type="grpo",
 scale_rewards="group", beta; zrl: normalizer="grpo", kl_penalty="k3", same beta). They train in alternating rounds
-(TRL, zrl, zrl, TRL, ...) so drift of the machine hits both; the first step of every round is dropped (optimizer
-and cache warm-up) and the median over the remaining steps is compared.
+(TRL, zrl, TRL', zrl, TRL, ...) so drift of the machine hits all; the first step of every round is dropped
+(optimizer and cache warm-up) and the median over the remaining steps is compared. TRL' is a second, identical TRL
+trainer: TRL'/TRL is the noise floor of the measurement (an A/A control).
 
     python -m bench.overhead --model tiny              # ~1 min on 2 CPU cores
     python -m bench.overhead --model smollm2           # SmolLM2-135M, a few minutes
@@ -61,10 +62,11 @@ def main() -> None:
     trainers = {
         "trl": GRPOTrainer(model_path, reward, args=trl_args, train_dataset=dataset),
         "zrl": ZRLGRPOTrainer(model_path, reward, args=zrl_args, train_dataset=dataset),
+        "trl_control": GRPOTrainer(model_path, reward, args=trl_args, train_dataset=dataset),
     }
-    times: dict[str, list[float]] = {"trl": [], "zrl": []}
+    times: dict[str, list[float]] = {name: [] for name in trainers}
     for round_index in range(args.rounds):
-        order = ["trl", "zrl"] if round_index % 2 == 0 else ["zrl", "trl"]
+        order = list(trainers) if round_index % 2 == 0 else list(reversed(trainers))
         for name in order:
             timer = StepTimer()
             trainers[name].add_callback(timer)
@@ -74,18 +76,20 @@ def main() -> None:
         print(f"round {round_index + 1}/{args.rounds}: trl {median(times['trl']):.4f}s zrl {median(times['zrl']):.4f}s")
 
     ratio = median(times["zrl"]) / median(times["trl"])
+    control = median(times["trl_control"]) / median(times["trl"])
     payload = {
         "benchmark": "plugin overhead: zrl GRPO step time / plain TRL GRPO step time",
         "model": args.model,
         "config": {k: v for k, v in shape.items()},
         "steps_measured_each": len(times["trl"]),
         "ratio_median_step_time": ratio,
+        "control_ratio_trl_vs_trl": control,
         "median_step_s": {k: median(v) for k, v in times.items()},
         "step_times_s": times,
     }
     table = (
-        f"| model | steps each | zrl / TRL median step time |\n|---|---|---|\n"
-        f"| {args.model} | {len(times['trl'])} | {ratio:.3f} |"
+        "| model | steps each | zrl / TRL median step time | A/A control: TRL' / TRL |\n|---|---|---|---|\n"
+        f"| {args.model} | {len(times['trl'])} | {ratio:.3f} | {control:.3f} |"
     )
     path = write_results(f"overhead_{args.model}", payload, table)
     print(table)

@@ -6,19 +6,11 @@ import pytest
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from tests.conftest import char_count_reward, tiny_config
+from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
 from zrl_plugins import ZRLGRPOTrainer
 
 COMMON = dict(
-    per_device_train_batch_size=8,
-    num_generations=4,
-    max_completion_length=8,
-    report_to=[],
-    use_cpu=True,
-    bf16=False,
-    save_strategy="no",
-    gradient_checkpointing=False,
-    seed=0,
+    **TINY_TRAINING,
     beta=0.04,
     epsilon=0.2,
     epsilon_high=0.28,
@@ -66,9 +58,21 @@ def _loss_and_grads(trainer, batch):
     return loss.detach(), grads
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_rollout_advantages_loss_and_gradients_match_trl(tmp_path, tiny_model_path, arithmetic_dataset, grad_accum):
-    trl, zrl = _trainers(tmp_path, tiny_model_path, arithmetic_dataset, gradient_accumulation_steps=grad_accum)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"gradient_accumulation_steps": 1},
+        {"gradient_accumulation_steps": 2},
+        {"entropy_coef": 0.01},
+        {"importance_sampling_level": "sequence"},
+        {"delta": 1.1},
+        {"top_entropy_quantile": 0.5},
+        {"use_bias_correction_kl": False},
+    ],
+    ids=lambda options: ",".join(f"{k}={v}" for k, v in options.items()),
+)
+def test_rollout_advantages_loss_and_gradients_match_trl(tmp_path, tiny_model_path, arithmetic_dataset, options):
+    trl, zrl = _trainers(tmp_path, tiny_model_path, arithmetic_dataset, **options)
     inputs = _batch(arithmetic_dataset)
 
     torch.manual_seed(123)

@@ -106,8 +106,8 @@ def zrl_on_rollout_batch(trainer: Any, batch: dict[str, Any]) -> None:
         and ``step`` (the global optimizer step).
 
     Called on every process after rewards and advantages of a generation batch are computed, before the batch is
-    used for any optimizer step. Use it to monitor or log (e.g. through ``trainer.log_metric(name, value)``); do not
-    modify the tensors.
+    used for any optimizer step. Use it to monitor; to report numbers, keep them and add them to the metrics in
+    :func:`zrl_on_log`. Do not modify the tensors.
     """
 
 

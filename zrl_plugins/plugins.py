@@ -241,6 +241,10 @@ class ZRLPluginManager:
         return component
 
     # ---------------------------------------------------------------------------------------------------- observers
+    def has_observers(self, hook_name: str) -> bool:
+        """Whether any plugin implements the observer hook (lets the trainer skip preparing its arguments)."""
+        return bool(getattr(self.pm.hook, hook_name).get_hookimpls())
+
     def call_observer(self, hook_name: str, **kwargs: Any) -> None:
         """Call every implementation of an observer hook; name the plugin if one raises."""
         hook = getattr(self.pm.hook, hook_name)

@@ -249,6 +249,11 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 tail.pop()
             tail.extend(advantages.tolist())
 
+        if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
+            self._notify_rollout_batch(inputs, output, rewards, mode)
+        return output
+
+    def _notify_rollout_batch(self, inputs, output, rewards: torch.Tensor, mode: str) -> None:
         self.zrl_pm.call_observer(
             "zrl_on_rollout_batch",
             trainer=self,
@@ -265,7 +270,6 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 "step": self.state.global_step,
             },
         )
-        return output
 
     def _normalized_advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         name = self.args.normalizer
@@ -345,6 +349,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         else:  # "sequence" (GSPO)
             log_importance_weights = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
         coef_1 = torch.exp(log_importance_weights)
+        ratio = coef_1  # the KL bias correction uses the ratio before the two-sided `delta` clip, as TRL does
         coef_2 = torch.clamp(coef_1, 1 - self.epsilon_low, 1 + self.epsilon_high)
         if self.args.delta is not None:
             coef_1 = torch.clamp(coef_1, max=self.args.delta)
@@ -370,7 +375,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         if kl.placement == "loss" and self.beta != 0.0:
             per_token_kl = kl.per_token(per_token_logps, inputs["ref_per_token_logps"])
             if self.args.use_bias_correction_kl:
-                per_token_kl = per_token_kl * coef_1
+                per_token_kl = per_token_kl * ratio
             per_token_loss = per_token_loss + kl.controller.beta * per_token_kl
 
         ctx = LossContext(
@@ -471,10 +476,6 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
     # ------------------------------------------------------------------------------------------------ observers
     def _zrl_observe_log(self, logs: dict[str, float]) -> None:
         self.zrl_pm.call_observer("zrl_on_log", trainer=self, logs=logs)
-
-    def log_metric(self, name: str, value: float) -> None:
-        """Record a scalar metric for the next log line (averaged over processes), as reward functions can."""
-        self._log_metric(name, value)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def _stateful_components(self) -> dict[str, Any]:
