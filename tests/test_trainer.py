@@ -298,3 +298,21 @@ def test_a_rollout_func_and_a_replacing_strategy_conflict(tmp_path, tiny_model_p
             tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset, plugin_manager=pm,
             rollout_func=lambda prompts, trainer: {},
         )  # fmt: skip
+
+
+def test_truncated_completions_get_the_configured_reward(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    seen = []
+
+    def reward(prompts, completions, completion_truncated, **columns):
+        seen.append(list(completion_truncated))
+        return [5.0] * len(completions)
+
+    # max_completion_length=2: the random model almost never ends with EOS that early
+    args = tiny_config(tmp_path, truncated_reward=0.0, max_completion_length=2)
+    trainer = ZRLGRPOTrainer(tiny_model_path, reward, args=args, train_dataset=arithmetic_dataset, plugin_manager=pm)
+    trainer.model.train()
+    trainer._generate_and_score_completions([dict(arithmetic_dataset[i]) for i in range(2) for _ in range(4)])
+    truncated = torch.tensor(seen[-1])
+    assert truncated.any()
+    rewards = trainer._global_rewards()
+    assert (rewards[truncated] == 0.0).all() and (rewards[~truncated] == 5.0).all()

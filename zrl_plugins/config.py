@@ -71,6 +71,14 @@ class ZRLConfig(GRPOConfig):
     kl_penalty_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keyword arguments of the KL penalty (JSON object on the CLI)."}
     )
+    truncated_reward: float | None = field(
+        default=None,
+        metadata={
+            "help": "Reward given to a completion that hit max_completion_length without EOS, replacing what the "
+            "verifiers said (Dr. GRPO uses 0). None keeps the verifiers' rewards. Verifiers also receive the column "
+            "`completion_truncated` to apply rules of their own."
+        },
+    )
     rollout: str = field(
         default="default",
         metadata={"help": "Rollout strategy by name (default = TRL's own generation, incl. its vLLM modes)."},

@@ -169,6 +169,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
         self._kl_window = torch.zeros(2)  # (sum of observed KL · tokens, tokens) since the last optimizer step
         self._zrl_rewards_per_func: torch.Tensor | None = None
+        self._zrl_truncated: torch.Tensor | None = None
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ construction
@@ -208,8 +209,14 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
     # ------------------------------------------------------------------------------------------------ rewards
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # TRL's own definition of truncation (as in its `completions/clipped_ratio`): no EOS (or pad) at the end
+        eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        truncated = [not ids or ids[-1] not in eos_and_pad for ids in completion_ids_list]
+        for row, is_truncated in zip(inputs, truncated, strict=True):
+            row["completion_truncated"] = is_truncated  # a column every verifier receives
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._zrl_rewards_per_func = rewards_per_func  # global (gathered) matrix, rows grouped by prompt
+        self._zrl_truncated = gather(torch.tensor(truncated, device=rewards_per_func.device))
         return rewards_per_func
 
     def _global_rewards(self) -> torch.Tensor:
@@ -218,6 +225,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
         rewards = (rewards_per_func * weights).nansum(dim=1)
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        if self.args.truncated_reward is not None:
+            rewards[self._zrl_truncated] = self.args.truncated_reward
         return rewards
 
     def _generate_and_score_completions(self, inputs):

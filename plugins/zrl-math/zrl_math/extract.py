@@ -1,0 +1,82 @@
+"""Where the final answer is taken from in a completion. Linear-time scans only: completions can be huge or junk."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+ExtractionMode = Literal["boxed", "answer_is", "last_number", "auto"]
+EXTRACTION_MODES = ("boxed", "answer_is", "last_number", "auto")
+
+# Only the tail of a completion is searched: final answers are at the end, and this bounds the work on 10⁵-char junk.
+MAX_SCAN_CHARS = 8000
+MAX_ANSWER_CHARS = 500
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_ANSWER_IS = re.compile(r"answer is[:\s]*", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def boxed_contents(text: str) -> list[str | None]:
+    """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` in order; ``None`` for one whose braces never close."""
+    found: list[str | None] = []
+    for match in _BOXED.finditer(text):
+        depth, start = 1, match.end()
+        for i in range(start, len(text)):
+            ch = text[i]
+            if ch == "{" and text[i - 1] != "\\":
+                depth += 1
+            elif ch == "}" and text[i - 1] != "\\":
+                depth -= 1
+                if depth == 0:
+                    found.append(text[start:i])
+                    break
+        else:
+            found.append(None)
+    return found
+
+
+def last_boxed(text: str) -> str | None:
+    """Contents of the last balanced ``\\boxed{...}``, or ``None``."""
+    closed = [b for b in boxed_contents(text[-MAX_SCAN_CHARS:]) if b is not None]
+    return closed[-1] if closed else None
+
+
+def answer_is(text: str) -> str | None:
+    """What follows the last "the answer is" (up to the end of its line or sentence), or ``None``."""
+    tail = text[-MAX_SCAN_CHARS:]
+    matches = list(_ANSWER_IS.finditer(tail))
+    if not matches:
+        return None
+    rest = tail[matches[-1].end() :].strip()
+    line = re.split(r"\n|\.\s", rest, maxsplit=1)[0].strip()  # up to the end of the line or sentence
+    line = re.sub(r"[.\s]+$", "", line)  # a sentence's full stop is not part of the answer
+    line = line.strip("$ ").strip()
+    return line or None
+
+
+def last_number(text: str) -> str | None:
+    """The last number in the completion, as written (thousands separators removed), or ``None``."""
+    matches = _NUMBER.findall(text[-MAX_SCAN_CHARS:])
+    return matches[-1].replace(",", "") if matches else None
+
+
+EXTRACTORS = {"boxed": last_boxed, "answer_is": answer_is, "last_number": last_number}
+
+
+def extract_answer(text: str, mode: ExtractionMode = "auto") -> str | None:
+    """The final answer of ``text`` according to ``mode``; ``auto`` tries boxed, answer_is, last_number in order.
+
+    Returns ``None`` when nothing can be extracted, or when the extracted answer is longer than
+    ``MAX_ANSWER_CHARS`` (no real final answer is; verifying one would only burn time).
+    """
+    if mode not in EXTRACTION_MODES:
+        raise ValueError(f"unknown extraction mode {mode!r}; choose one of {EXTRACTION_MODES}")
+    if not isinstance(text, str) or not text:
+        return None
+    order = ("boxed", "answer_is", "last_number") if mode == "auto" else (mode,)
+    for name in order:
+        answer = EXTRACTORS[name](text)
+        if answer is not None:
+            return answer if len(answer) <= MAX_ANSWER_CHARS else None
+    return None

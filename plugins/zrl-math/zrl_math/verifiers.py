@@ -1,0 +1,111 @@
+"""The verifiers: ``math_correct`` (mathematical equivalence with the gold answer) and ``boxed_format``."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Literal
+
+from zrl_plugins.builtins.verifiers import completion_text
+
+from .extract import EXTRACTION_MODES, ExtractionMode, boxed_contents, extract_answer
+from .grading import Grader
+
+logger = logging.getLogger(__name__)
+
+RewardMode = Literal["correct_only", "format_aware"]
+
+
+class MathCorrect:
+    """1.0 when the completion's final answer equals the gold answer mathematically (math-verify), else 0.0.
+
+    Equivalence is math-verify's: LaTeX and plain expressions, ``\\boxed{}``, fractions vs decimals, sets (order
+    free), intervals (open/closed ends matter), equations vs values (``x=3`` equals ``3``), units stripped,
+    ``1{,}000`` = ``1000``. Percentage rule (math-verify's): a gold ``50\\%`` is matched by ``50\\%``, ``50`` and
+    ``0.5``.
+
+    Args:
+        extraction: where the answer is taken from: ``boxed`` (last ``\\boxed{}``), ``answer_is`` ("the answer is
+            ..."), ``last_number``, or ``auto`` (the first of those that matches, in that order).
+        gold_column: data set column with the gold answer.
+        mode: ``correct_only`` (SimpleRL-Zoo's default: 1 correct / 0 otherwise) or ``format_aware`` (1 correct,
+            ``wrong_reward`` for a wrong but extractable answer, ``no_answer_reward`` when nothing is extractable).
+        wrong_reward, no_answer_reward: the ``format_aware`` values.
+        timeout: seconds per item; an item that runs out gets ``None`` (not scored) and counts in
+            ``verifier/timeouts``.
+        num_workers: grading processes (``None`` = CPU count, ``0`` = in process).
+
+    A gold answer that cannot be parsed gives ``None`` for its rows, one warning naming the row, and counts in
+    ``verifier/unparsable_gold``. Counts are logged through TRL's ``log_metric`` when the trainer provides it.
+    """
+
+    def __init__(
+        self,
+        extraction: ExtractionMode = "auto",
+        gold_column: str = "answer",
+        mode: RewardMode = "correct_only",
+        wrong_reward: float = -0.5,
+        no_answer_reward: float = -1.0,
+        timeout: float = 5.0,
+        num_workers: int | None = None,
+    ):
+        if extraction not in EXTRACTION_MODES:
+            raise ValueError(f"extraction must be one of {EXTRACTION_MODES}, got {extraction!r}")
+        if mode not in ("correct_only", "format_aware"):
+            raise ValueError(f"mode must be 'correct_only' or 'format_aware', got {mode!r}")
+        self.extraction = extraction
+        self.gold_column = gold_column
+        self.mode = mode
+        self.rewards = {
+            "correct": 1.0,
+            "wrong": wrong_reward if mode == "format_aware" else 0.0,
+            "no_answer": no_answer_reward if mode == "format_aware" else 0.0,
+            "error": 0.0,
+            "timeout": None,
+            "unparsable_gold": None,
+        }
+        self.grader = Grader(timeout=timeout, num_workers=num_workers)
+        self.totals: Counter[str] = Counter()
+        self._warned_golds: set[str] = set()
+        self.__name__ = "math_correct"
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
+        if self.gold_column not in columns:
+            present = sorted(k for k in columns if k not in ("trainer_state", "log_extra", "log_metric"))
+            raise KeyError(
+                f"verifier 'math_correct' needs the gold answer column {self.gold_column!r}; columns present: "
+                f"{present}. Set verifier_kwargs={{'math_correct': {{'gold_column': ...}}}}."
+            )
+        golds = columns[self.gold_column]
+        answers = [extract_answer(completion_text(c), self.extraction) for c in completions]
+        outcomes = self.grader.grade_many(list(zip(answers, golds, strict=True)))
+        counts = Counter(outcomes)
+        self.totals.update(counts)
+        for row, (outcome, gold) in enumerate(zip(outcomes, golds, strict=True)):
+            if outcome == "unparsable_gold" and str(gold) not in self._warned_golds:
+                self._warned_golds.add(str(gold))
+                logger.warning(
+                    "math_correct: the gold answer of row %d (%r) cannot be parsed; its completions get reward None "
+                    "(not scored). Fix the data set's %r column.",
+                    row, gold, self.gold_column,
+                )  # fmt: skip
+        log_metric = columns.get("log_metric")
+        if callable(log_metric):
+            log_metric("verifier/timeouts", float(counts["timeout"]))
+            log_metric("verifier/unparsable_gold", float(counts["unparsable_gold"]))
+            log_metric("verifier/errors", float(counts["error"]))
+        return [self.rewards[o] for o in outcomes]
+
+
+class BoxedFormat:
+    """1.0 when the completion contains exactly one ``\\boxed{...}`` and its braces are balanced, else 0.0."""
+
+    def __init__(self) -> None:
+        self.__name__ = "boxed_format"
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
+        rewards: list[float | None] = []
+        for completion in completions:
+            boxes = boxed_contents(completion_text(completion))
+            rewards.append(float(len(boxes) == 1 and boxes[0] is not None))
+        return rewards
