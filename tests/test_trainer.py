@@ -28,6 +28,7 @@ class DoublingController:
     def update(self, observed_kl, n_steps):
         self._beta *= 2
         self.updates += 1
+        self.last_update = (observed_kl, n_steps)
 
     def state_dict(self):
         return {"beta": self._beta, "updates": self.updates}
@@ -203,6 +204,8 @@ def test_kl_in_the_reward_is_subtracted_before_normalization(tmp_path, tiny_mode
     rewards = trainer._zrl_rewards_per_func.sum(dim=1)
     expected = GRPONormalizer().advantages(rewards - beta * sequence_kl, group_size=4)
     torch.testing.assert_close(out["advantages"], expected, atol=1e-5, rtol=1e-5)
+    logged_kl = trainer._metrics["train"]["kl"][-1]
+    assert logged_kl == pytest.approx(((k3 * mask).sum() / mask.sum()).item(), rel=1e-5)
     without_kl = GRPONormalizer().advantages(rewards, group_size=4)
     assert not torch.allclose(out["advantages"], without_kl, atol=1e-3)
 
@@ -212,6 +215,8 @@ def test_component_and_plugin_state_survive_a_resume(tmp_path, tiny_model_path, 
     first = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, max_steps=3, **common)
     first.train()
     assert first.kl_penalty.controller.beta == pytest.approx(0.01 * 2**3)
+    observed_kl, n_steps = first.kl_penalty.controller.last_update
+    assert observed_kl >= 0.0 and n_steps == 8  # samples in one optimizer step: 8 rows x 1 accumulation x 1 process
     checkpoint = os.path.join(first.args.output_dir, "checkpoint-2")
     assert os.path.exists(os.path.join(checkpoint, "zrl_state_0.pt"))
     assert recorder.saved[-1].endswith("checkpoint-3")

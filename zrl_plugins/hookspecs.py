@@ -72,7 +72,7 @@ def zrl_register_kl_penalties(register: Callable[[str, Callable[..., Any]], None
 
     :param register: ``register(name, factory)``. ``factory(**kwargs)`` must return a
         :class:`zrl_plugins.protocols.KLPenalty`. The trainer passes the config's ``kl_penalty_kwargs`` plus
-        ``beta=args.beta`` when ``beta`` is not in those kwargs.
+        ``beta=args.beta`` when ``beta`` is not in those kwargs and the factory accepts it.
 
     Called once per plugin when the plugin manager is built.
     """

@@ -56,8 +56,8 @@ class Normalizer(Protocol):
     """Advantage estimation plus loss aggregation: the two places where length and difficulty biases live.
 
     ``advantages(rewards, group_size)``: ``rewards`` is a 1-D float tensor over the global batch (``N`` rows, groups
-    contiguous, NaN = unscorable). Returns a tensor of ``N`` advantages (or ``N x T`` for per-token estimators) with
-    no NaN; unscorable rows must get 0.
+    contiguous, NaN = unscorable). Returns a tensor of ``N`` advantages, one per completion, with no NaN; unscorable
+    rows must get 0. (Per-token estimators such as GAE belong to the PPO trainer, which has its own protocol.)
 
     ``aggregate(per_token_loss, mask, ctx)``: ``per_token_loss`` and ``mask`` are ``B x T`` (local rows). Returns the
     scalar loss to back-propagate for this micro-batch, already scaled so that summing over accumulation steps and

@@ -140,9 +140,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         self.normalizer = self._build(
             "normalizer", args.normalizer, args.normalizer_kwargs, max_completion_length=args.max_completion_length
         )
-        kl_kwargs = dict(args.kl_penalty_kwargs)
-        kl_kwargs.setdefault("beta", args.beta)
-        self.kl_penalty = self.zrl_pm.load_component("kl_penalty", args.kl_penalty, **kl_kwargs)
+        self.kl_penalty = self._build("kl_penalty", args.kl_penalty, args.kl_penalty_kwargs, beta=args.beta)
         self.rollout_strategy = self._build("rollout", args.rollout, args.rollout_kwargs)
         # TRL loads (and calls) a reference model iff beta != 0; make that follow the KL penalty.
         args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
@@ -245,6 +243,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 logps = self._policy_logps(output)
             per_token_kl = self.kl_penalty.per_token(logps, output["ref_per_token_logps"]) * mask
             sequence_kl = gather(per_token_kl.sum(-1))
+            totals = self.accelerator.reduce(torch.stack([per_token_kl.sum(), mask.sum().float()]), reduction="sum")
+            self._metrics[mode]["kl"].append((totals[0] / totals[1].clamp(min=1.0)).item())
             self._observe_kl(per_token_kl.sum(), mask.sum(), mode)
             rewards = rewards - self.kl_penalty.controller.beta * sequence_kl
 
@@ -252,11 +252,10 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         rows = len(output["prompt_ids"])
         process_slice = slice(self.accelerator.process_index * rows, (self.accelerator.process_index + 1) * rows)
         output["advantages"] = advantages[process_slice]
-        if advantages.dim() == 1:  # keep TRL's completions table consistent with what is trained on
-            tail = self._logs["advantages"]
-            for _ in range(min(len(advantages), len(tail))):
-                tail.pop()
-            tail.extend(advantages.tolist())
+        tail = self._logs["advantages"]  # keep TRL's completions table consistent with what is trained on
+        for _ in range(min(len(advantages), len(tail))):
+            tail.pop()
+        tail.extend(advantages.tolist())
 
         if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
             self._notify_rollout_batch(inputs, output, rewards, mode)
@@ -287,16 +286,17 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         except Exception as exc:
             entry = self.zrl_pm.entry("normalizer", name)
             raise PluginError(entry.plugin, f"normalizer {name!r}.advantages", exc, entry.distribution) from exc
-        if not isinstance(advantages, torch.Tensor) or advantages.shape[:1] != rewards.shape or advantages.dim() > 2:
+        if not isinstance(advantages, torch.Tensor) or advantages.shape != rewards.shape:
             shape = tuple(advantages.shape) if isinstance(advantages, torch.Tensor) else type(advantages).__name__
             raise ComponentContractError(
                 f"normalizer {name!r} returned advantages of shape {shape} for {rewards.numel()} rewards; expected "
-                f"({rewards.numel()},) or ({rewards.numel()}, T). No optimizer step was taken."
+                f"({rewards.numel()},), one per completion. No optimizer step was taken."
             )
         if not torch.isfinite(advantages).all():
+            bad = (~torch.isfinite(advantages)).nonzero().flatten()[:8].tolist()
             raise ComponentContractError(
-                f"normalizer {name!r} returned NaN or infinite advantages (rewards: {rewards.tolist()}); unscorable "
-                "rows must get advantage 0. No optimizer step was taken."
+                f"normalizer {name!r} returned NaN or infinite advantages (rows {bad}, rewards there: "
+                f"{rewards[bad].tolist()}); unscorable rows must get advantage 0. No optimizer step was taken."
             )
         return advantages
 
@@ -477,10 +477,12 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         window = self.accelerator.reduce(self._kl_window.to(self.accelerator.device), reduction="sum").cpu()
         self._kl_window.zero_()
         if window[1] > 0:
-            self.kl_penalty.controller.update(
-                float(window[0] / window[1]),
-                n_steps=self.args.per_device_train_batch_size * self.accelerator.num_processes,
+            samples_per_step = (
+                self.args.per_device_train_batch_size
+                * self.args.gradient_accumulation_steps
+                * self.accelerator.num_processes
             )
+            self.kl_penalty.controller.update(float(window[0] / window[1]), n_steps=samples_per_step)
 
     # ------------------------------------------------------------------------------------------------ observers
     def _zrl_observe_log(self, logs: dict[str, float]) -> None:
