@@ -212,6 +212,6 @@ def test_entry_points_are_loaded_and_a_broken_one_is_skipped(monkeypatch, tmp_pa
 def test_cli_lists_builtins(capsys):
     assert cli_main(["plugins"]) == 0
     out = capsys.readouterr().out
-    for name in ("grpo", "k3", "none", "default", "last_number"):
+    for name in ("grpo", "k3", "none", "fixed", "default", "last_number"):
         assert name in out
     assert out.splitlines()[0].split() == ["kind", "name", "distribution", "version"]

@@ -79,6 +79,18 @@ def zrl_register_kl_penalties(register: Callable[[str, Callable[..., Any]], None
 
 
 @hookspec
+def zrl_register_kl_controllers(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register KL coefficient controllers, selectable by any estimator-based KL penalty.
+
+    :param register: ``register(name, factory)``. ``factory(beta=..., **kwargs)`` must return a
+        :class:`zrl_plugins.protocols.KLController`; ``beta`` is the initial coefficient and ``kwargs`` come from
+        ``kl_penalty_kwargs["controller_kwargs"]`` (e.g. ``{"target_kl": 6.0, "horizon": 10000}``).
+
+    Called once per plugin when the plugin manager is built.
+    """
+
+
+@hookspec
 def zrl_register_rollouts(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """Register rollout strategies (how completions and their behaviour log-probs are produced).
 

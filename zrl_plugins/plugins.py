@@ -29,7 +29,7 @@ from .errors import (
     PluginError,
     UnknownComponentError,
 )
-from .protocols import COMPONENT_KINDS, KLPenalty, Normalizer, RolloutStrategy, Verifier
+from .protocols import COMPONENT_KINDS, KLController, KLPenalty, Normalizer, RolloutStrategy, Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +40,21 @@ REGISTRATION_HOOKS = {
     "verifier": "zrl_register_verifiers",
     "normalizer": "zrl_register_normalizers",
     "kl_penalty": "zrl_register_kl_penalties",
+    "kl_controller": "zrl_register_kl_controllers",
     "rollout": "zrl_register_rollouts",
 }
-KIND_PROTOCOLS = {"verifier": Verifier, "normalizer": Normalizer, "kl_penalty": KLPenalty, "rollout": RolloutStrategy}
+KIND_PROTOCOLS = {
+    "verifier": Verifier,
+    "normalizer": Normalizer,
+    "kl_penalty": KLPenalty,
+    "kl_controller": KLController,
+    "rollout": RolloutStrategy,
+}
 KIND_PLURALS = {
     "verifier": "verifiers",
     "normalizer": "normalizers",
     "kl_penalty": "KL penalties",
+    "kl_controller": "KL controllers",
     "rollout": "rollouts",
 }
 
@@ -283,7 +291,8 @@ def reset_plugin_manager() -> None:
 def load_component(kind: str, name: str, **kwargs: Any) -> Any:
     """Build a component by name: ``load_component("normalizer", "grpo")``.
 
-    ``kind`` is one of ``"verifier"``, ``"normalizer"``, ``"kl_penalty"``, ``"rollout"``. This is what the trainer
+    ``kind`` is one of ``"verifier"``, ``"normalizer"``, ``"kl_penalty"``, ``"kl_controller"``, ``"rollout"``.
+    This is what the trainer
     uses, and what notebooks, tests and other tools should use.
     """
     return get_plugin_manager().load_component(kind, name, **kwargs)

@@ -1,4 +1,4 @@
-"""The four component protocols. Components are plain objects: testable without a trainer.
+"""The component protocols. Components are plain objects: testable without a trainer.
 
 Shapes: ``N`` is the number of completions in the *global* batch (all processes), grouped contiguously by prompt
 (``group_size`` completions per prompt); ``B`` is the number of local rows and ``T`` the padded completion length.
@@ -12,8 +12,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-COMPONENT_KINDS = ("verifier", "normalizer", "kl_penalty", "rollout")
-ComponentKind = Literal["verifier", "normalizer", "kl_penalty", "rollout"]
+COMPONENT_KINDS = ("verifier", "normalizer", "kl_penalty", "kl_controller", "rollout")
+ComponentKind = Literal["verifier", "normalizer", "kl_penalty", "kl_controller", "rollout"]
 
 
 @runtime_checkable
@@ -71,7 +71,9 @@ class Normalizer(Protocol):
 
 @runtime_checkable
 class KLController(Protocol):
-    """Owns the KL coefficient β. ``update`` is called once per optimizer step with the observed mean KL."""
+    """Owns the KL coefficient β. ``update(observed_kl, n_steps)`` is called once per optimizer step with the mean
+    per-token KL observed since the previous step (all processes) and the number of samples in that step.
+    ``state_dict``/``load_state_dict`` make β (and any other state) travel through checkpoints."""
 
     @property
     def beta(self) -> float: ...

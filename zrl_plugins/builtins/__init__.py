@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..hookspecs import hookimpl
-from .kl import K3KLPenalty, NoKLPenalty
+from .kl import FixedKLController, K3KLPenalty, NoKLPenalty
 from .normalizers import GRPONormalizer
 from .rollouts import DefaultRollout
 from .verifiers import LastNumberVerifier
@@ -28,6 +28,11 @@ def zrl_register_normalizers(register: Register) -> None:
 def zrl_register_kl_penalties(register: Register) -> None:
     register("k3", K3KLPenalty)
     register("none", NoKLPenalty)
+
+
+@hookimpl
+def zrl_register_kl_controllers(register: Register) -> None:
+    register("fixed", FixedKLController)
 
 
 @hookimpl

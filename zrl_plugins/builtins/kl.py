@@ -1,16 +1,22 @@
-"""The core's reference KL penalties: ``k3`` (TRL's estimator) and ``none`` (β = 0, no reference model).
+"""KL penalties of the core: the generic :class:`EstimatorKLPenalty`, the ``k3`` estimator (TRL's), ``none``
+(β = 0, no reference model), and the ``fixed`` controller.
 
-Other estimators and the adaptive controller live in the ``zrl-kl`` plugin.
+More estimators (k1, k2, low_var_kl, abs) and the ``adaptive`` controller live in the ``zrl-kl`` plugin, built on
+:class:`EstimatorKLPenalty`.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 
+from ..protocols import KLController
+
 Placement = Literal["loss", "reward"]
+Estimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class FixedKLController:
@@ -39,27 +45,59 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
-class K3KLPenalty:
-    """KL penalty with the k3 estimator and a fixed β (SPEC §3).
+class EstimatorKLPenalty:
+    """A KL penalty made of a per-token estimator, a placement and a coefficient controller (SPEC §3).
 
     Args:
-        beta: the KL coefficient (defaults to the config's ``beta``).
-        placement: ``"loss"`` adds β·aggregate(k3) to the loss (GRPO); ``"reward"`` subtracts β·Σ_t k3 from the
-            sequence reward before normalization (per token for PPO).
+        estimator: ``f(logp, ref_logp) -> per-token KL``.
+        beta: the initial coefficient (the trainer passes the config's ``beta`` unless given here).
+        placement: ``"loss"`` adds β·aggregate(KL) to the loss (GRPO); ``"reward"`` subtracts β·KL from the reward
+            (per token for PPO; summed into the sequence reward before normalization for GRPO).
+        controller: a controller name (``fixed``, or ``adaptive`` from zrl-kl; see ``zrl plugins``) or a
+            :class:`~zrl_plugins.protocols.KLController` object.
+        controller_kwargs: keyword arguments of the named controller (e.g. ``{"target_kl": 6, "horizon": 10000}``).
     """
 
-    def __init__(self, beta: float = 0.0, placement: Placement = "loss"):
+    def __init__(
+        self,
+        estimator: Estimator,
+        beta: float = 0.0,
+        placement: Placement = "loss",
+        controller: str | KLController = "fixed",
+        controller_kwargs: dict[str, Any] | None = None,
+    ):
         if placement not in ("loss", "reward"):
             raise ValueError(f"placement must be 'loss' or 'reward', got {placement!r}")
+        self.estimator = estimator
         self.placement: Placement = placement
-        self.controller = FixedKLController(beta)
+        if isinstance(controller, str):
+            from ..plugins import load_component
+
+            controller = load_component("kl_controller", controller, beta=beta, **(controller_kwargs or {}))
+        elif controller_kwargs:
+            raise ValueError("controller_kwargs are only used with a controller given by name")
+        self.controller: KLController = controller
 
     @property
     def requires_reference(self) -> bool:
+        # a zero β stays zero under every multiplicative controller: no reference model is needed
         return self.controller.beta != 0.0
 
     def per_token(self, logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-        return k3(logp, ref_logp)
+        return self.estimator(logp, ref_logp)
+
+
+class K3KLPenalty(EstimatorKLPenalty):
+    """The k3 estimator (TRL's) with any controller; see :class:`EstimatorKLPenalty` for the arguments."""
+
+    def __init__(
+        self,
+        beta: float = 0.0,
+        placement: Placement = "loss",
+        controller: str | KLController = "fixed",
+        controller_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__(k3, beta, placement, controller, controller_kwargs)
 
 
 class NoKLPenalty:

@@ -1,0 +1,31 @@
+"""Per-token KL estimators on sampled tokens, with Δ = log π_ref − log π_θ (SPEC §3; Schulman, "Approximating KL
+divergence"). The core's ``k3`` is :func:`zrl_plugins.builtins.kl.k3`."""
+
+from __future__ import annotations
+
+import torch
+
+from zrl_plugins.builtins.kl import k3
+
+
+def k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k1 = −Δ = log π_θ − log π_ref: unbiased, high variance, negative on some tokens."""
+    return logp - ref_logp
+
+
+def k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k2 = ½ Δ²: biased, low variance, ≥ 0."""
+    return 0.5 * (ref_logp - logp) ** 2
+
+
+def low_var_kl(logp: torch.Tensor, ref_logp: torch.Tensor, bound: float = 10.0) -> torch.Tensor:
+    """verl's ``low_var_kl``: k3 clamped to [−bound, bound] (k3 ≥ 0, so in effect capped at ``bound``)."""
+    return torch.clamp(k3(logp, ref_logp), min=-bound, max=bound)
+
+
+def abs_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """|Δ| = |log π_θ − log π_ref| (verl's ``abs``)."""
+    return (logp - ref_logp).abs()
+
+
+ESTIMATORS = {"k1": k1, "k2": k2, "low_var_kl": low_var_kl, "abs": abs_kl}
