@@ -8,6 +8,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
 from zrl_plugins import ZRLGRPOTrainer
+from zrl_plugins.testing import compare_with_trl
 
 COMMON = dict(
     **TINY_TRAINING,
@@ -24,38 +25,11 @@ def _trainers(tmp_path, model_path, dataset, **overrides):
     zrl_args = tiny_config(tmp_path, **{**COMMON, **overrides}, normalizer="grpo", kl_penalty="k3")
     trl = GRPOTrainer(model_path, char_count_reward, args=trl_args, train_dataset=dataset)
     zrl = ZRLGRPOTrainer(model_path, char_count_reward, args=zrl_args, train_dataset=dataset)
-    for trainer in (trl, zrl):
-        trainer.model.train()
-        trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
     return trl, zrl
 
 
 def _batch(dataset, n_prompts=2, group=4):
     return [dict(dataset[i]) for i in range(n_prompts) for _ in range(group)]
-
-
-def _perturb(batch, generator):
-    """Make ratios ≠ 1 (so clipping is exercised), the reference differ from the policy (so KL ≠ 0), and completion
-    lengths differ (so sequence-mean and token-mean aggregation disagree)."""
-    batch = dict(batch)
-    rows, width = batch["completion_mask"].shape
-    lengths = torch.arange(rows) % width + 1
-    batch["completion_mask"] = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()
-    batch["num_items_in_batch"] = batch["completion_mask"].sum()
-    completion_mask = batch["completion_mask"].float()
-    with torch.no_grad():
-        logps = batch["ref_per_token_logps"]
-        batch["old_per_token_logps"] = logps + 0.3 * torch.randn(logps.shape, generator=generator) * completion_mask
-        batch["ref_per_token_logps"] = logps + 0.5 * torch.randn(logps.shape, generator=generator) * completion_mask
-    return batch
-
-
-def _loss_and_grads(trainer, batch):
-    trainer.model.zero_grad()
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads
 
 
 @pytest.mark.parametrize(
@@ -73,23 +47,17 @@ def _loss_and_grads(trainer, batch):
 )
 def test_rollout_advantages_loss_and_gradients_match_trl(tmp_path, tiny_model_path, arithmetic_dataset, options):
     trl, zrl = _trainers(tmp_path, tiny_model_path, arithmetic_dataset, **options)
-    inputs = _batch(arithmetic_dataset)
-
-    torch.manual_seed(123)
-    trl_out = trl._generate_and_score_completions([dict(x) for x in inputs])
-    torch.manual_seed(123)
-    zrl_out = zrl._generate_and_score_completions([dict(x) for x in inputs])
+    result = compare_with_trl(trl, zrl, _batch(arithmetic_dataset))
+    trl_out, zrl_out = result["trl_out"], result["zrl_out"]
 
     assert torch.equal(trl_out["completion_ids"], zrl_out["completion_ids"])
     assert trl_out["advantages"].abs().sum() > 0, "the rewards must vary within groups for the test to mean anything"
     torch.testing.assert_close(zrl_out["advantages"], trl_out["advantages"], atol=1e-6, rtol=0)
     torch.testing.assert_close(zrl_out["ref_per_token_logps"], trl_out["ref_per_token_logps"], atol=1e-6, rtol=0)
 
-    batch = _perturb(trl_out, torch.Generator().manual_seed(7))
-    trl_loss, trl_grads = _loss_and_grads(trl, batch)
-    zrl_loss, zrl_grads = _loss_and_grads(zrl, batch)
-    assert trl.state is not None and abs(trl_loss.item()) > 1e-4
-    torch.testing.assert_close(zrl_loss, trl_loss, atol=1e-6, rtol=0)
+    assert abs(result["trl_loss"].item()) > 1e-4
+    torch.testing.assert_close(result["zrl_loss"], result["trl_loss"], atol=1e-6, rtol=0)
+    trl_grads, zrl_grads = result["trl_grads"], result["zrl_grads"]
     assert trl_grads.keys() == zrl_grads.keys() and trl_grads
     for name in trl_grads:
         torch.testing.assert_close(zrl_grads[name], trl_grads[name], atol=1e-6, rtol=1e-5, msg=name)

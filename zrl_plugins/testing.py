@@ -89,3 +89,52 @@ def build_tiny_model(path: str | os.PathLike[str], seed: int = 0, hidden_size: i
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# ------------------------------------------------------------------------------------------------ TRL comparison
+def perturbed_batch(batch: dict, seed: int = 7) -> dict:
+    """A copy of a generated batch in which importance ratios ≠ 1 (clipping is exercised), the reference differs
+    from the policy (KL ≠ 0), and completion lengths differ (sequence-mean and token-mean aggregation disagree)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    batch = dict(batch)
+    rows, width = batch["completion_mask"].shape
+    lengths = torch.arange(rows) % width + 1
+    batch["completion_mask"] = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    batch["num_items_in_batch"] = batch["completion_mask"].sum()
+    mask = batch["completion_mask"].float()
+    with torch.no_grad():
+        logps = batch.get("ref_per_token_logps")
+        if logps is None:
+            logps = torch.zeros(rows, width)
+        batch["old_per_token_logps"] = logps + 0.3 * torch.randn(logps.shape, generator=generator) * mask
+        if "ref_per_token_logps" in batch:
+            batch["ref_per_token_logps"] = logps + 0.5 * torch.randn(logps.shape, generator=generator) * mask
+    return batch
+
+
+def loss_and_gradients(trainer, batch: dict):
+    """``trainer.compute_loss`` on ``batch`` and the resulting gradients (by parameter name)."""
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def compare_with_trl(trl_trainer, zrl_trainer, inputs: list[dict], seed: int = 123) -> dict:
+    """Run the same rollout (same sampling seed) and the same perturbed batch through a TRL ``GRPOTrainer`` and a
+    ``ZRLGRPOTrainer``; returns both sides' outputs, losses and gradients for the caller to compare."""
+    import torch
+
+    results = {}
+    for name, trainer in (("trl", trl_trainer), ("zrl", zrl_trainer)):
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+        torch.manual_seed(seed)
+        results[f"{name}_out"] = trainer._generate_and_score_completions([dict(x) for x in inputs])
+    batch = perturbed_batch(results["trl_out"])
+    for name, trainer in (("trl", trl_trainer), ("zrl", zrl_trainer)):
+        results[f"{name}_loss"], results[f"{name}_grads"] = loss_and_gradients(trainer, batch)
+    return results
