@@ -132,10 +132,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from trl import TrlParser
+    from zrl_plugins.config import parse_config
 
-    parser = TrlParser((AblationArguments, ZRLConfig))
-    ablation, base = parser.parse_args_and_config(argv)
+    ablation, base = parse_config((AblationArguments, ZRLConfig), argv)
     field_name, _, values_text = ablation.sweep.partition("=")
     if not hasattr(base, field_name) or not values_text:
         raise SystemExit(f"--sweep must be FIELD=v1,v2,... with FIELD a ZRLConfig field; got {ablation.sweep!r}")

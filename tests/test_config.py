@@ -64,3 +64,32 @@ def test_verifier_kwargs_for_an_unselected_verifier_is_an_error():
             output_dir="/tmp/x", use_cpu=True, bf16=False, verifiers=["last_number"],
             verifier_kwargs={"math_correct": {"mode": "boxed"}},
         )  # fmt: skip
+
+
+def test_unknown_keys_get_a_close_match(tmp_path):
+    from zrl_plugins.config import parse_config
+    from zrl_plugins.errors import ConfigError
+
+    yaml_file = tmp_path / "typo.yaml"
+    yaml_file.write_text("normaliser: dr_grpo\nlearning_rate: 1.0e-5\n")
+    with pytest.raises(ConfigError, match=r"unknown config keys: 'normaliser' \(did you mean 'normalizer'\?\)"):
+        parse_config([ZRLConfig], [*BASE, "--config", str(yaml_file)])
+    with pytest.raises(ConfigError, match=r"'kl_penality' \(did you mean 'kl_penalty'\?\)"):
+        parse_config([ZRLConfig], [*BASE, "--kl_penality", "k3"])
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    from zrl_plugins.config import parse_config
+    from zrl_plugins.errors import ConfigError
+
+    yaml_file = tmp_path / "broken.yaml"
+    yaml_file.write_text("normalizer: [dr_grpo\n  beta: 1\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML(.|\n)*broken.yaml\", line 1"):
+        parse_config([ZRLConfig], [*BASE, "--config", str(yaml_file)])
+
+
+def test_parse_config_returns_the_dataclasses():
+    from zrl_plugins.config import parse_config
+
+    (config,) = parse_config([ZRLConfig], [*BASE, "--normalizer", "grpo"])
+    assert isinstance(config, ZRLConfig) and config.normalizer == "grpo"

@@ -131,7 +131,8 @@ def test_training_by_name_calls_every_observer(tmp_path, tiny_model_path, arithm
 
 
 def test_unknown_component_in_config_fails_before_training(tmp_path, tiny_model_path, arithmetic_dataset, pm):
-    with pytest.raises(UnknownComponentError, match="unknown normalizer 'dr_gpro'.*Installed normalizers: grpo"):
+    expected = r"unknown normalizer 'dr_gpro'\. Installed normalizers: .*grpo \(zrl-plugins"
+    with pytest.raises(UnknownComponentError, match=expected):
         _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, normalizer="dr_gpro")
     with pytest.raises(UnknownComponentError, match="unknown verifier 'math_corect'"):
         _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, verifiers=["math_corect"])
@@ -321,3 +322,98 @@ def test_truncated_completions_get_the_configured_reward(tmp_path, tiny_model_pa
     assert truncated.any()
     rewards = trainer._global_rewards()
     assert (rewards[truncated] == 0.0).all() and (rewards[~truncated] == 5.0).all()
+
+
+# ---------------------------------------------------------------------------------------------------- fault injection
+def _flaky_reward(prompts, completions, **columns):
+    """Raises whenever the batch holds a completion of a prompt about 0 (row-level bad input)."""
+    if any("What is 0 +" in p for p in prompts):
+        raise ValueError("cannot parse this one")
+    return [1.0 + 0.1 * len(c) for c in completions]
+
+
+def _hanging_reward(prompts, completions, **columns):
+    import time
+
+    time.sleep(30)
+    return [1.0] * len(completions)
+
+
+class FaultyVerifiers:
+    @hookimpl
+    def zrl_register_verifiers(self, register):
+        register("flaky", lambda: _flaky_reward)
+        register("hangs", lambda: _hanging_reward)
+
+
+def test_a_verifier_failing_on_some_rows_scores_the_others(tmp_path, tiny_model_path, arithmetic_dataset, pm, caplog):
+    import logging
+
+    pm.register_plugin(FaultyVerifiers(), name="faulty")
+    trainer = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, verifiers=["flaky", "digits"], max_steps=1)
+    trainer.model.train()
+    inputs = [dict(arithmetic_dataset[i]) for i in range(2) for _ in range(4)]  # prompts about 0 and about 1
+    with caplog.at_level(logging.WARNING, logger="zrl_plugins.verifier_guard"):
+        trainer._generate_and_score_completions(inputs)
+    flaky = trainer._zrl_rewards_per_func[:, 0]
+    assert torch.isnan(flaky[:4]).all() and not torch.isnan(flaky[4:]).any()  # only the bad rows are not scored
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("verifier 'flaky'" in m and "raised on row 0" in m and "cannot parse this one" in m for m in messages)
+    assert trainer._metrics["train"]["verifier/flaky/errors"][-1] == 4.0
+    trainer.train()  # and training goes on
+
+
+def test_a_hanging_verifier_times_out_and_training_goes_on(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    import time
+
+    pm.register_plugin(FaultyVerifiers(), name="faulty")
+    trainer = _trainer(
+        tmp_path, tiny_model_path, arithmetic_dataset, pm, verifiers=["hangs", "digits"], max_steps=1,
+        verifier_timeout=0.5,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.train()
+    assert time.perf_counter() - start < 20
+    log = next(h for h in trainer.state.log_history if "loss" in h)
+    assert log["verifier/hangs/timeouts"] == 8.0
+    assert log["rewards/hangs/mean"] is None  # no row scored: TRL logs None rather than NaN
+    assert log["rewards/digits/mean"] is not None
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+def test_empty_dataset(tmp_path, tiny_model_path, pm):
+    from datasets import Dataset
+
+    from zrl_plugins.errors import DataError
+
+    empty = Dataset.from_dict({"prompt": [], "answer": []})
+    with pytest.raises(DataError, match="train_dataset is empty"):
+        _trainer(tmp_path, tiny_model_path, empty, pm)
+
+
+def test_missing_gold_column(tmp_path, tiny_model_path, pm):
+    from datasets import Dataset
+
+    from zrl_plugins.errors import DataError
+
+    data = Dataset.from_list([{"prompt": "What is 1 + 1?", "solution": "2"}] * 8)
+    with pytest.raises(DataError, match=r"verifier 'last_number' needs the data set column\(s\) \['answer'\]"):
+        _trainer(tmp_path, tiny_model_path, data, pm, verifiers=["last_number"])
+
+
+def test_prompt_longer_than_the_context(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    from datasets import Dataset
+
+    from zrl_plugins.errors import DataError
+
+    rows = [dict(arithmetic_dataset[i]) for i in range(4)]
+    rows[2]["prompt"] = "What is 1 + 1? " * 200  # far beyond the tiny model's 512 positions
+    with pytest.raises(DataError, match="row 2 of train_dataset has a prompt of .* exceeds the model's context of 512"):
+        _trainer(tmp_path, tiny_model_path, Dataset.from_list(rows), pm)
+
+
+def test_completion_length_zero(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    from zrl_plugins.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_completion_length must be at least 1, got 0"):
+        _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, max_completion_length=0)

@@ -7,11 +7,16 @@ Every field carries ``metadata={"help": ...}`` so ``trl.TrlParser`` turns it int
 
 from __future__ import annotations
 
+import difflib
 import json
-from dataclasses import dataclass, field
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from trl import GRPOConfig
+
+from .errors import ConfigError
 
 KWARGS_FIELDS = ("verifier_kwargs", "normalizer_kwargs", "kl_penalty_kwargs", "rollout_kwargs")
 
@@ -52,6 +57,13 @@ class ZRLConfig(GRPOConfig):
         metadata={
             "help": "Keyword arguments per verifier, as a mapping from verifier name to kwargs (JSON on the CLI), e.g. "
             '\'{"math_correct": {"mode": "format_aware"}}\'.'
+        },
+    )
+    verifier_timeout: float | None = field(
+        default=300.0,
+        metadata={
+            "help": "Seconds a verifier call may take; after that its rows get reward None (not scored), the count is "
+            "logged as verifier/<name>/timeouts and training goes on. None: no limit."
         },
     )
     normalizer: str = field(
@@ -102,3 +114,30 @@ class ZRLConfig(GRPOConfig):
                 f"selected verifiers: {self.verifiers}"
             )
         super().__post_init__()
+
+
+def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """``TrlParser(dataclass_types).parse_args_and_config(argv)`` (YAML via ``--config`` plus CLI overrides), with
+    errors a user can act on: malformed YAML names the file and line; an unknown key gets a close-match suggestion.
+    """
+    import yaml
+    from trl import TrlParser
+
+    parser = TrlParser(list(dataclass_types))
+    try:
+        return tuple(parser.parse_args_and_config(list(argv) if argv is not None else None))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the config file is not valid YAML: {exc}") from exc
+    except ValueError as exc:
+        message = str(exc)
+        if "Unknown arguments" not in message and "not used by the HfArgumentParser" not in message:
+            raise
+        known = sorted({f.name for dataclass_type in dataclass_types for f in fields(dataclass_type)})
+        hints = []
+        for key in re.findall(r"'--([\w.-]+)'", message):
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(
+            f"unknown config keys: {', '.join(hints)}. Every key must be a field of "
+            f"{' / '.join(t.__name__ for t in dataclass_types)} (see `--help`)."
+        ) from exc

@@ -34,3 +34,11 @@ class DuplicateComponentError(ZRLError):
 
 class ComponentContractError(ZRLError):
     """A component returned something that breaks its protocol (wrong shape, NaN, wrong count)."""
+
+
+class ConfigError(ZRLError, ValueError):
+    """A config file or command line that cannot be used as written."""
+
+
+class DataError(ZRLError, ValueError):
+    """Training data that cannot be trained on (empty, missing a column, prompts that do not fit)."""

@@ -22,9 +22,12 @@ class Verifier(Protocol):
 
     ``__call__(prompts, completions, **columns)`` receives one prompt and one completion per row (text, or a list of
     chat messages for conversational data) and every other data set column as a keyword list (e.g. ``answer``), plus
-    TRL's extras (``completion_ids``, ``trainer_state``, ``log_metric``...). It returns one reward per row;
-    ``None`` means "not applicable / could not score" (the row is excluded from group statistics when every verifier
-    says ``None``).
+    TRL's extras (``completion_ids``, ``trainer_state``, ``log_metric``...) and zrl's ``completion_truncated``. It
+    returns one reward per row; ``None`` means "not applicable / could not score" (the row is excluded from group
+    statistics when every verifier says ``None``).
+
+    Optional attribute ``required_columns``: data set columns the verifier needs (e.g. the gold answer); the trainer
+    checks them before training starts.
     """
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]: ...

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
-import numbers
 import os
 import warnings
 from collections.abc import Callable
@@ -48,43 +46,15 @@ from trl import GRPOTrainer
 from trl.trainer.utils import get_callable_name, is_async_callable, nanmax, nanmin
 
 from .config import ZRLConfig
-from .errors import ComponentContractError, PluginError
+from .errors import ComponentContractError, ConfigError, DataError, PluginError
 from .plugins import ZRLPluginManager, get_plugin_manager
 from .protocols import LossContext
+from .verifier_guard import NamedVerifier
 
 logger = logging.getLogger(__name__)
 
 CLIPPED_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
 STATE_FILE = "zrl_state_{rank}.pt"
-
-
-class NamedVerifier:
-    """A verifier as a TRL reward function: named after the component (TRL logs ``rewards/<name>/mean``), with
-    errors and broken return values reported with the verifier's name and origin."""
-
-    def __init__(self, name: str, verifier: Callable[..., list[float | None]], origin: str):
-        self.__name__ = name
-        self.verifier = verifier
-        self.origin = origin
-
-    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
-        try:
-            rewards = self.verifier(prompts=prompts, completions=completions, **columns)
-        except Exception as exc:
-            raise PluginError(self.origin, f"verifier {self.__name__!r}", exc) from exc
-        rewards = list(rewards)
-        if len(rewards) != len(completions):
-            raise ComponentContractError(
-                f"verifier {self.__name__!r} ({self.origin}) returned {len(rewards)} rewards for {len(completions)} "
-                "completions; it must return exactly one reward (or None) per completion."
-            )
-        for row, reward in enumerate(rewards):
-            if reward is not None and (not isinstance(reward, numbers.Real) or not math.isfinite(reward)):
-                raise ComponentContractError(
-                    f"verifier {self.__name__!r} ({self.origin}) returned {reward!r} for row {row}; rewards must be "
-                    "finite numbers, or None when the row cannot be scored."
-                )
-        return rewards
 
 
 class _ObservedLog(Trainer):
@@ -145,7 +115,9 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         # TRL loads (and calls) a reference model iff beta != 0; make that follow the KL penalty.
         args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
 
-        verifier_funcs = [self._verifier(name, args.verifier_kwargs.get(name, {})) for name in args.verifiers]
+        verifier_funcs = [
+            self._verifier(name, args.verifier_kwargs.get(name, {}), args.verifier_timeout) for name in args.verifiers
+        ]
         if reward_funcs is None:
             reward_funcs = []
         elif not isinstance(reward_funcs, list):
@@ -169,6 +141,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         self._zrl_rewards_per_func: torch.Tensor | None = None
         self._zrl_truncated: torch.Tensor | None = None
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        if self.train_dataset is not None:
+            self._check_training_data(self.train_dataset)
 
     # ------------------------------------------------------------------------------------------------ construction
     @staticmethod
@@ -186,6 +160,36 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             )
         if args.use_adaptive_entropy:
             raise ValueError("use_adaptive_entropy is not supported by ZRLGRPOTrainer; use a fixed entropy_coef.")
+        if args.max_completion_length is None or args.max_completion_length < 1:
+            raise ConfigError(f"max_completion_length must be at least 1, got {args.max_completion_length}")
+
+    def _check_training_data(self, dataset: Any, sample: int = 256) -> None:
+        """Fail before any generation on data that cannot be trained on."""
+        if not hasattr(dataset, "__len__"):
+            return  # a streaming data set: nothing to check without consuming it
+        if len(dataset) == 0:
+            raise DataError("train_dataset is empty: nothing to train on.")
+        columns = set(dataset.column_names or [])
+        for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
+            needed = getattr(getattr(func, "verifier", func), "required_columns", ())
+            missing = [c for c in needed if c not in columns]
+            if missing:
+                raise DataError(
+                    f"verifier {name!r} needs the data set column(s) {missing}, which train_dataset lacks; its "
+                    f"columns are {sorted(columns)}. Rename the column or set the verifier's gold_column."
+                )
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context is None or "prompt" not in columns:
+            return
+        rows = min(len(dataset), sample)
+        prompt_ids, _, _ = self._tokenize_prompts([dataset[i]["prompt"] for i in range(rows)])
+        longest = max(range(rows), key=lambda i: len(prompt_ids[i]))
+        if len(prompt_ids[longest]) + self.max_completion_length > context:
+            raise DataError(
+                f"row {longest} of train_dataset has a prompt of {len(prompt_ids[longest])} tokens; with "
+                f"max_completion_length={self.max_completion_length} that exceeds the model's context of {context} "
+                "tokens. Shorten or filter the prompts, or lower max_completion_length."
+            )
 
     def _build(self, kind: str, name: str, kwargs: dict[str, Any], **defaults: Any) -> Any:
         factory = self.zrl_pm.entry(kind, name).factory
@@ -195,12 +199,12 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 merged[key] = value
         return self.zrl_pm.load_component(kind, name, **merged)
 
-    def _verifier(self, name: str, kwargs: dict[str, Any]) -> Callable[..., Any]:
+    def _verifier(self, name: str, kwargs: dict[str, Any], timeout: float | None) -> Callable[..., Any]:
         verifier = self.zrl_pm.load_component("verifier", name, **kwargs)
         entry = self.zrl_pm.entry("verifier", name)
         if is_async_callable(verifier) or isinstance(verifier, torch.nn.Module):
             return verifier  # TRL runs these itself (in parallel / as a reward model)
-        wrapped = NamedVerifier(name, verifier, f"{entry.plugin} ({entry.origin})")
+        wrapped = NamedVerifier(name, verifier, f"{entry.plugin} ({entry.origin})", timeout)
         if get_callable_name(wrapped) != name:  # pragma: no cover - guards TRL's naming rule
             raise RuntimeError("TRL would not name the verifier after its component")
         return wrapped

@@ -46,6 +46,7 @@ class LastNumberVerifier:
         self.gold_column = gold_column
         self.tolerance = tolerance
         self.__name__ = "last_number"  # TRL names reward functions by __name__
+        self.required_columns = (gold_column,)  # checked against the data set before training starts
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         if self.gold_column not in columns:

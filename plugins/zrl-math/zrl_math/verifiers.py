@@ -68,6 +68,7 @@ class MathCorrect:
         self.totals: Counter[str] = Counter()
         self._warned_golds: set[str] = set()
         self.__name__ = "math_correct"
+        self.required_columns = (gold_column,)  # checked against the data set before training starts
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         if self.gold_column not in columns:
