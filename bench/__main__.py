@@ -1,0 +1,54 @@
+"""Run the benchmark suite and write bench/RESULTS.md from bench/results/*.md.
+
+python -m bench                  # every benchmark (~20 min on 2 CPU cores), then RESULTS.md
+python -m bench --only overhead  # one of: overhead, verifier_throughput, kl_memory
+python -m bench --report         # only rebuild RESULTS.md from the results already in bench/results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SUITE = {
+    "overhead": [["bench.overhead", "--model", "tiny", "--rounds", "6"], ["bench.overhead", "--model", "smollm2"]],
+    "verifier_throughput": [["bench.verifier_throughput"]],
+    "kl_memory": [["bench.kl_memory", "--model", "smollm2"]],
+}
+TITLES = {
+    "overhead_tiny": "Plugin overhead, tiny Llama: zrl / TRL median step time",
+    "overhead_smollm2": "Plugin overhead, SmolLM2-135M: zrl / TRL median step time",
+    "verifier_throughput": "math_correct throughput: parallel / serial",
+    "kl_memory_smollm2": "Peak memory: kl_penalty k3 / none",
+    "kl_memory_tiny": "Peak memory (tiny model): kl_penalty k3 / none",
+    "ablation_grpo_vs_dr_grpo": "GRPO vs Dr. GRPO on SmolLM2 (lengths of correct / incorrect completions)",
+}
+
+
+def write_report() -> Path:
+    sections = ["# Benchmark results", "", "Ratios measured side by side in one run; raw data in `results/*.json`.", ""]
+    for table in sorted((HERE / "results").glob("*.md")):
+        sections += [f"## {TITLES.get(table.stem, table.stem)}", "", table.read_text().strip(), ""]
+    path = HERE / "RESULTS.md"
+    path.write_text("\n".join(sections))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(SUITE), action="append")
+    parser.add_argument("--report", action="store_true", help="only rebuild RESULTS.md")
+    args = parser.parse_args()
+    if not args.report:
+        for name in args.only or sorted(SUITE):
+            for command in SUITE[name]:
+                print(f"== python -m {' '.join(command)}", flush=True)
+                subprocess.run([sys.executable, "-W", "ignore", "-m", *command], check=True)
+    print(f"wrote {write_report()}")
+
+
+if __name__ == "__main__":
+    main()
