@@ -24,6 +24,8 @@ TITLES = {
     "verifier_throughput": "math_correct throughput: parallel / serial",
     "kl_memory_smollm2": "Peak memory: kl_penalty k3 / none",
     "kl_memory_tiny": "Peak memory (tiny model): kl_penalty k3 / none",
+    "overhead_medium_cuda": "Plugin overhead on an H100, random 12-layer Llama (~180M), bf16, fixed-length generation",
+    "gpu_equivalence": "zrl (grpo + k3) vs TRL GRPOTrainer on an H100: same inputs",
     "ablation_grpo_vs_dr_grpo": "GRPO vs Dr. GRPO on SmolLM2 (lengths of correct / incorrect completions)",
 }
 

@@ -4,10 +4,12 @@ Both trainers are built from the same model and data with equivalent settings (T
 scale_rewards="group", beta; zrl: normalizer="grpo", kl_penalty="k3", same beta). They train in alternating rounds
 (TRL, zrl, TRL', zrl, TRL, ...) so drift of the machine hits all; the first step of every round is dropped
 (optimizer and cache warm-up) and the median over the remaining steps is compared. TRL' is a second, identical TRL
-trainer: TRL'/TRL is the noise floor of the measurement (an A/A control).
+trainer: TRL'/TRL is the noise floor of the measurement (an A/A control). With --fixed_length every completion is
+generated to max_completion_length (min_new_tokens), so step times compare the trainers, not sampling luck.
 
     python -m bench.overhead --model tiny              # ~1 min on 2 CPU cores
     python -m bench.overhead --model smollm2           # SmolLM2-135M, a few minutes
+    python -m bench.overhead --model medium --device cuda  # a random 12-layer Llama (~180M) on a GPU, bf16
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
 def build(model_name: str, workdir: str):
-    if model_name == "tiny":
-        from zrl_plugins.testing import build_tiny_model
+    from zrl_plugins.testing import build_tiny_model
 
+    if model_name == "tiny":
         return str(build_tiny_model(os.path.join(workdir, "tiny"))), dict(
             per_device_train_batch_size=8, num_generations=4, max_completion_length=16
         )
+    if model_name == "medium":
+        path = build_tiny_model(os.path.join(workdir, "medium"), hidden_size=1024, num_layers=12)
+        return str(path), dict(per_device_train_batch_size=32, num_generations=8, max_completion_length=64)
     from zrl_plugins.models import smollm2_path
 
     return smollm2_path(), dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=16)
@@ -33,7 +38,9 @@ def build(model_name: str, workdir: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "smollm2", "medium"], default="tiny")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--fixed_length", action="store_true", help="generate every completion to full length")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps_per_round", type=int, default=8)
     args = parser.parse_args()
@@ -54,7 +61,9 @@ def main() -> None:
         return [float(sum(ch.isdigit() for ch in str(c))) for c in completions]
 
     common = dict(
-        **shape, learning_rate=1e-6, beta=0.04, logging_steps=1, report_to=[], use_cpu=True, bf16=False,
+        **shape, learning_rate=1e-6, beta=0.04, logging_steps=1, report_to=[], use_cpu=args.device == "cpu",
+        bf16=args.device == "cuda",
+        generation_kwargs={"min_new_tokens": shape["max_completion_length"]} if args.fixed_length else None,
         save_strategy="no", gradient_checkpointing=False, seed=0, disable_tqdm=True, max_steps=args.steps_per_round,
     )  # fmt: skip
     trl_args = GRPOConfig(output_dir=os.path.join(workdir, "trl"), loss_type="grpo", scale_rewards="group", **common)
@@ -80,6 +89,8 @@ def main() -> None:
     payload = {
         "benchmark": "plugin overhead: zrl GRPO step time / plain TRL GRPO step time",
         "model": args.model,
+        "device": args.device,
+        "fixed_length": args.fixed_length,
         "config": {k: v for k, v in shape.items()},
         "steps_measured_each": len(times["trl"]),
         "ratio_median_step_time": ratio,
@@ -89,9 +100,10 @@ def main() -> None:
     }
     table = (
         "| model | steps each | zrl / TRL median step time | A/A control: TRL' / TRL |\n|---|---|---|---|\n"
-        f"| {args.model} | {len(times['trl'])} | {ratio:.3f} | {control:.3f} |"
+        f"| {args.model} ({args.device}) | {len(times['trl'])} | {ratio:.3f} | {control:.3f} |"
     )
-    path = write_results(f"overhead_{args.model}", payload, table)
+    suffix = "" if args.device == "cpu" else f"_{args.device}"
+    path = write_results(f"overhead_{args.model}{suffix}", payload, table)
     print(table)
     print(f"wrote {path}")
 

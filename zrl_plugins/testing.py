@@ -99,18 +99,23 @@ def perturbed_batch(batch: dict, seed: int = 7) -> dict:
 
     generator = torch.Generator().manual_seed(seed)
     batch = dict(batch)
+    device = batch["completion_mask"].device
     rows, width = batch["completion_mask"].shape
-    lengths = torch.arange(rows) % width + 1
-    batch["completion_mask"] = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    lengths = torch.arange(rows, device=device) % width + 1
+    batch["completion_mask"] = (torch.arange(width, device=device).unsqueeze(0) < lengths.unsqueeze(1)).long()
     batch["num_items_in_batch"] = batch["completion_mask"].sum()
     mask = batch["completion_mask"].float()
+
+    def noise(scale: float, shape: torch.Size) -> torch.Tensor:  # drawn on the CPU: the same numbers on any device
+        return (scale * torch.randn(shape, generator=generator)).to(device)
+
     with torch.no_grad():
         logps = batch.get("ref_per_token_logps")
         if logps is None:
-            logps = torch.zeros(rows, width)
-        batch["old_per_token_logps"] = logps + 0.3 * torch.randn(logps.shape, generator=generator) * mask
+            logps = torch.zeros(rows, width, device=device)
+        batch["old_per_token_logps"] = logps + noise(0.3, logps.shape) * mask
         if "ref_per_token_logps" in batch:
-            batch["ref_per_token_logps"] = logps + 0.5 * torch.randn(logps.shape, generator=generator) * mask
+            batch["ref_per_token_logps"] = logps + noise(0.5, logps.shape) * mask
     return batch
 
 
