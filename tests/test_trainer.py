@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import torch
@@ -332,10 +333,12 @@ def _flaky_reward(prompts, completions, **columns):
     return [1.0 + 0.1 * len(c) for c in completions]
 
 
-def _hanging_reward(prompts, completions, **columns):
-    import time
+HANG_RELEASE = threading.Event()
 
-    time.sleep(30)
+
+def _hanging_reward(prompts, completions, **columns):
+    # stuck until the test releases it: no stray thread may still be running when the interpreter exits
+    HANG_RELEASE.wait(timeout=60)
     return [1.0] * len(completions)
 
 
@@ -372,7 +375,13 @@ def test_a_hanging_verifier_times_out_and_training_goes_on(tmp_path, tiny_model_
         verifier_timeout=0.5,
     )  # fmt: skip
     start = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        HANG_RELEASE.set()
+        for thread in threading.enumerate():
+            if thread.name == "zrl-verifier-hangs":
+                thread.join(timeout=10)
     assert time.perf_counter() - start < 20
     log = next(h for h in trainer.state.log_history if "loss" in h)
     assert log["verifier/hangs/timeouts"] == 8.0
