@@ -270,7 +270,7 @@ class RolloutPlugin:
 
 
 def test_a_rollout_strategy_that_replaces_generation(tmp_path, tiny_model_path, arithmetic_dataset, pm):
-    pm.register_plugin(RolloutPlugin(), name="rollouts")
+    pm.register_plugin(RolloutPlugin(), name="test-rollouts")
     seen_columns = []
 
     def reward(prompts, completions, **columns):
@@ -285,7 +285,7 @@ def test_a_rollout_strategy_that_replaces_generation(tmp_path, tiny_model_path, 
 
 
 def test_an_off_policy_rollout_gets_old_and_behaviour_logps(tmp_path, tiny_model_path, arithmetic_dataset, pm):
-    pm.register_plugin(RolloutPlugin(), name="rollouts")
+    pm.register_plugin(RolloutPlugin(), name="test-rollouts")
     args = tiny_config(tmp_path, rollout="counting", rollout_kwargs={"off_policy": True})
     trainer = ZRLGRPOTrainer(
         tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset, plugin_manager=pm
@@ -298,7 +298,7 @@ def test_an_off_policy_rollout_gets_old_and_behaviour_logps(tmp_path, tiny_model
 
 
 def test_a_rollout_func_and_a_replacing_strategy_conflict(tmp_path, tiny_model_path, arithmetic_dataset, pm):
-    pm.register_plugin(RolloutPlugin(), name="rollouts")
+    pm.register_plugin(RolloutPlugin(), name="test-rollouts")
     args = tiny_config(tmp_path, rollout="counting")
     with pytest.raises(ValueError, match="replaces generation, and a rollout_func was passed as well"):
         ZRLGRPOTrainer(

@@ -126,6 +126,12 @@ class RolloutStrategy(Protocol):
     repeated ``num_generations`` times by TRL's sampler) and returns a dict with ``prompt_ids``, ``completion_ids``
     (lists of token-id lists) and ``logprobs`` (per-token behaviour log-probs, or ``None``); other keys are forwarded
     to the verifiers as columns.
+
+    Optional methods:
+        ``validate(trainer)``: called once the trainer is built; raise to refuse a setup the strategy cannot serve.
+        ``importance_weights(old_logps, behaviour_logps, mask) -> (weights, stats)``: for off-policy strategies,
+        the per-token (B x T) or per-sequence (B x 1) weights π_old / π_behaviour the loss is multiplied by, and a
+        dict of scalar statistics logged as ``rollout/<key>``.
     """
 
     replaces_generation: bool

@@ -141,6 +141,9 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         self._zrl_rewards_per_func: torch.Tensor | None = None
         self._zrl_truncated: torch.Tensor | None = None
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        validate = getattr(self.rollout_strategy, "validate", None)
+        if validate is not None:
+            validate(self)  # e.g. a strategy that cannot work with TRL's vLLM modes refuses them here
         if self.train_dataset is not None:
             self._check_training_data(self.train_dataset)
 
@@ -239,6 +242,11 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
         if self.rollout_strategy.off_policy and "old_per_token_logps" not in output:
             output["old_per_token_logps"] = self._policy_logps(output)
+        weigh = getattr(self.rollout_strategy, "importance_weights", None)
+        if self.rollout_strategy.off_policy and weigh is not None and "sampling_per_token_logps" in output:
+            weights, stats = weigh(output["old_per_token_logps"], output["sampling_per_token_logps"], mask)
+            output["importance_sampling_ratio"] = weights  # the loss multiplies per-token losses by it, as for vLLM
+            self._log_rollout_stats(stats, mode)
 
         rewards = self._global_rewards()
         if self.kl_penalty.placement == "reward" and self.kl_penalty.controller.beta != 0.0:
@@ -264,6 +272,18 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
             self._notify_rollout_batch(inputs, output, rewards, mode)
         return output
+
+    def _log_rollout_stats(self, stats: dict[str, float], mode: str) -> None:
+        """Log a rollout strategy's statistics over all processes (min of ``*min*``, max of ``*max*``, else mean)."""
+        names = sorted(stats)
+        if not names:
+            return
+        gathered = self.accelerator.gather(torch.tensor([stats[k] for k in names], device=self.accelerator.device))
+        gathered = gathered.view(-1, len(names))
+        for i, name in enumerate(names):
+            column = gathered[:, i]
+            value = column.min() if "min" in name else column.max() if "max" in name else column.mean()
+            self._metrics[mode][f"rollout/{name}"].append(value.item())
 
     def _notify_rollout_batch(self, inputs, output, rewards: torch.Tensor, mode: str) -> None:
         self.zrl_pm.call_observer(

@@ -1,0 +1,149 @@
+"""nested: layer-skipped generation is exactly a smaller model's; importance-weight arithmetic; training runs."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+from datasets import Dataset
+from zrl_rollouts.nested import choose_layers, importance_weights
+
+from zrl_plugins import PluginError, ZRLConfig, ZRLGRPOTrainer, load_component
+from zrl_plugins.builtins.rollouts import generate_with_trl
+
+DATA = Dataset.from_list([{"prompt": f"What is {a} + {a + 1}?", "answer": str(2 * a + 1)} for a in range(16)])
+
+
+def digits_reward(prompts, completions, **kwargs):
+    return [float(sum(ch.isdigit() for ch in c)) + 0.1 * len(c) for c in completions]
+
+
+@pytest.fixture(scope="module")
+def four_layers(tmp_path_factory):
+    from zrl_plugins.testing import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("four"), num_layers=4))
+
+
+def without_layers(path: str, skip: list[int], out) -> str:
+    """The same weights, rebuilt as a smaller model without the layers in ``skip``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    keep = [i for i in range(model.config.num_hidden_layers) if i not in skip]
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = len(keep)
+    smaller = AutoModelForCausalLM.from_config(config)
+    state = {}
+    for key, value in model.state_dict().items():
+        if ".layers." in key:
+            index = int(key.split(".layers.")[1].split(".")[0])
+            if index not in keep:
+                continue
+            key = key.replace(f".layers.{index}.", f".layers.{keep.index(index)}.")
+        state[key] = value
+    smaller.load_state_dict(state)
+    smaller.generation_config = model.generation_config
+    smaller.save_pretrained(out)
+    AutoTokenizer.from_pretrained(path).save_pretrained(out)
+    return str(out)
+
+
+def trainer_for(path, tmp_path, **overrides):
+    args = ZRLConfig(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4, max_completion_length=10,
+        max_steps=2, logging_steps=1, report_to=[], use_cpu=True, bf16=False, save_strategy="no",
+        gradient_checkpointing=False, seed=0, learning_rate=1e-2, **overrides,
+    )  # fmt: skip
+    return ZRLGRPOTrainer(path, digits_reward, args=args, train_dataset=DATA)
+
+
+def test_greedy_generation_and_behaviour_logps_equal_a_model_built_without_the_layers(four_layers, tmp_path):
+    greedy = {"generation_kwargs": {"do_sample": False}}
+    nested = trainer_for(four_layers, tmp_path / "n", rollout="nested", rollout_kwargs={"layers": [2]}, **greedy)
+    reference = trainer_for(without_layers(four_layers, [2], tmp_path / "small"), tmp_path / "r", **greedy)
+    prompts = [DATA[i]["prompt"] for i in range(4)]
+
+    out = nested.rollout_strategy(prompts, nested)
+    expected = generate_with_trl(prompts, reference)
+    assert nested.rollout_strategy.last_skipped == [2]
+    assert out["completion_ids"] == expected["completion_ids"]  # token for token
+
+    full = generate_with_trl(prompts, nested)  # sanity: skipping a layer does change the model
+    assert full["completion_ids"] != out["completion_ids"]
+
+    from trl.trainer.utils import pad
+
+    ids = [p + c for p, c in zip(expected["prompt_ids"], expected["completion_ids"], strict=True)]
+    # the behaviour log-probs are the smaller model's log-probs of the sampled tokens
+    for row, (prompt, completion) in enumerate(zip(expected["prompt_ids"], expected["completion_ids"], strict=True)):
+        tensor = pad([torch.tensor(ids[row])], padding_value=0)
+        with torch.no_grad():
+            logits = reference.model(input_ids=tensor).logits[0, len(prompt) - 1 : -1]
+        logps = torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion).unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(torch.tensor(out["logprobs"][row]), logps, atol=1e-5, rtol=1e-5)
+
+
+def test_no_skipped_layer_means_weights_of_exactly_one(four_layers, tmp_path):
+    trainer = trainer_for(four_layers, tmp_path, rollout="nested", rollout_kwargs={"skip_ratio": 0.0})
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([dict(DATA[i]) for i in range(2) for _ in range(4)])
+    mask = out["completion_mask"].bool()
+    assert trainer.rollout_strategy.last_skipped == []
+    assert (out["importance_sampling_ratio"][mask] == 1.0).all()
+
+
+def test_importance_weight_arithmetic():
+    old = torch.log(torch.tensor([[0.5, 0.25, 0.9]]))
+    behaviour = torch.log(torch.tensor([[0.25, 0.5, 0.1]]))
+    mask = torch.tensor([[1, 1, 0]])  # the third token is padding
+    # token ratios 2 and 0.5; truncated at C = 1.5
+    weights, stats = importance_weights(old, behaviour, mask, "token_tis", clip=1.5)
+    torch.testing.assert_close(weights[:, :2], torch.tensor([[1.5, 0.5]]))
+    assert stats == pytest.approx(
+        {"is_weight_mean": 1.25, "is_weight_min": 0.5, "is_weight_max": 2.0, "is_truncated_fraction": 0.5}
+    )
+    # sequence weight: geometric mean of the token ratios, sqrt(2 · 0.5) = 1
+    weights, stats = importance_weights(old, behaviour, mask, "seq_tis", clip=1.5)
+    assert weights.shape == (1, 1) and weights.item() == pytest.approx(1.0)
+    # the same with only the first token: 2, truncated to 1.5
+    weights, _ = importance_weights(old, behaviour, torch.tensor([[1, 0, 0]]), "seq_tis", clip=1.5)
+    assert weights.item() == pytest.approx(1.5)
+    weights, stats = importance_weights(old, behaviour, mask, "none", clip=1.5)
+    assert (weights == 1).all() and stats["is_weight_max"] == pytest.approx(2.0)  # still reported
+
+
+def test_layer_choice():
+    for num_layers in (4, 12, 30):
+        for ratio in (0.125, 0.25, 0.5):
+            layers = choose_layers(num_layers, ratio, random.Random(3))
+            assert len(layers) == min(round(ratio * num_layers), num_layers - 2)
+            assert 0 not in layers and num_layers - 1 not in layers
+    assert choose_layers(12, 0.25, random.Random(1)) == choose_layers(12, 0.25, random.Random(1))
+    assert choose_layers(30, 0.25, random.Random(1)) != choose_layers(30, 0.25, random.Random(2))
+
+
+@pytest.mark.parametrize("correction", ["none", "token_tis", "seq_tis"])
+def test_training_with_each_correction(four_layers, tmp_path, correction):
+    trainer = trainer_for(four_layers, tmp_path, rollout="nested", rollout_kwargs={"correction": correction})
+    trainer.train()
+    log = next(h for h in trainer.state.log_history if "loss" in h)
+    assert log["rollout/skipped_layers"] == 1.0  # round(0.25 · 4)
+    assert log["rollout/is_weight_min"] <= log["rollout/is_weight_mean"] <= log["rollout/is_weight_max"]
+    assert math.isfinite(log["loss"])
+
+
+def test_bad_options_and_vllm_are_refused(four_layers, tmp_path):
+    with pytest.raises(PluginError, match="skip_ratio must be in"):
+        load_component("rollout", "nested", skip_ratio=1.0)
+    with pytest.raises(PluginError, match="correction must be"):
+        load_component("rollout", "nested", correction="tis")
+    nested = load_component("rollout", "nested")
+    with pytest.raises(ValueError, match="with use_vllm=True vLLM generates from its own copy of the weights"):
+        nested.validate(SimpleNamespace(use_vllm=True))
+    with pytest.raises(ValueError, match="layer 3 cannot be skipped"):
+        trainer_for(four_layers, tmp_path, rollout="nested", rollout_kwargs={"layers": [3]})
