@@ -17,6 +17,7 @@ SUITE = {
     "overhead": [["bench.overhead", "--model", "tiny", "--rounds", "6"], ["bench.overhead", "--model", "smollm2"]],
     "verifier_throughput": [["bench.verifier_throughput"]],
     "kl_memory": [["bench.kl_memory", "--model", "smollm2"]],
+    "nested_rollout": [["bench.nested_rollout"], ["bench.nested_reward"]],
 }
 TITLES = {
     "overhead_tiny": "Plugin overhead, tiny Llama: zrl / TRL median step time",
