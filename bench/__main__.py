@@ -1,7 +1,7 @@
 """Run the benchmark suite and write bench/RESULTS.md from bench/results/*.md.
 
 python -m bench                  # every benchmark (~20 min on 2 CPU cores), then RESULTS.md
-python -m bench --only overhead  # one of: overhead, verifier_throughput, kl_memory
+python -m bench --only overhead  # one of: overhead, verifier_throughput, kl_memory, nested_rollout
 python -m bench --report         # only rebuild RESULTS.md from the results already in bench/results/
 """
 
@@ -27,6 +27,9 @@ TITLES = {
     "kl_memory_tiny": "Peak memory (tiny model): kl_penalty k3 / none",
     "overhead_medium_cuda": "Plugin overhead on an H100, random 12-layer Llama (~180M), bf16, fixed-length generation",
     "gpu_equivalence": "zrl (grpo + k3) vs TRL GRPOTrainer on an H100: same inputs",
+    "nested_rollout_smollm2": "nested rollout speed vs the full model, SmolLM2-135M, CPU",
+    "nested_rollout_medium_cuda": "nested rollout speed vs the full model, random 12-layer Llama (~180M), H100, bf16",
+    "nested_reward_smollm2": "Training reward after the same steps: default vs nested variants (SmolLM2, CPU)",
     "ablation_grpo_vs_dr_grpo": "GRPO vs Dr. GRPO on SmolLM2 (lengths of correct / incorrect completions)",
 }
 
