@@ -19,8 +19,8 @@ os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
 from datasets import Dataset
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
 from zrl_plugins.data import addition_splits
-model, kl, out = sys.argv[1], sys.argv[2], sys.argv[3]
-rows, _ = addition_splits(n_eval=10)
+model, kl, out, chat = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "chat"
+rows, _ = addition_splits(n_eval=10, chat=chat)  # the tiny model has no chat template
 args = ZRLConfig(output_dir=out, verifiers=["last_number"], kl_penalty=kl, beta=0.0 if kl == "none" else 0.04,
                  per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=2,
                  report_to=[], use_cpu=True, bf16=False, save_strategy="no", gradient_checkpointing=False,
@@ -40,20 +40,17 @@ def main() -> None:
     import tempfile
 
     from bench.common import write_results
+    from zrl_plugins.models import resolve_model
 
     workdir = tempfile.mkdtemp(prefix="zrl-kl-memory-")
-    if args.model == "tiny":
-        from zrl_plugins.testing import build_tiny_model
-
-        model = str(build_tiny_model(f"{workdir}/tiny"))
-    else:
-        from zrl_plugins.models import smollm2_path
-
-        model = smollm2_path()
+    model = resolve_model(args.model, workdir)
     results = {}
     for kl in ("none", "k3"):
         done = subprocess.run(
-            [sys.executable, "-c", CHILD, model, kl, f"{workdir}/{kl}"], capture_output=True, text=True, check=True
+            [sys.executable, "-c", CHILD, model, kl, f"{workdir}/{kl}", "plain" if args.model == "tiny" else "chat"],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
         results[kl] = json.loads(line.removeprefix("RESULT "))

@@ -32,15 +32,9 @@ def main() -> None:
     from zrl_rollouts.nested import choose_layers, skipped_layers
 
     from bench.common import write_results
+    from zrl_plugins.models import resolve_model
 
-    if args.model == "smollm2":
-        from zrl_plugins.models import smollm2_path
-
-        path = smollm2_path()
-    else:
-        from zrl_plugins.testing import build_tiny_model
-
-        path = str(build_tiny_model(tempfile.mkdtemp(), hidden_size=1024, num_layers=12))
+    path = resolve_model(args.model, tempfile.mkdtemp())
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")

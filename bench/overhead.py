@@ -21,19 +21,11 @@ import tempfile
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
-def build(model_name: str, workdir: str):
-    from zrl_plugins.testing import build_tiny_model
-
-    if model_name == "tiny":
-        return str(build_tiny_model(os.path.join(workdir, "tiny"))), dict(
-            per_device_train_batch_size=8, num_generations=4, max_completion_length=16
-        )
-    if model_name == "medium":
-        path = build_tiny_model(os.path.join(workdir, "medium"), hidden_size=1024, num_layers=12)
-        return str(path), dict(per_device_train_batch_size=32, num_generations=8, max_completion_length=64)
-    from zrl_plugins.models import smollm2_path
-
-    return smollm2_path(), dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=16)
+SHAPES = {
+    "tiny": dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=16),
+    "smollm2": dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=16),
+    "medium": dict(per_device_train_batch_size=32, num_generations=8, max_completion_length=64),
+}
 
 
 def main() -> None:
@@ -51,9 +43,10 @@ def main() -> None:
     from bench.common import StepTimer, median, write_results
     from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
     from zrl_plugins.data import addition_splits
+    from zrl_plugins.models import resolve_model
 
     workdir = tempfile.mkdtemp(prefix="zrl-bench-")
-    model_path, shape = build(args.model, workdir)
+    model_path, shape = resolve_model(args.model, workdir), SHAPES[args.model]
     train_rows, _ = addition_splits(n_eval=10, chat=args.model == "smollm2")
     dataset = Dataset.from_list(train_rows)
 

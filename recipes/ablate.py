@@ -22,6 +22,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing, too
 
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, hookimpl
+from zrl_plugins.models import resolve_model
 from zrl_plugins.plugins import ZRLPluginManager
 
 
@@ -75,19 +76,6 @@ def parse_value(base: Any, text: str) -> Any:
     return text
 
 
-def model_path(name: str, output_dir: str) -> str:
-    if name == "smollm2":
-        from zrl_plugins.models import smollm2_path
-
-        return smollm2_path()
-    if name == "tiny":
-        from zrl_plugins.testing import build_tiny_model
-
-        path = Path(output_dir) / "tiny-model"
-        return str(path) if (path / "config.json").exists() else str(build_tiny_model(path))
-    return name
-
-
 def dataset(task: str, chat: bool):
     from datasets import Dataset
 
@@ -139,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not hasattr(base, field_name) or not values_text:
         raise SystemExit(f"--sweep must be FIELD=v1,v2,... with FIELD a ZRLConfig field; got {ablation.sweep!r}")
     values = values_text.split(",")
-    model = model_path(ablation.model_name_or_path, base.output_dir)
+    model = resolve_model(ablation.model_name_or_path, base.output_dir)
     data = dataset(ablation.task, chat=ablation.model_name_or_path != "tiny")
     if not base.verifiers:
         base.verifiers = ["last_number"]

@@ -58,3 +58,22 @@ def smollm2_path(cache_dir: str | os.PathLike[str] | None = None) -> str:
     tokenizer.save_pretrained(tmp)
     tmp.rename(target)  # only a complete cache is ever seen
     return str(target)
+
+
+# Random models built offline for tests and benchmarks: name -> build_tiny_model keyword arguments.
+RANDOM_MODELS = {"tiny": {}, "medium": {"hidden_size": 1024, "num_layers": 12}}
+
+
+def resolve_model(name: str, workdir: str | os.PathLike[str]) -> str:
+    """A local model path for ``name``: ``smollm2`` (the embedded SmolLM2-135M-Instruct), ``tiny`` / ``medium``
+    (random Llamas built offline under ``workdir``, reused when already there), or any other path / hub id as is."""
+    if name == "smollm2":
+        return smollm2_path()
+    if name in RANDOM_MODELS:
+        from .testing import build_tiny_model
+
+        path = Path(workdir) / name
+        if not (path / "config.json").exists():
+            build_tiny_model(path, **RANDOM_MODELS[name])
+        return str(path)
+    return name

@@ -255,8 +255,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 logps = self._policy_logps(output)
             per_token_kl = self.kl_penalty.per_token(logps, output["ref_per_token_logps"]) * mask
             sequence_kl = gather(per_token_kl.sum(-1))
-            totals = self.accelerator.reduce(torch.stack([per_token_kl.sum(), mask.sum().float()]), reduction="sum")
-            self._metrics[mode]["kl"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+            self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
             self._observe_kl(per_token_kl.sum(), mask.sum(), mode)
             rewards = rewards - self.kl_penalty.controller.beta * sequence_kl
 
@@ -272,6 +271,15 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
             self._notify_rollout_batch(inputs, output, rewards, mode)
         return output
+
+    def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
+        """Mean of ``x`` over the masked tokens of all processes (over rows when ``x`` is per sequence, B x 1)."""
+        if x.shape[1] == 1:
+            local_sum, local_count = x.sum(), torch.tensor(float(x.shape[0]), device=x.device)
+        else:
+            local_sum, local_count = (x * mask).sum(), mask.sum().float()
+        totals = self.accelerator.reduce(torch.stack([local_sum, local_count]), reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
 
     def _log_rollout_stats(self, stats: dict[str, float], mode: str) -> None:
         """Log a rollout strategy's statistics over all processes (min of ``*min*``, max of ``*max*``, else mean)."""
@@ -462,12 +470,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             return (x * mask).sum(-1) / mask.sum(-1)
 
         def global_masked_mean(x: torch.Tensor) -> float:
-            if x.shape[1] == 1:
-                local_sum, local_count = x.sum(), torch.tensor(float(x.shape[0]), device=x.device)
-            else:
-                local_sum, local_count = (x * mask).sum(), mask.sum().float()
-            totals = self.accelerator.reduce(torch.stack([local_sum, local_count]), reduction="sum")
-            return (totals[0] / totals[1].clamp(min=1.0)).item()
+            return self._global_masked_mean(x, mask)
 
         metrics = self._metrics[mode]
         if per_token_kl is not None:
