@@ -168,4 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from zrl_plugins.distributed import shutdown_distributed
+
     main()
+    shutdown_distributed()

@@ -10,6 +10,7 @@ import sys
 from datasets import Dataset
 
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, hookimpl
+from zrl_plugins.distributed import shutdown_distributed
 from zrl_plugins.plugins import ZRLPluginManager
 
 model_path, out_dir = sys.argv[1], sys.argv[2]
@@ -50,3 +51,4 @@ trainer = ZRLGRPOTrainer(model_path, rank_dependent_reward, args=args, train_dat
 trainer.train()
 with open(f"{out_dir}/rank{rank}.json", "w") as f:
     json.dump(dump.records, f)
+shutdown_distributed()
