@@ -3,6 +3,7 @@
 Public API::
 
     from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, load_component, hookimpl
+    from zrl_plugins import ZRLPPOConfig, ZRLPPOTrainer  # actor-critic PPO / PPO-max
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from .errors import (
 )
 from .hookspecs import hookimpl, hookspec
 from .plugins import get_plugin_manager, load_component, reset_plugin_manager
-from .protocols import KLController, KLPenalty, LossContext, Normalizer, RolloutStrategy, Verifier
+from .protocols import (
+    KLController,
+    KLPenalty,
+    LossContext,
+    Normalizer,
+    RolloutStrategy,
+    TokenAdvantageEstimator,
+    Verifier,
+)
 
 __version__ = "0.1.0"
 
@@ -31,11 +40,14 @@ __all__ = [
     "Normalizer",
     "PluginError",
     "RolloutStrategy",
+    "TokenAdvantageEstimator",
     "UnknownComponentError",
     "Verifier",
     "ZRLConfig",
     "ZRLError",
     "ZRLGRPOTrainer",
+    "ZRLPPOConfig",
+    "ZRLPPOTrainer",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
@@ -45,6 +57,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .config import ZRLConfig
+    from .ppo_config import ZRLPPOConfig
+    from .ppo_trainer import ZRLPPOTrainer
     from .trainer import ZRLGRPOTrainer
 
 
@@ -58,4 +72,12 @@ def __getattr__(name: str) -> Any:
         from .trainer import ZRLGRPOTrainer
 
         return ZRLGRPOTrainer
+    if name == "ZRLPPOConfig":
+        from .ppo_config import ZRLPPOConfig
+
+        return ZRLPPOConfig
+    if name == "ZRLPPOTrainer":
+        from .ppo_trainer import ZRLPPOTrainer
+
+        return ZRLPPOTrainer
     raise AttributeError(f"module 'zrl_plugins' has no attribute {name!r}")

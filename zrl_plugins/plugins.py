@@ -29,7 +29,15 @@ from .errors import (
     PluginError,
     UnknownComponentError,
 )
-from .protocols import COMPONENT_KINDS, KLController, KLPenalty, Normalizer, RolloutStrategy, Verifier
+from .protocols import (
+    COMPONENT_KINDS,
+    KLController,
+    KLPenalty,
+    Normalizer,
+    RolloutStrategy,
+    TokenAdvantageEstimator,
+    Verifier,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +51,12 @@ REGISTRATION_HOOKS = {
     "kl_controller": "zrl_register_kl_controllers",
     "rollout": "zrl_register_rollouts",
 }
-KIND_PROTOCOLS = {
-    "verifier": Verifier,
-    "normalizer": Normalizer,
-    "kl_penalty": KLPenalty,
-    "kl_controller": KLController,
-    "rollout": RolloutStrategy,
+KIND_PROTOCOLS: dict[str, tuple[type, ...]] = {
+    "verifier": (Verifier,),
+    "normalizer": (Normalizer, TokenAdvantageEstimator),  # sequence-level (GRPO family) or per-token (PPO)
+    "kl_penalty": (KLPenalty,),
+    "kl_controller": (KLController,),
+    "rollout": (RolloutStrategy,),
 }
 KIND_PLURALS = {
     "verifier": "verifiers",
@@ -240,11 +248,12 @@ class ZRLPluginManager:
             component = entry.factory(**kwargs)
         except Exception as exc:
             raise PluginError(entry.plugin, f"the factory of {kind} {name!r}", exc, entry.distribution) from exc
-        protocol = KIND_PROTOCOLS[kind]
-        if not isinstance(component, protocol):
+        protocols = KIND_PROTOCOLS[kind]
+        if not isinstance(component, protocols):
+            names = " or ".join(f"{p.__name__} (zrl_plugins.protocols.{p.__name__})" for p in protocols)
             raise ComponentContractError(
                 f"{kind} {name!r} ({entry.origin}) built a {type(component).__name__}, which does not implement the "
-                f"{protocol.__name__} protocol (see zrl_plugins.protocols.{protocol.__name__})."
+                f"{names} protocol."
             )
         return component
 

@@ -60,7 +60,7 @@ class Normalizer(Protocol):
 
     ``advantages(rewards, group_size)``: ``rewards`` is a 1-D float tensor over the global batch (``N`` rows, groups
     contiguous, NaN = unscorable). Returns a tensor of ``N`` advantages, one per completion, with no NaN; unscorable
-    rows must get 0. (Per-token estimators such as GAE belong to the PPO trainer, which has its own protocol.)
+    rows must get 0. (Per-token estimators such as GAE follow :class:`TokenAdvantageEstimator`.)
 
     ``aggregate(per_token_loss, mask, ctx)``: ``per_token_loss`` and ``mask`` are ``B x T`` (local rows). Returns the
     scalar loss to back-propagate for this micro-batch, already scaled so that summing over accumulation steps and
@@ -68,6 +68,36 @@ class Normalizer(Protocol):
     """
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor: ...
+
+    def aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class TokenAdvantageEstimator(Protocol):
+    """A per-token advantage estimator for :class:`~zrl_plugins.ZRLPPOTrainer` (GAE, REINFORCE++, ...).
+
+    Registered in the *normalizer* registry (``zrl_register_normalizers``) and selected the same way
+    (``--normalizer gae``); it replaces the sequence-level ``advantages`` of a :class:`Normalizer`.
+
+    Attributes:
+        needs_critic: ``True`` → the trainer builds a critic and passes its values; ``False`` → no critic is loaded
+            and ``values`` is ``None``.
+
+    ``token_advantages(token_rewards, values, mask)``: ``token_rewards`` (B x T) hold the per-token rewards of this
+    process's rows (the verifier score at the last completion token, minus β·KL_t when the KL penalty is placed in
+    the reward); ``values`` (B x T) the critic's V(s_t) from the rollout, or ``None``; ``mask`` (B x T) is 1 on
+    completion tokens (right padding is 0). Returns ``(advantages, returns)``, both B x T and 0 on padding; the
+    returns are the critic's regression targets. Whitening over the global batch is the trainer's option
+    (``whiten_advantages``), not the estimator's.
+
+    ``aggregate(per_token_loss, mask, ctx)``: as for :class:`Normalizer`.
+    """
+
+    needs_critic: bool
+
+    def token_advantages(
+        self, token_rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor: ...
 

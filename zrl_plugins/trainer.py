@@ -110,7 +110,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         self.normalizer = self._build(
             "normalizer", args.normalizer, args.normalizer_kwargs, max_completion_length=args.max_completion_length
         )
-        self.kl_penalty = self._build("kl_penalty", args.kl_penalty, args.kl_penalty_kwargs, beta=args.beta)
+        self._check_normalizer(args.normalizer)
+        self.kl_penalty = self._build("kl_penalty", args.kl_penalty, args.kl_penalty_kwargs, **self._kl_defaults(args))
         self.rollout_strategy = self._build("rollout", args.rollout, args.rollout_kwargs)
         # TRL loads (and calls) a reference model iff beta != 0; make that follow the KL penalty.
         args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
@@ -165,6 +166,21 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             raise ValueError("use_adaptive_entropy is not supported by ZRLGRPOTrainer; use a fixed entropy_coef.")
         if args.max_completion_length is None or args.max_completion_length < 1:
             raise ConfigError(f"max_completion_length must be at least 1, got {args.max_completion_length}")
+
+    def _kl_defaults(self, args: ZRLConfig) -> dict[str, Any]:
+        """Keyword arguments the KL penalty gets unless ``kl_penalty_kwargs`` sets them."""
+        return {"beta": args.beta}
+
+    def _check_normalizer(self, name: str) -> None:
+        if not callable(getattr(self.normalizer, "advantages", None)):
+            raise ConfigError(
+                f"normalizer {name!r} has no sequence-level `advantages(rewards, group_size)`"
+                + (
+                    ": it is a per-token advantage estimator for ZRLPPOTrainer (zrl_plugins.ZRLPPOTrainer)."
+                    if callable(getattr(self.normalizer, "token_advantages", None))
+                    else "."
+                )
+            )
 
     def _check_training_data(self, dataset: Any, sample: int = 256) -> None:
         """Fail before any generation on data that cannot be trained on."""
@@ -249,28 +265,48 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             self._log_rollout_stats(stats, mode)
 
         rewards = self._global_rewards()
+        rewards = self._assign_advantages(output, rewards, mask, mode, group_size)
+        if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
+            self._notify_rollout_batch(inputs, output, rewards, mode)
+        return output
+
+    def _process_slice(self, output: dict[str, Any]) -> slice:
+        """This process's rows of a gathered (global) per-completion tensor."""
+        rows = len(output["prompt_ids"])
+        return slice(self.accelerator.process_index * rows, (self.accelerator.process_index + 1) * rows)
+
+    def _reward_placed_kl(self, output: dict[str, Any], mask: torch.Tensor, mode: str) -> torch.Tensor:
+        """β-free per-token KL of this process's rows (B x T, masked) for a KL penalty placed in the reward."""
+        logps = output.get("old_per_token_logps")
+        if logps is None:
+            logps = self._policy_logps(output)
+        per_token_kl = self.kl_penalty.per_token(logps, output["ref_per_token_logps"]) * mask
+        self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
+        self._observe_kl(per_token_kl.sum(), mask.sum(), mode)
+        return per_token_kl
+
+    def _assign_advantages(
+        self, output: dict[str, Any], rewards: torch.Tensor, mask: torch.Tensor, mode: str, group_size: int
+    ) -> torch.Tensor:
+        """Set ``output["advantages"]`` (this process's rows) from the global rewards; return the rewards used.
+
+        GRPO family: a reward-placed KL is summed per sequence and subtracted before the normalizer runs on the
+        global batch. The PPO trainer overrides this with per-token rewards and a critic.
+        """
         if self.kl_penalty.placement == "reward" and self.kl_penalty.controller.beta != 0.0:
-            logps = output.get("old_per_token_logps")
-            if logps is None:
-                logps = self._policy_logps(output)
-            per_token_kl = self.kl_penalty.per_token(logps, output["ref_per_token_logps"]) * mask
-            sequence_kl = gather(per_token_kl.sum(-1))
-            self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
-            self._observe_kl(per_token_kl.sum(), mask.sum(), mode)
+            sequence_kl = gather(self._reward_placed_kl(output, mask, mode).sum(-1))
             rewards = rewards - self.kl_penalty.controller.beta * sequence_kl
 
         advantages = self._normalized_advantages(rewards, group_size)
-        rows = len(output["prompt_ids"])
-        process_slice = slice(self.accelerator.process_index * rows, (self.accelerator.process_index + 1) * rows)
-        output["advantages"] = advantages[process_slice]
+        output["advantages"] = advantages[self._process_slice(output)]
+        self._replace_logged_advantages(advantages)
+        return rewards
+
+    def _replace_logged_advantages(self, advantages: torch.Tensor) -> None:
         tail = self._logs["advantages"]  # keep TRL's completions table consistent with what is trained on
         for _ in range(min(len(advantages), len(tail))):
             tail.pop()
         tail.extend(advantages.tolist())
-
-        if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
-            self._notify_rollout_batch(inputs, output, rewards, mode)
-        return output
 
     def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
         """Mean of ``x`` over the masked tokens of all processes (over rows when ``x`` is per sequence, B x 1)."""
@@ -419,14 +455,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 per_token_kl = per_token_kl * ratio
             per_token_loss = per_token_loss + kl.controller.beta * per_token_kl
 
-        ctx = LossContext(
-            num_items_in_batch=float(inputs["num_items_in_batch"]),
-            num_processes=self.accelerator.num_processes,
-            gradient_accumulation_steps=self.current_gradient_accumulation_steps if mode == "train" else 1,
-            steps_per_generation=self.args.steps_per_generation,
-            max_completion_length=self.max_completion_length,
-            training=mode == "train",
-        )
+        ctx = self._loss_context(inputs, mode)
         loss = self._aggregate(per_token_loss, mask, ctx)
         policy_loss = loss.detach()
 
@@ -442,6 +471,16 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
         self._log_loss_metrics(mode, mask, entropies, per_token_kl, coef_1, advantages)
         return loss
+
+    def _loss_context(self, inputs: dict[str, Any], mode: str) -> LossContext:
+        return LossContext(
+            num_items_in_batch=float(inputs["num_items_in_batch"]),
+            num_processes=self.accelerator.num_processes,
+            gradient_accumulation_steps=self.current_gradient_accumulation_steps if mode == "train" else 1,
+            steps_per_generation=self.args.steps_per_generation,
+            max_completion_length=self.max_completion_length,
+            training=mode == "train",
+        )
 
     def _aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         name = self.args.normalizer
@@ -477,6 +516,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             metrics["kl"].append(global_masked_mean(per_token_kl.detach()))
             self._observe_kl((per_token_kl.detach() * mask).sum(), mask.sum(), mode)
         metrics["entropy"].append(global_masked_mean(entropies))
+        log_ratio = torch.log(coef_1.detach().clamp(min=1e-12))
+        metrics["approx_kl"].append(global_masked_mean((coef_1.detach() - 1) - log_ratio))  # SPEC §4, vs π_old
         is_low_clipped = (coef_1 < 1 - self.epsilon_low) & (advantages < 0)
         is_high_clipped = (coef_1 > 1 + self.epsilon_high) & (advantages > 0)
         metrics["clip_ratio/low_mean"].append(global_masked_mean(is_low_clipped.float()))

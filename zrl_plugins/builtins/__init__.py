@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..hookspecs import hookimpl
+from .estimators import GAEEstimator, ReinforcePlusPlusEstimator
 from .kl import FixedKLController, K3KLPenalty, NoKLPenalty
 from .normalizers import GRPONormalizer
 from .rollouts import DefaultRollout
@@ -22,6 +23,8 @@ def zrl_register_verifiers(register: Register) -> None:
 @hookimpl
 def zrl_register_normalizers(register: Register) -> None:
     register("grpo", GRPONormalizer)
+    register("gae", GAEEstimator)  # per-token estimators of ZRLPPOTrainer
+    register("reinforce_pp", ReinforcePlusPlusEstimator)
 
 
 @hookimpl

@@ -1,0 +1,256 @@
+"""ZRLPPOTrainer: GAE, value clipping and Welford arithmetic by hand (SPEC §4), then runs on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TRAINING, char_count_reward
+
+from zrl_plugins.builtins.estimators import GAEEstimator, ReinforcePlusPlusEstimator, discounted_sum, gae
+from zrl_plugins.critic import clipped_value_loss
+from zrl_plugins.errors import ConfigError
+from zrl_plugins.running_stats import RunningMoments
+
+
+# ---------------------------------------------------------------------------------------------------- arithmetic
+def test_gae_by_hand_with_padding_gamma_1_lambda_095():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 5.0], [-0.1, 0.2, 7.0, 7.0]])  # values past the mask must be ignored
+    values = torch.tensor([[0.5, 0.6, 0.7, 9.0], [1.0, 0.5, 3.0, 3.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    # row 0: δ2 = 1 − 0.7 = 0.3; δ1 = 0.7 − 0.6 = 0.1 → A1 = 0.1 + 0.95·0.3; δ0 = 0.1 → A0 = 0.1 + 0.95·A1
+    a1 = 0.1 + 0.95 * 0.3
+    expected_0 = [0.1 + 0.95 * a1, a1, 0.3, 0.0]
+    # row 1: δ1 = 0.2 − 0.5 = −0.3; δ0 = −0.1 + 0.5 − 1.0 = −0.6 → A0 = −0.6 + 0.95·(−0.3)
+    expected_1 = [-0.6 + 0.95 * -0.3, -0.3, 0.0, 0.0]
+    torch.testing.assert_close(advantages, torch.tensor([expected_0, expected_1]))
+    torch.testing.assert_close(
+        returns, torch.tensor([[expected_0[0] + 0.5, a1 + 0.6, 1.0, 0.0], [expected_1[0] + 1.0, 0.2, 0.0, 0.0]])
+    )
+
+
+def test_gae_with_lambda_1_is_the_monte_carlo_return_minus_the_value():
+    rewards = torch.tensor([[0.0, -0.2, 1.0]])
+    values = torch.tensor([[0.3, 0.1, 0.4]])
+    mask = torch.ones(1, 3)
+    advantages, returns = GAEEstimator(gamma=1.0, lam=1.0).token_advantages(rewards, values, mask)
+    torch.testing.assert_close(returns, torch.tensor([[0.8, 0.8, 1.0]]))
+    torch.testing.assert_close(advantages, torch.tensor([[0.5, 0.7, 0.6]]))
+
+
+def test_reinforce_pp_discounted_returns():
+    rewards, mask = torch.tensor([[1.0, 2.0, 4.0, 8.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    advantages, _ = ReinforcePlusPlusEstimator(gamma=0.5).token_advantages(rewards, None, mask)
+    torch.testing.assert_close(advantages, torch.tensor([[1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4, 4.0, 0.0]]))
+    torch.testing.assert_close(discounted_sum(rewards, torch.ones(1, 4), 1.0), torch.tensor([[15.0, 14.0, 12.0, 8.0]]))
+
+
+def test_value_loss_clipping_arithmetic():
+    values = torch.tensor([1.5, 0.9, 0.5])
+    old = torch.tensor([1.0, 1.0, 1.0])
+    returns = torch.tensor([2.0, 0.0, 2.0])
+    loss, clipped = clipped_value_loss(values, old, returns, clip=0.2)
+    # 1: unclipped (1.5−2)² = 0.25, clipped V = 1.2 → 0.64 wins; 2: V inside the range → 0.81 both;
+    # 3: unclipped (0.5−2)² = 2.25, clipped V = 0.8 → 1.44 (the max keeps the unclipped one)
+    torch.testing.assert_close(loss, torch.tensor([0.32, 0.405, 1.125]))
+    assert clipped.tolist() == [True, False, False]
+    loss, clipped = clipped_value_loss(values, old, returns, clip=None)
+    torch.testing.assert_close(loss, torch.tensor([0.125, 0.405, 1.125]))
+    assert not clipped.any()
+
+
+def test_welford_merge_of_two_processes_equals_the_union():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(37, generator=generator) * 3 + 1, torch.randn(11, generator=generator) - 2
+    merged = RunningMoments.of(a).merge(RunningMoments.of(b))
+    union = torch.cat([a, b]).double()
+    assert merged.count == 48
+    assert merged.mean == pytest.approx(union.mean().item(), abs=1e-12)
+    assert merged.var == pytest.approx(union.var().item(), rel=1e-12)  # unbiased, like torch.var
+
+    # update() with a gather that returns both processes' (count, mean, M2) rows, over two steps
+    running = RunningMoments()
+    for step_a, step_b in ((a[:20], b[:5]), (a[20:], b[5:])):
+        other = RunningMoments.of(step_b)
+        row = torch.tensor([[other.count, other.mean, other.m2]], dtype=torch.float64)
+        running.update(step_a, gather=lambda local, row=row: torch.cat([local, row]))
+    assert running.count == 48
+    assert running.std == pytest.approx(union.std().item(), rel=1e-12)
+    restored = RunningMoments()
+    restored.load_state_dict(running.state_dict())
+    assert restored.state_dict() == running.state_dict()
+
+
+def test_welford_ignores_unscorable_rewards():
+    moments = RunningMoments.of(torch.tensor([1.0, float("nan"), 3.0]))
+    assert (moments.count, moments.mean, moments.var) == (2, 2.0, 2.0)
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+def _ppo_config(tmp_path, **overrides):
+    from zrl_plugins import ZRLPPOConfig
+
+    return ZRLPPOConfig(**{"output_dir": str(tmp_path / "out"), **TINY_TRAINING, "critic_learning_rate": 1e-2,
+                           **overrides})  # fmt: skip
+
+
+def _params(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def test_ppo_with_every_option_on(tmp_path, tiny_model_path, arithmetic_dataset):
+    from datasets import Dataset
+
+    from zrl_plugins import ZRLPPOTrainer
+
+    pretrain = Dataset.from_list([{"text": f"{a} plus {a} is {2 * a}."} for a in range(20)])
+    args = _ppo_config(
+        tmp_path, max_steps=3, critic_warmup_steps=1, reward_scaling="mean_std", reward_clip=1.5,
+        whiten_advantages=True, advantage_clip=2.0, cliprange_value=0.2, ptx_coef=0.1, num_iterations=2,
+        steps_per_generation=2, beta=0.05, kl_penalty="k1", normalizer_kwargs={"gamma": 1.0, "lam": 0.9},
+        kl_penalty_kwargs={"controller": "adaptive", "controller_kwargs": {"target_kl": 0.1, "horizon": 100}},
+    )  # fmt: skip
+    trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset,
+                            pretrain_dataset=pretrain)  # fmt: skip
+    assert trainer.kl_penalty.placement == "reward"
+    actor_before, critic_before = _params(trainer.model), _params(trainer.critic)
+
+    trainer.args.max_steps = 1  # step 1: the critic warm-up
+    trainer.train()
+    assert all(torch.equal(p, actor_before[n]) for n, p in trainer.model.named_parameters())
+    assert any(not torch.equal(p, critic_before[n]) for n, p in trainer.critic.named_parameters())
+
+    logs = trainer.state.log_history[0]
+    for key in ("critic/explained_variance", "critic/value_mean", "critic/return_mean", "critic/value_loss",
+                "critic/value_clip_fraction", "critic/grad_norm", "policy/perplexity", "policy/ref_perplexity",
+                "kl", "approx_kl", "clip_ratio/region_mean", "reward", "completions/mean_length",
+                "reward/running_std", "reward/scaled_mean", "ptx_loss", "kl_coef"):  # fmt: skip
+        assert key in logs and torch.isfinite(torch.tensor(logs[key])), key
+    assert logs["learning_rate"] == 0.0
+    assert abs(logs["reward/scaled_mean"]) <= 1.5 + 1e-6
+    assert trainer.reward_moments.count == 16  # one generation batch: 8 rows x 2 steps per generation
+
+
+def test_ppo_updates_the_actor_after_warmup_and_rewards_reach_the_last_token(
+    tmp_path, tiny_model_path, arithmetic_dataset
+):
+    from zrl_plugins import ZRLPPOTrainer, hookimpl
+    from zrl_plugins.plugins import ZRLPluginManager
+
+    seen = {}
+
+    class Spy:
+        @hookimpl
+        def zrl_on_rollout_batch(self, trainer, batch):
+            seen["advantages"] = batch["advantages"]
+            seen["mask"] = batch["completion_mask"]
+
+    pm = ZRLPluginManager()
+    pm.register_plugin(Spy(), name="spy")
+    args = _ppo_config(tmp_path, max_steps=1, beta=0.0, whiten_advantages=False, reward_scaling="none")
+    trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset,
+                            plugin_manager=pm)  # fmt: skip
+    assert trainer.ref_model is None  # β = 0: no reference model
+    actor_before = _params(trainer.model)
+    trainer.train()
+    assert any(not torch.equal(p, actor_before[n]) for n, p in trainer.model.named_parameters())
+    # zero-initialised value head, no KL, λ = 0.95, γ = 1: A_t = Σ (0.95)^l δ, δ = r at the last token only
+    advantages, mask = seen["advantages"], seen["mask"].float()
+    assert advantages.shape == mask.shape
+    assert torch.all(advantages[mask == 0] == 0)
+    lengths = mask.sum(-1).long()
+    last = advantages[torch.arange(len(lengths)), lengths - 1]
+    first = advantages[:, 0]
+    torch.testing.assert_close(first, last * 0.95 ** (lengths - 1).float())
+
+
+def test_reinforce_pp_needs_no_critic(tmp_path, tiny_model_path, arithmetic_dataset):
+    from zrl_plugins import ZRLPPOTrainer
+
+    args = _ppo_config(tmp_path, max_steps=1, normalizer="reinforce_pp")
+    trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
+    assert trainer.critic is None
+    trainer.train()
+    assert "critic/value_loss" not in trainer.state.log_history[0]
+
+
+def test_normalizer_kinds_are_checked_per_trainer(tmp_path, tiny_model_path, arithmetic_dataset):
+    from conftest import tiny_config
+
+    from zrl_plugins import ZRLGRPOTrainer, ZRLPPOTrainer
+
+    with pytest.raises(ConfigError, match="not a per-token advantage estimator"):
+        ZRLPPOTrainer(tiny_model_path, char_count_reward, args=_ppo_config(tmp_path, normalizer="grpo"),
+                      train_dataset=arithmetic_dataset)  # fmt: skip
+    with pytest.raises(ConfigError, match="per-token advantage estimator for ZRLPPOTrainer"):
+        ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=tiny_config(tmp_path, normalizer="gae"),
+                       train_dataset=arithmetic_dataset)  # fmt: skip
+    with pytest.raises(ConfigError, match="pretrain_dataset"):
+        ZRLPPOTrainer(tiny_model_path, char_count_reward, args=_ppo_config(tmp_path, ptx_coef=0.1),
+                      train_dataset=arithmetic_dataset)  # fmt: skip
+    with pytest.raises(ConfigError, match="reward_scaling"):
+        _ppo_config(tmp_path, reward_scaling="minmax")
+
+
+def test_resume_gives_the_identical_next_step(tmp_path, tiny_model_path, arithmetic_dataset):
+    """Actor, critic, optimizer, reward statistics and KL controller all come back: step 3 after a resume from
+    checkpoint 2 equals step 3 of the uninterrupted run."""
+    from zrl_plugins import ZRLPPOTrainer
+
+    controller = {"controller": "adaptive", "controller_kwargs": {"target_kl": 0.01, "horizon": 10}}
+    common = dict(max_steps=3, save_strategy="steps", save_steps=2, beta=0.05, kl_penalty="k1",
+                  kl_penalty_kwargs=controller)  # fmt: skip
+    first = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=_ppo_config(tmp_path / "a", **common),
+                          train_dataset=arithmetic_dataset)  # fmt: skip
+    first.train()
+    checkpoint = tmp_path / "a" / "out" / "checkpoint-2"
+    assert (checkpoint / "critic" / "model.safetensors").exists()
+
+    resumed = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=_ppo_config(tmp_path / "b", **common),
+                            train_dataset=arithmetic_dataset)  # fmt: skip
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    step3 = next(h for h in first.state.log_history if h.get("step") == 3 and "loss" in h)
+    step3_resumed = next(h for h in resumed.state.log_history if h.get("step") == 3 and "loss" in h)
+    for key in ("loss", "reward", "critic/value_loss", "critic/explained_variance", "kl", "kl_coef"):
+        assert step3_resumed[key] == pytest.approx(step3[key], rel=1e-5, abs=1e-7), key
+    assert resumed.reward_moments.state_dict() == pytest.approx(first.reward_moments.state_dict())
+    assert resumed.kl_penalty.controller.beta == pytest.approx(first.kl_penalty.controller.beta)
+    for (name, p), q in zip(first.critic.named_parameters(), resumed.critic.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    for p, q in zip(first.model.parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_keep_one_critic(tiny_model_path, tmp_path):
+    script = Path(__file__).parent / "scripts" / "ppo_two_processes.py"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), str(script), tiny_model_path, str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"ppo_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["critic_changed"] and ranks[0]["actor_changed"]
+    # gradients averaged over processes: both copies of the critic (and the actor) stay identical
+    assert ranks[0]["critic_checksum"] == pytest.approx(ranks[1]["critic_checksum"], rel=1e-6)
+    assert ranks[0]["actor_checksum"] == pytest.approx(ranks[1]["actor_checksum"], rel=1e-6)
+    # Welford statistics merged over both processes' rows: 2 steps x 2 processes x 4 completions
+    assert ranks[0]["reward_moments"] == ranks[1]["reward_moments"]
+    assert ranks[0]["reward_moments"]["count"] == 16

@@ -1,0 +1,354 @@
+"""``ZRLPPOTrainer``: actor-critic PPO (and PPO-max) on the GRPO trainer's rollout machinery (SPEC §4).
+
+Generation, verifiers, the reference model, PEFT, gradient accumulation, multi-process gathering, logging and
+checkpoints are :class:`~zrl_plugins.ZRLGRPOTrainer`'s (hence TRL's). What changes:
+
+* advantages are per token, from a :class:`~zrl_plugins.protocols.TokenAdvantageEstimator` selected as the
+  ``normalizer`` (``gae`` by default): per-token rewards are the (running-scaled, clipped) verifier score at the last
+  completion token minus β·KL_t from the KL plugin (placement ``reward``);
+* a critic (:func:`zrl_plugins.critic.load_critic`) gives V_old at rollout time and is trained with the clipped
+  value loss in the same backward pass as the actor, as its own parameter groups of the trainer's optimizer (own
+  learning rate, same schedule; actor held at lr 0 for ``critic_warmup_steps``). Its gradients are averaged over
+  processes and clipped to ``max_grad_norm`` separately from the actor's just before each optimizer step;
+* PPO epochs and mini-batches are TRL's ``num_iterations`` and ``steps_per_generation``.
+
+The critic is a second full model on every process: DDP and single-device runs are supported; under DeepSpeed the
+trainer refuses to start (the critic's parameters would sit outside the engine).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, ClassVar
+
+import torch
+from accelerate.utils import DistributedType
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import TrainerCallback
+
+from .critic import clipped_value_loss, completion_values, load_critic
+from .errors import ComponentContractError, ConfigError, PluginError
+from .ops import token_mean_aggregate
+from .ppo_config import ZRLPPOConfig
+from .running_stats import RunningMoments
+from .trainer import ZRLGRPOTrainer
+
+CRITIC_DIR = "critic"
+
+
+class _CriticGradients(TrainerCallback):
+    """Around each optimizer step: average the critic's gradients over processes and clip them before; clear them
+    after (the Trainer only zeroes the actor's)."""
+
+    def __init__(self, trainer: ZRLPPOTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._sync_and_clip_critic_gradients()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.critic.zero_grad(set_to_none=True)
+
+
+def _actor_gate(warmup_steps: int, schedule):
+    def gated(step: int) -> float:
+        return 0.0 if step < warmup_steps else schedule(step)
+
+    return gated
+
+
+class ZRLPPOTrainer(ZRLGRPOTrainer):
+    """PPO with a critic whose advantage estimator, KL penalty, verifiers and rollouts are plugins.
+
+    Args:
+        model, reward_funcs, args, ...: as :class:`~zrl_plugins.ZRLGRPOTrainer` (``args`` a :class:`ZRLPPOConfig`).
+        critic: a ready value model (anything :func:`~zrl_plugins.critic.completion_values` can call); default:
+            loaded from ``args.critic_model_name_or_path`` or the policy's weights.
+        pretrain_dataset: texts (column ``text``) for the pretraining-loss mixing of ``args.ptx_coef``.
+    """
+
+    _tag_names: ClassVar[list[str]] = ["trl", "ppo", "zrl"]
+    _name = "ZRL-PPO"
+
+    def __init__(
+        self,
+        model: Any,
+        reward_funcs: Any = None,
+        args: ZRLPPOConfig | None = None,
+        *pargs: Any,
+        critic: torch.nn.Module | None = None,
+        pretrain_dataset: Any = None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            args = ZRLPPOConfig(output_dir="zrl-ppo-output")
+        if not isinstance(args, ZRLPPOConfig):
+            raise TypeError(f"ZRLPPOTrainer needs a ZRLPPOConfig (got {type(args).__name__})")
+        if args.ptx_coef > 0 and pretrain_dataset is None:
+            raise ConfigError("ptx_coef > 0 mixes in a pretraining loss: pass pretrain_dataset (a `text` column)")
+        if kwargs.get("optimizers", (None, None))[0] is not None:
+            raise ConfigError("ZRLPPOTrainer builds its own optimizer (actor and critic parameter groups)")
+        super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED and self.normalizer.needs_critic:
+            raise ConfigError(
+                "ZRLPPOTrainer's critic is trained outside the DeepSpeed engine; use DDP (recipes/accelerate/"
+                "multi_gpu.yaml) or FSDP, or a critic-free estimator (--normalizer reinforce_pp)."
+            )
+        self.reward_moments = RunningMoments()
+        self.critic = self._make_critic(critic) if self.normalizer.needs_critic else None
+        if critic is not None and self.critic is None:
+            warnings.warn(f"normalizer {args.normalizer!r} needs no critic; the critic passed is unused", stacklevel=2)
+        if self.critic is not None:
+            self.add_callback(_CriticGradients(self))
+        self._ptx_batches = self._pretrain_batches(pretrain_dataset) if args.ptx_coef > 0 else None
+
+    # ------------------------------------------------------------------------------------------------ construction
+    def _kl_defaults(self, args: ZRLPPOConfig) -> dict[str, Any]:
+        return {"beta": args.beta, "placement": "reward"}
+
+    def _check_normalizer(self, name: str) -> None:
+        needed = ("token_advantages", "aggregate")
+        if not all(callable(getattr(self.normalizer, attr, None)) for attr in needed):
+            raise ConfigError(
+                f"normalizer {name!r} is not a per-token advantage estimator (needs {needed} and `needs_critic`); "
+                f"ZRLPPOTrainer uses e.g. `gae` or `reinforce_pp`. Sequence-level normalizers belong to "
+                "ZRLGRPOTrainer."
+            )
+        if not isinstance(getattr(self.normalizer, "needs_critic", None), bool):
+            raise ConfigError(f"normalizer {name!r} must say whether it needs a critic (`needs_critic = True/False`)")
+
+    def _make_critic(self, critic: torch.nn.Module | None) -> torch.nn.Module:
+        if critic is None:
+            source = self.args.critic_model_name_or_path or self.model.config._name_or_path
+            dtype = next(self.model.parameters()).dtype
+            critic = load_critic(source, dtype=dtype)
+        if self.args.gradient_checkpointing and hasattr(critic, "gradient_checkpointing_enable"):
+            critic.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs or {"use_reentrant": False}
+            )
+        critic.to(self.accelerator.device)
+        critic.train()
+        return critic
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if self.critic is None or any(group.get("zrl_critic") for group in optimizer.param_groups):
+            return optimizer
+        decay = set(self.get_decay_parameter_names(self.critic))
+        named = [(n, p) for n, p in self.critic.named_parameters() if p.requires_grad]
+        for params, weight_decay in (
+            ([p for n, p in named if n in decay], self.args.weight_decay),
+            ([p for n, p in named if n not in decay], 0.0),
+        ):
+            if params:
+                optimizer.add_param_group(
+                    {"params": params, "lr": self.args.critic_learning_rate, "weight_decay": weight_decay,
+                     "zrl_critic": True}
+                )  # fmt: skip
+        return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.critic_warmup_steps
+        if not warmup:
+            return scheduler
+        if not isinstance(scheduler, LambdaLR):
+            raise ConfigError(
+                f"critic_warmup_steps needs a LambdaLR schedule; lr_scheduler_type={self.args.lr_scheduler_type!r} "
+                f"gives {type(scheduler).__name__}"
+            )
+        groups = scheduler.optimizer.param_groups
+        scheduler.lr_lambdas = [
+            fn if group.get("zrl_critic") else _actor_gate(warmup, fn)
+            for fn, group in zip(scheduler.lr_lambdas, groups, strict=True)
+        ]
+        for group, base_lr, fn in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+            group["lr"] = base_lr * fn(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in groups]
+        return scheduler
+
+    def _pretrain_batches(self, dataset: Any):
+        if "text" not in (dataset.column_names or []):
+            raise ConfigError(f"pretrain_dataset needs a `text` column; it has {dataset.column_names}")
+        size = self.args.per_device_train_batch_size
+        generator = torch.Generator().manual_seed(self.args.seed + self.accelerator.process_index)
+        while True:
+            for start in range(0, len(dataset) - size + 1, size):
+                order = torch.randperm(len(dataset), generator=generator)[start : start + size].tolist()
+                yield [dataset[i]["text"] for i in order]
+
+    # ------------------------------------------------------------------------------------------------ rollout
+    def _assign_advantages(
+        self, output: dict[str, Any], rewards: torch.Tensor, mask: torch.Tensor, mode: str, group_size: int
+    ) -> torch.Tensor:
+        local = self._process_slice(output)
+        completion_mask = output["completion_mask"].float()
+        metrics = self._metrics[mode]
+
+        scores = self._scaled_scores(rewards, local, mode)[local]
+        token_rewards = torch.zeros_like(completion_mask)
+        last = (completion_mask.sum(-1).long() - 1).clamp(min=0)
+        token_rewards[torch.arange(len(last), device=last.device), last] = scores.to(token_rewards.dtype)
+
+        logps = output.get("old_per_token_logps")
+        if logps is None:  # π_old is the current policy here; the loss would use the same values
+            logps = output["old_per_token_logps"] = self._policy_logps(output)
+        metrics["policy/perplexity"].append(self._perplexity(logps, mask))
+        if output.get("ref_per_token_logps") is not None:
+            metrics["policy/ref_perplexity"].append(self._perplexity(output["ref_per_token_logps"], mask))
+        if self.kl_penalty.placement == "reward" and self.kl_penalty.controller.beta != 0.0:
+            token_rewards = token_rewards - self.kl_penalty.controller.beta * self._reward_placed_kl(output, mask, mode)
+
+        values = self._rollout_values(output) if self.critic is not None else None
+        advantages, returns = self._token_advantages(token_rewards, values, completion_mask)
+        if values is not None:
+            output["old_values"] = values
+            output["returns"] = returns
+            residual_var = self._global_moments(returns - values, mask)[1]
+            return_mean, return_var = self._global_moments(returns, mask)
+            metrics["critic/explained_variance"].append(1.0 - residual_var / max(return_var, 1e-8))
+            metrics["critic/value_mean"].append(self._global_moments(values, mask)[0])
+            metrics["critic/return_mean"].append(return_mean)
+        if self.args.whiten_advantages:
+            mean, var = self._global_moments(advantages, mask)
+            advantages = (advantages - mean) * torch.rsqrt(torch.tensor(var + 1e-6))
+        if self.args.advantage_clip is not None:
+            advantages = advantages.clamp(-self.args.advantage_clip, self.args.advantage_clip)
+        output["advantages"] = advantages * mask
+        metrics["reward/scaled_mean"].append(self.accelerator.gather(scores).float().mean().item())
+
+        sequence_advantage = (output["advantages"].sum(-1) / mask.sum(-1).clamp(min=1)).detach()
+        self._replace_logged_advantages(self.accelerator.gather(sequence_advantage))
+        return rewards
+
+    def _scaled_scores(self, rewards: torch.Tensor, local: slice, mode: str) -> torch.Tensor:
+        """PPO-max: running reward scaling (Welford over processes and steps) then clipping. NaN (unscorable) → 0."""
+        scores = rewards.clone()
+        if mode == "train" and self.args.reward_scaling != "none":
+            self.reward_moments.update(scores[local], gather=self.accelerator.gather)
+            self._metrics[mode]["reward/running_std"].append(self.reward_moments.std)
+        scores = torch.nan_to_num(scores, nan=0.0)
+        if self.args.reward_scaling != "none" and self.reward_moments.count > 1 and self.reward_moments.std > 0:
+            if self.args.reward_scaling == "mean_std":
+                scores = scores - self.reward_moments.mean
+            scores = scores / self.reward_moments.std
+        if self.args.reward_clip is not None:
+            scores = scores.clamp(-self.args.reward_clip, self.args.reward_clip)
+        return scores
+
+    def _token_advantages(
+        self, token_rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        name = self.args.normalizer
+        try:
+            advantages, returns = self.normalizer.token_advantages(token_rewards, values, mask)
+        except Exception as exc:
+            entry = self.zrl_pm.entry("normalizer", name)
+            raise PluginError(entry.plugin, f"normalizer {name!r}.token_advantages", exc, entry.distribution) from exc
+        for label, x in (("advantages", advantages), ("returns", returns)):
+            if not isinstance(x, torch.Tensor) or x.shape != token_rewards.shape or not torch.isfinite(x).all():
+                raise ComponentContractError(
+                    f"normalizer {name!r}.token_advantages must return finite {label} of shape "
+                    f"{tuple(token_rewards.shape)}; got {tuple(x.shape) if isinstance(x, torch.Tensor) else x!r}. "
+                    "No optimizer step was taken."
+                )
+        return advantages, returns
+
+    def _rollout_values(self, output: dict[str, Any]) -> torch.Tensor:
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        length = output["completion_ids"].size(1)
+        size = self.args.per_device_train_batch_size
+        with torch.no_grad():
+            chunks = [
+                completion_values(self.critic, input_ids[i : i + size], attention_mask[i : i + size], length)
+                for i in range(0, len(input_ids), size)
+            ]
+        return torch.cat(chunks) * output["completion_mask"]
+
+    def _global_moments(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+        """Mean and (population) variance of ``x`` over the masked tokens of every process."""
+        x, mask = x.detach().double(), mask.double()
+        totals = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()])
+        total, squares, count = self.accelerator.reduce(totals, reduction="sum").tolist()
+        count = max(count, 1.0)
+        mean = total / count
+        return mean, max(squares / count - mean * mean, 0.0)
+
+    def _perplexity(self, logps: torch.Tensor, mask: torch.Tensor) -> float:
+        return float(torch.exp(torch.tensor(-self._global_masked_mean(logps.detach(), mask))))
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs):
+        loss = super()._compute_loss(model, inputs)
+        mode = "train" if self.model.training else "eval"
+        if self.critic is not None:
+            loss = loss + self._value_loss(inputs, mode)
+        if self._ptx_batches is not None and mode == "train":
+            loss = loss + self.args.ptx_coef * self._pretrain_loss(model)
+        return loss
+
+    def _value_loss(self, inputs: dict[str, Any], mode: str) -> torch.Tensor:
+        """SPEC §4: ½·max((V − R)², (clip(V, V_old ± c) − R)²), token mean over the generation batch."""
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        values = completion_values(self.critic, input_ids, attention_mask, inputs["completion_ids"].size(1))
+        clip = self.args.cliprange_value
+        per_token, clipped = clipped_value_loss(values, inputs["old_values"], inputs["returns"], clip)
+        self._metrics[mode]["critic/value_clip_fraction"].append(self._global_masked_mean(clipped.float(), mask))
+        loss = token_mean_aggregate(per_token, mask, self._loss_context(inputs, mode))
+        self._metrics[mode]["critic/value_loss"].append(self._global_masked_mean(per_token.detach(), mask))
+        return loss
+
+    def _pretrain_loss(self, model) -> torch.Tensor:
+        texts = next(self._ptx_batches)
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        batch = self.processing_class(
+            text=texts, return_tensors="pt", padding=True, truncation=True, max_length=limit
+        ).to(self.accelerator.device)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        lm_loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+        self._metrics["train"]["ptx_loss"].append(self.accelerator.gather(lm_loss.detach()).mean().item())
+        return lm_loss / self.current_gradient_accumulation_steps
+
+    def _sync_and_clip_critic_gradients(self) -> None:
+        params = [p for p in self.critic.parameters() if p.grad is not None]
+        if not params:
+            return
+        if self.accelerator.num_processes > 1:
+            grads = [p.grad for p in params]
+            flat = torch._utils._flatten_dense_tensors(grads)
+            torch.distributed.all_reduce(flat)
+            flat /= self.accelerator.num_processes
+            for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
+                grad.copy_(synced)
+        max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self._metrics["train"]["critic/grad_norm"].append(float(norm))
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def _stateful_components(self) -> dict[str, Any]:
+        return {**super()._stateful_components(), "reward_moments": self.reward_moments}
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.critic is not None and self.args.should_save:
+            checkpoint_dir = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            self.critic.save_pretrained(os.path.join(checkpoint_dir, CRITIC_DIR))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint is not None and self.critic is not None:
+            path = os.path.join(checkpoint, CRITIC_DIR, "model.safetensors")
+            if not os.path.exists(path):
+                raise ConfigError(f"{checkpoint} holds no critic ({path}); it was not written by ZRLPPOTrainer")
+            from safetensors.torch import load_file
+
+            self.critic.load_state_dict(load_file(path, device=str(self.accelerator.device)))
+        super()._load_optimizer_and_scheduler(checkpoint)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.critic is not None and not _internal_call and self.args.should_save:
+            self.critic.save_pretrained(os.path.join(output_dir or self.args.output_dir, CRITIC_DIR))
