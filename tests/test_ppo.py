@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAINING, char_count_reward
 
+from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
 from zrl_plugins.builtins.estimators import GAEEstimator, ReinforcePlusPlusEstimator, discounted_sum, gae
 from zrl_plugins.critic import clipped_value_loss
 from zrl_plugins.errors import ConfigError
@@ -182,7 +182,6 @@ def test_reinforce_pp_needs_no_critic(tmp_path, tiny_model_path, arithmetic_data
 
 
 def test_normalizer_kinds_are_checked_per_trainer(tmp_path, tiny_model_path, arithmetic_dataset):
-    from conftest import tiny_config
 
     from zrl_plugins import ZRLGRPOTrainer, ZRLPPOTrainer
 

@@ -250,10 +250,10 @@ class ZRLPluginManager:
             raise PluginError(entry.plugin, f"the factory of {kind} {name!r}", exc, entry.distribution) from exc
         protocols = KIND_PROTOCOLS[kind]
         if not isinstance(component, protocols):
-            names = " or ".join(f"{p.__name__} (zrl_plugins.protocols.{p.__name__})" for p in protocols)
+            names = " or the ".join(f"{p.__name__} protocol" for p in protocols)
             raise ComponentContractError(
                 f"{kind} {name!r} ({entry.origin}) built a {type(component).__name__}, which does not implement the "
-                f"{names} protocol."
+                f"{names} (see zrl_plugins.protocols)."
             )
         return component
 
