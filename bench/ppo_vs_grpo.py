@@ -76,7 +76,7 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
 
-    ev = [v for v in results["ppo_max"]["explained_variance_per_step"] if v is not None]
+    ev = [v for v in results["ppo_max"]["explained_variance_per_step"] if v is not None and v == v and v != 1.0]
     ratio = results["ppo_max"]["median_step_seconds"] / results["grpo"]["median_step_seconds"]
     table = (
         f"PPO-max vs GRPO, SmolLM2-135M, a + b, {args.steps} steps x 4 prompts x 8 completions ({args.device})\n\n"

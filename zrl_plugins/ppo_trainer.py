@@ -207,7 +207,8 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             output["returns"] = returns
             residual_var = self._global_moments(returns - values, mask)[1]
             return_mean, return_var = self._global_moments(returns, mask)
-            metrics["critic/explained_variance"].append(1.0 - residual_var / max(return_var, 1e-8))
+            if return_var > 1e-8:  # undefined when every return is equal (e.g. all rewards 0 on the first step)
+                metrics["critic/explained_variance"].append(1.0 - residual_var / return_var)
             metrics["critic/value_mean"].append(self._global_moments(values, mask)[0])
             metrics["critic/return_mean"].append(return_mean)
         if self.args.whiten_advantages:
