@@ -1,4 +1,5 @@
-"""``zrl`` command line: ``zrl plugins`` lists installed plugins and their components."""
+"""``zrl`` command line: ``zrl plugins`` lists installed plugins and their components; ``zrl eval`` measures a
+model on a task (pass@1, pass@k, lengths, truncation)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,52 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluation import evaluate
+    from .models import resolve_model
+    from .recipe import RecipeArguments, default_verifiers, task_rows
+    from .tasks import with_prompts
+
+    pm = get_plugin_manager()
+    recipe = RecipeArguments(task=args.task, task_difficulty=args.task_difficulty, tier=args.tier,
+                             template=args.template, n_train=0, n_eval=args.n)  # fmt: skip
+    template_kwargs = json.loads(args.template_kwargs) if args.template_kwargs else {}
+    template = pm.load_component("template", args.template, **template_kwargs)
+    names, kwargs = (
+        ([args.verifier], {})
+        if args.verifier
+        else default_verifiers(recipe, template.answer_format, pm.names("verifier"))
+    )
+    verifier = pm.load_component("verifier", names[0], **kwargs.get(names[0], {}))
+    _, rows = task_rows(recipe, args.seed) if args.n else ([], [])
+    rows = with_prompts(rows, template)
+    path = resolve_model(args.model, args.output or ".")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    metrics = evaluate(model, tokenizer, rows, verifier, max_new_tokens=args.max_new_tokens, k=args.k,
+                       temperature=args.temperature)  # fmt: skip
+    metrics = {"model": args.model, "task": args.task, "template": args.template, "verifier": names[0], **metrics}
+    table = "| metric | value |\n|---|---|\n" + "\n".join(
+        f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
+        for k, v in metrics.items()
+        if k != "completions"
+    )
+    print(table)
+    if args.output:
+        from pathlib import Path
+
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+        (out / "eval.md").write_text(table + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zrl", description="zero-RL training on TRL with plugins")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('zrl_plugins').__version__}")
@@ -61,6 +108,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_plugins = sub.add_parser("plugins", help="list installed plugins and the components they register")
     p_plugins.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p_plugins.set_defaults(func=cmd_plugins)
+    p_eval = sub.add_parser("eval", help="pass@1 (greedy) / pass@k accuracy, lengths and truncation on a task")
+    p_eval.add_argument("--model", required=True, help="path or hub id; `smollm2` / `tiny` as in the recipes")
+    p_eval.add_argument("--task", default="addition", help="addition | word_problems | countdown | records file/hub")
+    p_eval.add_argument("--task_difficulty", type=int, default=2)
+    p_eval.add_argument("--tier", default=None, help="easy | medium | hard (MATH-style records)")
+    p_eval.add_argument("--template", default="plain", help="prompt template by name")
+    p_eval.add_argument("--template_kwargs", default=None, help="JSON keyword arguments of the template")
+    p_eval.add_argument("--verifier", default=None, help="verifier by name (default: the task's)")
+    p_eval.add_argument("--n", type=int, default=200, help="problems (the recipes' held-out split)")
+    p_eval.add_argument("--k", type=int, default=0, help="samples per problem for pass@k (0 = greedy only)")
+    p_eval.add_argument("--temperature", type=float, default=1.0)
+    p_eval.add_argument("--max_new_tokens", type=int, default=256)
+    p_eval.add_argument("--seed", type=int, default=0, help="the recipes' seed, so the split matches")
+    p_eval.add_argument("--output", default=None, help="directory for eval.json and eval.md")
+    p_eval.set_defaults(func=cmd_eval)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -15,26 +15,49 @@ def _prompt_text(tokenizer: Any, prompt: Any) -> str:
 
 
 @torch.no_grad()
-def greedy_completions(
-    model: Any, tokenizer: Any, prompts: Sequence[Any], max_new_tokens: int = 24, batch_size: int = 50
+def generate_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    max_new_tokens: int = 24,
+    batch_size: int = 50,
+    stats: list[tuple[int, bool]] | None = None,
+    **sampling: Any,
 ) -> list[str]:
-    """Greedy completions of ``prompts`` (text or chat messages), decoded without special tokens."""
+    """Completions of ``prompts`` (text or chat messages), decoded without special tokens; ``sampling`` goes to
+    ``generate`` (greedy when empty). ``stats``, when given, receives (tokens, truncated) per completion."""
     was_training = model.training
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    options = sampling or {"do_sample": False}
     completions: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
             texts = [_prompt_text(tokenizer, p) for p in prompts[start : start + batch_size]]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            out = model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-            completions += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options)
+            generated = out[:, batch["input_ids"].shape[1] :]
+            completions += tokenizer.batch_decode(generated, skip_special_tokens=True)
+            if stats is not None:
+                stats += [_length_and_truncation(row.tolist(), tokenizer.eos_token_id) for row in generated]
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     return completions
+
+
+def _length_and_truncation(ids: list[int], eos_token_id: int | None) -> tuple[int, bool]:
+    """Generated tokens up to and including the first EOS, and whether there was none (cut by the budget)."""
+    if eos_token_id is not None and eos_token_id in ids:
+        return ids.index(eos_token_id) + 1, False
+    return len(ids), True
+
+
+def greedy_completions(
+    model: Any, tokenizer: Any, prompts: Sequence[Any], max_new_tokens: int = 24, batch_size: int = 50
+) -> list[str]:
+    """Greedy completions of ``prompts`` (text or chat messages), decoded without special tokens."""
+    return generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
 
 
 def greedy_accuracy(
@@ -51,3 +74,63 @@ def greedy_accuracy(
     columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
     scores = verifier(prompts=prompts, completions=completions, **columns)
     return sum(s or 0.0 for s in scores) / len(rows), completions
+
+
+def summarize_scores(
+    greedy_scores: Sequence[float | None],
+    greedy_lengths: Sequence[int],
+    greedy_truncated: Sequence[bool],
+    sampled_scores: Sequence[Sequence[float | None]] | None = None,
+) -> dict[str, Any]:
+    """Evaluation metrics from scored completions (``None`` = unscorable counts as wrong).
+
+    pass@1 is greedy accuracy; pass@k is the fraction of problems with at least one correct answer among the ``k``
+    samples of each; lengths are in tokens, for the greedy completions that were correct and incorrect.
+    """
+    correct = [bool(s and s >= 1.0) for s in greedy_scores]
+    n = max(len(correct), 1)
+
+    def mean(values: list[int]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    result: dict[str, Any] = {
+        "n": len(correct),
+        "pass@1": sum(correct) / n,
+        "mean_length_correct": mean([length for length, c in zip(greedy_lengths, correct, strict=True) if c]),
+        "mean_length_incorrect": mean([length for length, c in zip(greedy_lengths, correct, strict=True) if not c]),
+        "truncation_rate": sum(bool(t) for t in greedy_truncated) / n,
+    }
+    if sampled_scores:
+        k = len(sampled_scores[0])
+        result[f"pass@{k}"] = sum(any(s and s >= 1.0 for s in row) for row in sampled_scores) / n
+    return result
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    verifier: Callable[..., list[float | None]],
+    max_new_tokens: int = 256,
+    k: int = 0,
+    temperature: float = 1.0,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """pass@1 (greedy) and, with ``k > 0``, pass@k (``k`` samples at ``temperature``) of ``model`` on ``rows``."""
+    prompts = [r["prompt"] for r in rows]
+    columns = {key: [r[key] for r in rows] for key in rows[0] if key != "prompt"}
+    stats: list[tuple[int, bool]] = []
+    completions = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size, stats=stats)
+    scores = verifier(prompts=prompts, completions=completions, **columns)
+    lengths, truncated = [n for n, _ in stats], [t for _, t in stats]
+    sampled = None
+    if k > 0:
+        torch.manual_seed(0)
+        sampled_rows = []
+        for _ in range(k):
+            texts = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size, do_sample=True,
+                                         temperature=temperature, top_p=1.0, top_k=0)  # fmt: skip
+            sampled_rows.append(verifier(prompts=prompts, completions=texts, **columns))
+        sampled = [list(per_problem) for per_problem in zip(*sampled_rows, strict=True)]
+    return {**summarize_scores(scores, lengths, truncated, sampled), "completions": completions[:20]}

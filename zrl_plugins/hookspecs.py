@@ -91,6 +91,18 @@ def zrl_register_kl_controllers(register: Callable[[str, Callable[..., Any]], No
 
 
 @hookspec
+def zrl_register_templates(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register prompt templates (how a problem statement becomes the model's prompt).
+
+    :param register: ``register(name, factory)``. ``factory(**kwargs)`` must return a
+        :class:`zrl_plugins.protocols.PromptTemplate`: ``template(question) -> str | list[message]``, with an
+        ``answer_format`` attribute saying where the final answer is expected.
+
+    Called once per plugin when the plugin manager is built. Recipes select a template by name (``--template``).
+    """
+
+
+@hookspec
 def zrl_register_rollouts(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """Register rollout strategies (how completions and their behaviour log-probs are produced).
 

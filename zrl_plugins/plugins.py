@@ -34,6 +34,7 @@ from .protocols import (
     KLController,
     KLPenalty,
     Normalizer,
+    PromptTemplate,
     RolloutStrategy,
     TokenAdvantageEstimator,
     Verifier,
@@ -50,6 +51,7 @@ REGISTRATION_HOOKS = {
     "kl_penalty": "zrl_register_kl_penalties",
     "kl_controller": "zrl_register_kl_controllers",
     "rollout": "zrl_register_rollouts",
+    "template": "zrl_register_templates",
 }
 KIND_PROTOCOLS: dict[str, tuple[type, ...]] = {
     "verifier": (Verifier,),
@@ -57,6 +59,7 @@ KIND_PROTOCOLS: dict[str, tuple[type, ...]] = {
     "kl_penalty": (KLPenalty,),
     "kl_controller": (KLController,),
     "rollout": (RolloutStrategy,),
+    "template": (PromptTemplate,),
 }
 KIND_PLURALS = {
     "verifier": "verifiers",
@@ -64,6 +67,7 @@ KIND_PLURALS = {
     "kl_penalty": "KL penalties",
     "kl_controller": "KL controllers",
     "rollout": "rollouts",
+    "template": "prompt templates",
 }
 
 

@@ -12,8 +12,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-COMPONENT_KINDS = ("verifier", "normalizer", "kl_penalty", "kl_controller", "rollout")
-ComponentKind = Literal["verifier", "normalizer", "kl_penalty", "kl_controller", "rollout"]
+COMPONENT_KINDS = ("verifier", "normalizer", "kl_penalty", "kl_controller", "rollout", "template")
+ComponentKind = Literal["verifier", "normalizer", "kl_penalty", "kl_controller", "rollout", "template"]
 
 
 @runtime_checkable
@@ -168,3 +168,18 @@ class RolloutStrategy(Protocol):
     off_policy: bool
 
     def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class PromptTemplate(Protocol):
+    """Turns a problem statement into the prompt the model sees.
+
+    ``__call__(question)`` returns a string (plain-text prompt, for base models) or a list of chat messages
+    (``[{"role": "user", "content": ...}]``, rendered by the tokenizer's chat template). Attribute ``answer_format``
+    (``"boxed"``, ``"answer_is"``, ``"last_number"``) tells a recipe where the final answer will be, so it can set the
+    verifier's extraction to match.
+    """
+
+    answer_format: str
+
+    def __call__(self, question: str) -> str | list[dict[str, str]]: ...

@@ -10,7 +10,8 @@ from .estimators import GAEEstimator, ReinforcePlusPlusEstimator
 from .kl import FixedKLController, K3KLPenalty, NoKLPenalty
 from .normalizers import GRPONormalizer
 from .rollouts import DefaultRollout
-from .verifiers import LastNumberVerifier
+from .templates import TEMPLATES
+from .verifiers import CountdownVerifier, LastNumberVerifier
 
 Register = Callable[[str, Callable[..., Any]], None]
 
@@ -18,6 +19,7 @@ Register = Callable[[str, Callable[..., Any]], None]
 @hookimpl
 def zrl_register_verifiers(register: Register) -> None:
     register("last_number", LastNumberVerifier)
+    register("countdown", CountdownVerifier)
 
 
 @hookimpl
@@ -41,3 +43,9 @@ def zrl_register_kl_controllers(register: Register) -> None:
 @hookimpl
 def zrl_register_rollouts(register: Register) -> None:
     register("default", DefaultRollout)
+
+
+@hookimpl
+def zrl_register_templates(register: Register) -> None:
+    for name, factory in TEMPLATES.items():
+        register(name, factory)

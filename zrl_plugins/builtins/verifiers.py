@@ -63,3 +63,53 @@ class LastNumberVerifier:
             predicted = last_number(completion_text(completion))
             rewards.append(float(predicted is not None and abs(predicted - gold_value) <= self.tolerance))
         return rewards
+
+
+_EQUATION_CHARS = re.compile(r"^[\d+\-*/().\s]+$")
+
+
+def _evaluate(expression: str) -> float | None:
+    """Value of an arithmetic expression made only of integers, + − × ÷ and parentheses (else ``None``)."""
+    if not _EQUATION_CHARS.match(expression) or len(expression) > 200:
+        return None
+    try:
+        return float(eval(expression, {"__builtins__": {}}, {}))
+    except (SyntaxError, ZeroDivisionError, TypeError, ValueError, OverflowError, MemoryError, RecursionError):
+        return None
+
+
+class CountdownVerifier:
+    """1.0 when the completion's last equation uses each given number exactly once and evaluates to the target.
+
+    The equation is the last line (or ``<answer>`` content) containing digits; text after ``=`` is ignored.
+    Returns 0.0 when no valid equation is found, ``None`` for rows without ``numbers``/``target``.
+
+    Args:
+        numbers_column, target_column: the data set columns with the numbers and the target.
+    """
+
+    def __init__(self, numbers_column: str = "numbers", target_column: str = "target"):
+        self.numbers_column, self.target_column = numbers_column, target_column
+        self.__name__ = "countdown"
+        self.required_columns = (numbers_column, target_column)
+
+    def score(self, text: str, numbers: list[int], target: float) -> float:
+        answer = re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL)
+        candidates = [answer[-1]] if answer else [line for line in text.splitlines() if re.search(r"\d", line)]
+        if not candidates:
+            return 0.0
+        expression = candidates[-1].split("=")[0].strip().replace("×", "*").replace("÷", "/")
+        used = sorted(int(x) for x in re.findall(r"\d+", expression))
+        value = _evaluate(expression)
+        return float(used == sorted(numbers) and value is not None and abs(value - target) < 1e-6)
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
+        rewards: list[float | None] = []
+        for completion, numbers, target in zip(
+            completions, columns[self.numbers_column], columns[self.target_column], strict=True
+        ):
+            if numbers is None or target is None:
+                rewards.append(None)
+            else:
+                rewards.append(self.score(completion_text(completion), list(numbers), float(target)))
+        return rewards

@@ -1,0 +1,41 @@
+"""The per-step PNG every recipe writes: reward, accuracy, length, clip ratio and behaviour frequencies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PANELS = (
+    ("reward and accuracy", ("reward", "accuracy")),
+    ("completion length (tokens)", ("completions/mean_length",)),
+    ("clip ratio", ("clip_ratio/region_mean",)),
+    ("behaviour frequency", ("behaviour/verification", "behaviour/backtracking", "behaviour/subgoal_setting",
+                             "behaviour/enumeration")),
+)  # fmt: skip
+
+
+def plot_training(log_history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Write a 2 x 2 figure of the metrics in ``log_history`` (a Trainer's ``state.log_history``) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    for ax, (name, keys) in zip(axes.flat, PANELS, strict=True):
+        for key in keys:
+            points = [(h["step"], h[key]) for h in log_history if key in h and "step" in h]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=key.split("/")[-1])
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
