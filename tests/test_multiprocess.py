@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from zrl_plugins.builtins.normalizers import GRPONormalizer
+from zrl_plugins.testing import launch_two_cpu_processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "global_groups.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_normalize_over_the_global_group(tiny_model_path, tmp_path):
-    command = [
-        # --multi_gpu selects accelerate's torchrun launcher; with use_cpu=True the processes join over gloo
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-        str(SCRIPT), tiny_model_path, str(tmp_path),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    result = launch_two_cpu_processes(SCRIPT, tiny_model_path, str(tmp_path))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +13,7 @@ from zrl_plugins.builtins.estimators import GAEEstimator, ReinforcePlusPlusEstim
 from zrl_plugins.critic import clipped_value_loss
 from zrl_plugins.errors import ConfigError
 from zrl_plugins.running_stats import RunningMoments
+from zrl_plugins.testing import launch_two_cpu_processes
 
 
 # ---------------------------------------------------------------------------------------------------- arithmetic
@@ -228,22 +225,10 @@ def test_resume_gives_the_identical_next_step(tmp_path, tiny_model_path, arithme
         torch.testing.assert_close(p, q)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_keep_one_critic(tiny_model_path, tmp_path):
     script = Path(__file__).parent / "scripts" / "ppo_two_processes.py"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), str(script), tiny_model_path, str(tmp_path),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    result = launch_two_cpu_processes(script, tiny_model_path, str(tmp_path))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"ppo_rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["critic_changed"] and ranks[0]["actor_changed"]

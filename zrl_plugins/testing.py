@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 from pathlib import Path
 
 TINY_SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
@@ -143,3 +144,29 @@ def compare_with_trl(trl_trainer, zrl_trainer, inputs: list[dict], seed: int = 1
     for name, trainer in (("trl", trl_trainer), ("zrl", zrl_trainer)):
         results[f"{name}_loss"], results[f"{name}_grads"] = loss_and_gradients(trainer, batch)
     return results
+
+
+def launch_two_cpu_processes(script: str | Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``script`` under ``accelerate launch`` as 2 CPU processes joined over gloo; returns the CompletedProcess.
+
+    ``--multi_gpu`` selects accelerate's torchrun launcher; the scripts' ``use_cpu=True`` makes the processes join
+    over gloo (``--cpu`` with 2 processes silently runs one).
+    """
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(port), str(script), *args,
+    ]  # fmt: skip
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
