@@ -162,6 +162,10 @@ class RolloutStrategy(Protocol):
         ``importance_weights(old_logps, behaviour_logps, mask) -> (weights, stats)``: for off-policy strategies,
         the per-token (B x T) or per-sequence (B x 1) weights π_old / π_behaviour the loss is multiplied by, and a
         dict of scalar statistics logged as ``rollout/<key>``.
+        ``keep_groups(grouped_rewards) -> bool tensor`` with ``max_resamples`` and ``draw(count, population,
+        process_index) -> list[int]``: a group filter (DAPO dynamic sampling). In training, the trainer replaces
+        this process's groups that ``keep_groups`` rejects with groups of fresh prompts (data set rows from
+        ``draw``), for at most ``max_resamples`` extra rounds, then drops what is still rejected from the loss.
     """
 
     replaces_generation: bool

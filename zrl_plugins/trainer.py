@@ -47,6 +47,7 @@ from trl.trainer.utils import get_callable_name, is_async_callable, nanmax, nanm
 
 from .config import ZRLConfig
 from .errors import ComponentContractError, ConfigError, DataError, PluginError
+from .group_filter import ROW_KEYS, swap_rows
 from .plugins import ZRLPluginManager, get_plugin_manager
 from .protocols import LossContext
 from .verifier_guard import NamedVerifier
@@ -251,11 +252,23 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         return rewards
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
+        output = self._score_rollout(inputs)
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        if mode == "train" and callable(getattr(self.rollout_strategy, "keep_groups", None)):
+            output, inputs = self._refill_groups(inputs, output, group_size)
         mask = output["completion_mask"] * output.get("tool_mask", 1)
+        rewards = self._global_rewards()
+        rewards = self._assign_advantages(output, rewards, mask, mode, group_size)
+        if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
+            self._notify_rollout_batch(inputs, output, rewards, mode)
+        return output
 
+    def _score_rollout(self, inputs):
+        """TRL's generation and scoring, plus π_old log-probs and importance weights for off-policy strategies."""
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        mask = output["completion_mask"] * output.get("tool_mask", 1)
         if self.rollout_strategy.off_policy and "old_per_token_logps" not in output:
             output["old_per_token_logps"] = self._policy_logps(output)
         weigh = getattr(self.rollout_strategy, "importance_weights", None)
@@ -263,12 +276,67 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             weights, stats = weigh(output["old_per_token_logps"], output["sampling_per_token_logps"], mask)
             output["importance_sampling_ratio"] = weights  # the loss multiplies per-token losses by it, as for vLLM
             self._log_rollout_stats(stats, mode)
-
-        rewards = self._global_rewards()
-        rewards = self._assign_advantages(output, rewards, mask, mode, group_size)
-        if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
-            self._notify_rollout_batch(inputs, output, rewards, mode)
         return output
+
+    def _refill_groups(
+        self, inputs: list[dict[str, Any]], output: dict[str, Any], group_size: int
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Group filtering (see ``RolloutStrategy.keep_groups``): replace rejected groups with groups of fresh
+        prompts for up to ``max_resamples`` rounds, then mask what is still rejected out of the loss and statistics.
+        Every process runs the same number of rounds (generation and scoring gather across processes)."""
+        strategy = self.rollout_strategy
+        rows = len(output["prompt_ids"])
+        local = self._process_slice(output)
+
+        def local_scores() -> tuple[torch.Tensor, torch.Tensor]:
+            per_func = self._zrl_rewards_per_func[local].clone()
+            return per_func, self._zrl_truncated[local].clone()
+
+        def keep_of(per_func: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+            self._zrl_rewards_per_func, self._zrl_truncated = gather(per_func), gather(truncated)
+            grouped = self._global_rewards()[local].view(-1, group_size)
+            return strategy.keep_groups(grouped).to(per_func.device).bool()
+
+        per_func, truncated = local_scores()
+        keep = keep_of(per_func, truncated)
+        initially_kept = keep.float().mean()
+        rounds = 0
+        device = self.accelerator.device
+        while rounds < strategy.max_resamples:
+            if self.accelerator.reduce(torch.tensor([float((~keep).sum())], device=device), reduction="sum") == 0:
+                break
+            rounds += 1
+            picks = strategy.draw(rows // group_size, len(self.train_dataset), self.accelerator.process_index)
+            fresh_inputs = [self.train_dataset[i] for i in picks for _ in range(group_size)]
+            fresh = self._score_rollout(fresh_inputs)
+            fresh_per_func, fresh_truncated = local_scores()
+            fresh_keep = keep_of(fresh_per_func, fresh_truncated)
+            order = torch.arange(rows, device=per_func.device)
+            take = torch.zeros(rows, dtype=torch.bool, device=per_func.device)
+            for target, source in zip((~keep).nonzero().flatten().tolist(), fresh_keep.nonzero().flatten().tolist()):
+                order[target * group_size : (target + 1) * group_size] = torch.arange(
+                    source * group_size, (source + 1) * group_size, device=order.device
+                )
+                take[target * group_size : (target + 1) * group_size] = True
+                keep[target] = True
+            output = swap_rows(output, {k: v[order] for k, v in fresh.items() if k in ROW_KEYS}, take)
+            inputs = [fresh_inputs[j] if t else row for row, j, t in zip(inputs, order.tolist(), take.tolist())]
+            per_func = torch.where(take.unsqueeze(1), fresh_per_func[order], per_func)
+            truncated = torch.where(take, fresh_truncated[order], truncated)
+
+        dropped = (~keep).repeat_interleave(group_size)
+        per_func[dropped] = torch.nan  # unscorable: advantage 0 and left out of every statistic
+        truncated[dropped] = False
+        output["completion_mask"] = output["completion_mask"] * (~dropped).unsqueeze(1).to(output["completion_mask"])
+        self._zrl_rewards_per_func, self._zrl_truncated = gather(per_func), gather(truncated)
+        loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        self._log_rollout_stats(
+            {"resample_rounds_mean": float(rounds), "kept_groups_initial": initially_kept.item(),
+             "kept_groups_final": keep.float().mean().item()},
+            "train",
+        )  # fmt: skip
+        return output, inputs
 
     def _process_slice(self, output: dict[str, Any]) -> slice:
         """This process's rows of a gathered (global) per-completion tensor."""

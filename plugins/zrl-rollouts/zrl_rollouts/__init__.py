@@ -1,12 +1,14 @@
-"""zrl-rollouts: rollout strategies registered through zrl's hooks (``nested``)."""
+"""zrl-rollouts: rollout strategies registered through zrl's hooks (``nested``, ``dynamic_sampling``)."""
 
 from zrl_plugins import hookimpl
 
+from .dynamic_sampling import DynamicSampling
 from .nested import NestedRollout, choose_layers, importance_weights, skipped_layers
 
-__all__ = ["NestedRollout", "choose_layers", "importance_weights", "skipped_layers"]
+__all__ = ["DynamicSampling", "NestedRollout", "choose_layers", "importance_weights", "skipped_layers"]
 
 
 @hookimpl
 def zrl_register_rollouts(register):
     register("nested", NestedRollout)
+    register("dynamic_sampling", DynamicSampling)
