@@ -3,6 +3,9 @@
 python -m bench                  # every benchmark (~20 min on 2 CPU cores), then RESULTS.md
 python -m bench --only overhead  # one of: overhead, verifier_throughput, kl_memory, nested_rollout
 python -m bench --report         # only rebuild RESULTS.md from the results already in bench/results/
+
+Longer runs, kept out of the suite: `python -m bench.ppo_vs_grpo --device cuda` (~3 min on an H100, ~25 min on
+2 CPU cores) and the recipes' cpu-demo presets (`accelerate launch recipes/<method>.py --preset cpu-demo`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ TITLES = {
     "nested_rollout_medium_cuda": "nested rollout speed vs the full model, random 12-layer Llama (~180M), H100, bf16",
     "nested_reward_smollm2": "Training reward after the same steps: default vs nested variants (SmolLM2, CPU)",
     "ablation_grpo_vs_dr_grpo": "GRPO vs Dr. GRPO on SmolLM2 (lengths of correct / incorrect completions)",
+    "ppo_vs_grpo_cuda": "PPO-max vs GRPO on SmolLM2, 30 steps, H100",
+    "recipes_h100": "Recipes (cpu-demo shapes) on an H100",
+    "recipes_cpu": "Recipes, cpu-demo presets on 2 CPU cores (wall time, SmolLM2)",
 }
 
 
