@@ -195,14 +195,15 @@ def test_normalizer_kinds_are_checked_per_trainer(tmp_path, tiny_model_path, ari
         _ppo_config(tmp_path, reward_scaling="minmax")
 
 
-def test_resume_gives_the_identical_next_step(tmp_path, tiny_model_path, arithmetic_dataset):
+@pytest.mark.parametrize("critic_mode", ["separate", "shared"])
+def test_resume_gives_the_identical_next_step(critic_mode, tmp_path, tiny_model_path, arithmetic_dataset):
     """Actor, critic, optimizer, reward statistics and KL controller all come back: step 3 after a resume from
     checkpoint 2 equals step 3 of the uninterrupted run."""
     from zrl_plugins import ZRLPPOTrainer
 
     controller = {"controller": "adaptive", "controller_kwargs": {"target_kl": 0.01, "horizon": 10}}
     common = dict(max_steps=3, save_strategy="steps", save_steps=2, beta=0.05, kl_penalty="k1",
-                  kl_penalty_kwargs=controller)  # fmt: skip
+                  kl_penalty_kwargs=controller, critic_mode=critic_mode)  # fmt: skip
     first = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=_ppo_config(tmp_path / "a", **common),
                           train_dataset=arithmetic_dataset)  # fmt: skip
     first.train()
@@ -238,3 +239,23 @@ def test_two_processes_keep_one_critic(tiny_model_path, tmp_path):
     # Welford statistics merged over both processes' rows: 2 steps x 2 processes x 4 completions
     assert ranks[0]["reward_moments"] == ranks[1]["reward_moments"]
     assert ranks[0]["reward_moments"]["count"] == 16
+
+
+def test_shared_critic_is_a_head_on_the_policy_backbone(tmp_path, tiny_model_path, arithmetic_dataset):
+    from zrl_plugins import ZRLPPOTrainer
+    from zrl_plugins.critic import SharedBackboneCritic
+
+    args = _ppo_config(tmp_path, max_steps=2, critic_mode="shared", vf_coef=0.5, learning_rate=0.0)
+    trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
+    assert isinstance(trainer.critic, SharedBackboneCritic)
+    hidden = trainer.model.config.hidden_size
+    assert sum(p.numel() for p in trainer.critic.parameters()) == hidden + 1  # the head only: no backbone copy
+    head_before = trainer.critic.score.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(trainer.critic.score.weight, head_before)  # the head learns at critic_learning_rate
+    groups = trainer.optimizer.param_groups
+    critic_ids = {id(p) for g in groups if g.get("zrl_critic") for p in g["params"]}
+    assert critic_ids == {id(p) for p in trainer.critic.parameters()}
+    assert "critic/value_loss" in next(h for h in trainer.state.log_history if "loss" in h)
+    with pytest.raises(ConfigError, match="needs critic_mode='separate'"):
+        _ppo_config(tmp_path, critic_mode="shared", critic_model_name_or_path=tiny_model_path)

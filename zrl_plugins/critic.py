@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel
+from transformers.modeling_outputs import TokenClassifierOutput
 
 
 def load_critic(name_or_path: str, dtype: torch.dtype | None = None, **kwargs: Any) -> PreTrainedModel:
@@ -27,6 +28,22 @@ def load_critic(name_or_path: str, dtype: torch.dtype | None = None, **kwargs: A
             torch.nn.init.zeros_(critic.score.bias)
     critic.config.use_cache = False
     return critic
+
+
+class SharedBackboneCritic(torch.nn.Module):
+    """A value head on the policy's own decoder: ``critic.parameters()`` is the head only (the backbone's parameters
+    stay the actor's), and the value loss reaches the backbone through the shared hidden states."""
+
+    def __init__(self, policy: torch.nn.Module, hidden_size: int):
+        super().__init__()
+        object.__setattr__(self, "policy", policy)  # deliberately not a submodule: its parameters are the actor's
+        self.score = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.score.weight)
+        torch.nn.init.zeros_(self.score.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool = False) -> Any:
+        hidden = self.policy.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return TokenClassifierOutput(logits=self.score(hidden.last_hidden_state.to(self.score.weight.dtype)))
 
 
 def completion_values(

@@ -32,6 +32,13 @@ class ZRLPPOConfig(ZRLConfig):
         metadata={"help": "KL coefficient; with PPO the KL penalty is placed in the per-token reward unless "
                   "`kl_penalty_kwargs` sets `placement`."},
     )  # fmt: skip
+    critic_mode: str = field(
+        default="separate",
+        metadata={"help": "`separate`: the critic is its own backbone copy with a value head (own learning rate); "
+                  "`shared`: a value head on the policy's own backbone (no second copy; the value loss, weighted by "
+                  "`vf_coef`, also trains the backbone; one process only)."},
+    )  # fmt: skip
+    vf_coef: float = field(default=1.0, metadata={"help": "Weight of the value loss in the total loss."})
     critic_model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Model to initialise the critic from (e.g. a reward model saved as a sequence- or "
@@ -71,6 +78,12 @@ class ZRLPPOConfig(ZRLConfig):
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.critic_mode not in ("separate", "shared"):
+            raise ConfigError(f"critic_mode must be 'separate' or 'shared', got {self.critic_mode!r}")
+        if self.critic_mode == "shared" and self.critic_model_name_or_path:
+            raise ConfigError(
+                "critic_model_name_or_path needs critic_mode='separate' (a shared critic has no backbone)"
+            )
         if self.reward_scaling not in REWARD_SCALING:
             raise ConfigError(f"reward_scaling must be one of {REWARD_SCALING}, got {self.reward_scaling!r}")
         for name in ("cliprange_value", "reward_clip", "advantage_clip"):

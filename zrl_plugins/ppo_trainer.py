@@ -12,8 +12,9 @@ checkpoints are :class:`~zrl_plugins.ZRLGRPOTrainer`'s (hence TRL's). What chang
   processes and clipped to ``max_grad_norm`` separately from the actor's just before each optimizer step;
 * PPO epochs and mini-batches are TRL's ``num_iterations`` and ``steps_per_generation``.
 
-The critic is a second full model on every process: DDP and single-device runs are supported; under DeepSpeed the
-trainer refuses to start (the critic's parameters would sit outside the engine).
+With ``critic_mode="separate"`` the critic is a second full model on every process: DDP and single-device runs are
+supported; under DeepSpeed the trainer refuses to start (the critic's parameters would sit outside the engine). With
+``critic_mode="shared"`` the critic is a value head on the policy's own decoder (one process only).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from accelerate.utils import DistributedType
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback
 
-from .critic import clipped_value_loss, completion_values, load_critic
+from .critic import SharedBackboneCritic, clipped_value_loss, completion_values, load_critic
 from .errors import ComponentContractError, ConfigError, PluginError
 from .ops import token_mean_aggregate
 from .ppo_config import ZRLPPOConfig
@@ -119,6 +120,15 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             raise ConfigError(f"normalizer {name!r} must say whether it needs a critic (`needs_critic = True/False`)")
 
     def _make_critic(self, critic: torch.nn.Module | None) -> torch.nn.Module:
+        if critic is None and self.args.critic_mode == "shared":
+            if self.accelerator.num_processes > 1:
+                raise ConfigError(
+                    "critic_mode='shared' runs the value head on the policy's backbone outside its DDP wrapper, which "
+                    "only one process can do; use critic_mode='separate' with several processes."
+                )
+            policy = self.accelerator.unwrap_model(self.model)
+            hidden = policy.config.get_text_config().hidden_size
+            critic = SharedBackboneCritic(policy, hidden).to(next(policy.parameters()).dtype)
         if critic is None:
             source = self.args.critic_model_name_or_path or self.model.config._name_or_path
             dtype = next(self.model.parameters()).dtype
@@ -285,7 +295,7 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         loss = super()._compute_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
         if self.critic is not None:
-            loss = loss + self._value_loss(inputs, mode)
+            loss = loss + self.args.vf_coef * self._value_loss(inputs, mode)
         if self._ptx_batches is not None and mode == "train":
             loss = loss + self.args.ptx_coef * self._pretrain_loss(model)
         return loss
@@ -337,7 +347,7 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         super()._save_checkpoint(model, trial)
         if self.critic is not None and self.args.should_save:
             checkpoint_dir = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            self.critic.save_pretrained(os.path.join(checkpoint_dir, CRITIC_DIR))
+            self._save_critic(os.path.join(checkpoint_dir, CRITIC_DIR))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         if checkpoint is not None and self.critic is not None:
@@ -352,4 +362,15 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
         if self.critic is not None and not _internal_call and self.args.should_save:
-            self.critic.save_pretrained(os.path.join(output_dir or self.args.output_dir, CRITIC_DIR))
+            self._save_critic(os.path.join(output_dir or self.args.output_dir, CRITIC_DIR))
+
+    def _save_critic(self, directory: str) -> None:
+        if callable(getattr(self.critic, "save_pretrained", None)):
+            self.critic.save_pretrained(directory)  # loadable on its own, e.g. as a reward model
+        else:
+            from safetensors.torch import save_file
+
+            os.makedirs(directory, exist_ok=True)
+            save_file(
+                {k: v.contiguous() for k, v in self.critic.state_dict().items()}, f"{directory}/model.safetensors"
+            )
