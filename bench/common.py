@@ -40,10 +40,13 @@ def machine() -> dict[str, Any]:
 
 
 def write_results(name: str, payload: dict[str, Any], table: str) -> Path:
+    """Write ``bench/results/<name>.json`` (payload + machine) and ``<name>.md`` (the table), and print both."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({**payload, "machine": machine()}, indent=2))
     (RESULTS / f"{name}.md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {path}")
     return path
 
 

@@ -62,9 +62,7 @@ def main() -> None:
         f"| {args.model} | {results['none']['reference_model_loaded']} / {results['k3']['reference_model_loaded']} "
         f"| {ratio:.3f} |"
     )
-    path = write_results(f"kl_memory_{args.model}", payload, table)
-    print(table)
-    print(f"wrote {path}")
+    write_results(f"kl_memory_{args.model}", payload, table)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,6 @@ def main() -> None:
     payload = {"benchmark": "training reward, default vs nested variants", "steps": args.steps,
                "skip_ratio": args.skip_ratio, "model": "smollm2", "results": results}  # fmt: skip
     write_results("nested_reward_smollm2", payload, table)
-    print(table)
 
 
 if __name__ == "__main__":

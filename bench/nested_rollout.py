@@ -86,9 +86,7 @@ def main() -> None:
         for r in rows
     )
     suffix = "" if args.device == "cpu" else f"_{args.device}"
-    path = write_results(f"nested_rollout_{args.model}{suffix}", payload, table)
-    print(table)
-    print(f"wrote {path}")
+    write_results(f"nested_rollout_{args.model}{suffix}", payload, table)
 
 
 if __name__ == "__main__":

@@ -96,9 +96,7 @@ def main() -> None:
         f"| {args.model} ({args.device}) | {len(times['trl'])} | {ratio:.3f} | {control:.3f} |"
     )
     suffix = "" if args.device == "cpu" else f"_{args.device}"
-    path = write_results(f"overhead_{args.model}{suffix}", payload, table)
-    print(table)
-    print(f"wrote {path}")
+    write_results(f"overhead_{args.model}{suffix}", payload, table)
 
 
 if __name__ == "__main__":

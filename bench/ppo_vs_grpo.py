@@ -93,7 +93,6 @@ def main() -> None:
     payload = {"benchmark": "PPO-max vs GRPO", "steps": args.steps, "device": args.device, "model": "smollm2",
                "step_time_ratio_ppo_over_grpo": ratio, "results": results}  # fmt: skip
     write_results("ppo_vs_grpo" + ("" if args.device == "cpu" else f"_{args.device}"), payload, table)
-    print(table)
 
 
 if __name__ == "__main__":

@@ -68,9 +68,7 @@ def main() -> None:
         f"| {args.n} | {args.workers} | {results['serial']['items_per_s']:.1f} | "
         f"{results['parallel']['items_per_s']:.1f} | {ratio:.2f} |"
     )
-    path = write_results("verifier_throughput", payload, table)
-    print(table)
-    print(f"wrote {path}")
+    write_results("verifier_throughput", payload, table)
 
 
 if __name__ == "__main__":

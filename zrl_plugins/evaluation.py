@@ -60,6 +60,11 @@ def greedy_completions(
     return generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
 
 
+def prompts_and_columns(rows: Sequence[dict[str, Any]]) -> tuple[list[Any], dict[str, list[Any]]]:
+    """Rows as a verifier takes them: the prompts, and every other column as a list (``answer``, ...)."""
+    return [r["prompt"] for r in rows], {key: [r[key] for r in rows] for key in rows[0] if key != "prompt"}
+
+
 def greedy_accuracy(
     model: Any,
     tokenizer: Any,
@@ -69,9 +74,8 @@ def greedy_accuracy(
     batch_size: int = 50,
 ) -> tuple[float, list[str]]:
     """Mean verifier score of greedy completions (``None`` counts as 0) and the completions themselves."""
-    prompts = [r["prompt"] for r in rows]
+    prompts, columns = prompts_and_columns(rows)
     completions = greedy_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
-    columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
     scores = verifier(prompts=prompts, completions=completions, **columns)
     return sum(s or 0.0 for s in scores) / len(rows), completions
 
@@ -118,8 +122,7 @@ def evaluate(
     batch_size: int = 32,
 ) -> dict[str, Any]:
     """pass@1 (greedy) and, with ``k > 0``, pass@k (``k`` samples at ``temperature``) of ``model`` on ``rows``."""
-    prompts = [r["prompt"] for r in rows]
-    columns = {key: [r[key] for r in rows] for key in rows[0] if key != "prompt"}
+    prompts, columns = prompts_and_columns(rows)
     stats: list[tuple[int, bool]] = []
     completions = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size, stats=stats)
     scores = verifier(prompts=prompts, completions=completions, **columns)

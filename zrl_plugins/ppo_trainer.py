@@ -19,6 +19,7 @@ supported; under DeepSpeed the trainer refuses to start (the critic's parameters
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Any, ClassVar
@@ -183,10 +184,10 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             raise ConfigError(f"pretrain_dataset needs a `text` column; it has {dataset.column_names}")
         size = self.args.per_device_train_batch_size
         generator = torch.Generator().manual_seed(self.args.seed + self.accelerator.process_index)
-        while True:
+        while True:  # one shuffled pass over the texts per epoch
+            order = torch.randperm(len(dataset), generator=generator).tolist()
             for start in range(0, len(dataset) - size + 1, size):
-                order = torch.randperm(len(dataset), generator=generator)[start : start + size].tolist()
-                yield [dataset[i]["text"] for i in order]
+                yield [dataset[i]["text"] for i in order[start : start + size]]
 
     # ------------------------------------------------------------------------------------------------ rollout
     def _assign_advantages(
@@ -223,7 +224,7 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             metrics["critic/return_mean"].append(return_mean)
         if self.args.whiten_advantages:
             mean, var = self._global_moments(advantages, mask)
-            advantages = (advantages - mean) * torch.rsqrt(torch.tensor(var + 1e-6))
+            advantages = (advantages - mean) / math.sqrt(var + 1e-6)
         if self.args.advantage_clip is not None:
             advantages = advantages.clamp(-self.args.advantage_clip, self.args.advantage_clip)
         output["advantages"] = advantages * mask

@@ -288,17 +288,15 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         rows = len(output["prompt_ids"])
         local = self._process_slice(output)
 
-        def local_scores() -> tuple[torch.Tensor, torch.Tensor]:
+        def local_scores() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """This process's rows of the batch just scored (TRL left its global matrices on self), and which of
+            its groups the strategy keeps."""
             per_func = self._zrl_rewards_per_func[local].clone()
-            return per_func, self._zrl_truncated[local].clone()
-
-        def keep_of(per_func: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
-            self._zrl_rewards_per_func, self._zrl_truncated = gather(per_func), gather(truncated)
             grouped = self._global_rewards()[local].view(-1, group_size)
-            return strategy.keep_groups(grouped).to(per_func.device).bool()
+            keep = strategy.keep_groups(grouped).to(per_func.device).bool()
+            return per_func, self._zrl_truncated[local].clone(), keep
 
-        per_func, truncated = local_scores()
-        keep = keep_of(per_func, truncated)
+        per_func, truncated, keep = local_scores()
         initially_kept = keep.float().mean()
         rounds = 0
         device = self.accelerator.device
@@ -309,8 +307,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             picks = strategy.draw(rows // group_size, len(self.train_dataset), self.accelerator.process_index)
             fresh_inputs = [self.train_dataset[i] for i in picks for _ in range(group_size)]
             fresh = self._score_rollout(fresh_inputs)
-            fresh_per_func, fresh_truncated = local_scores()
-            fresh_keep = keep_of(fresh_per_func, fresh_truncated)
+            fresh_per_func, fresh_truncated, fresh_keep = local_scores()
             order = torch.arange(rows, device=per_func.device)
             take = torch.zeros(rows, dtype=torch.bool, device=per_func.device)
             for target, source in zip((~keep).nonzero().flatten().tolist(), fresh_keep.nonzero().flatten().tolist()):
