@@ -1,40 +1,47 @@
-"""Ablation runner: one recipe config, one field swept over several values, same seed and data for each.
+"""Ablation runner: one recipe config, one field swept over several values, same seed, data and model for each.
 
-    accelerate launch recipes/ablate.py --config recipes/ablate_cpu_demo.yaml --sweep normalizer=grpo,dr_grpo,lite_ppo
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/ablate.py \\
+        --recipe dr_grpo --preset cpu-demo --sweep normalizer=grpo,dr_grpo,lite_ppo
+    accelerate launch recipes/ablate.py --recipe simplerl_zoo --config recipes/simplerl_zoo.yaml \\
+        --sweep template=simple,chat_boxed
     python recipes/ablate.py --model_name_or_path tiny --sweep normalizer=grpo,dr_grpo --max_steps 2 --output_dir out
 
-Writes ``<output_dir>/ablation.json`` and ``<output_dir>/ablation.png``: per step and per value, the mean reward,
-the accuracy (fraction of completions the first verifier scores >= 1, i.e. correct), and the mean length (tokens) of
-correct and of incorrect completions. Any ZRLConfig field can be swept (``kl_penalty=k3,none``, ``beta=0,0.001``).
+Any field of the recipe's config or of its ``RecipeArguments`` can be swept (``kl_penalty=k3,none``,
+``beta=0,0.001``, ``template=simple,chat_boxed``); each value is applied as the command-line flag ``--FIELD VALUE``
+after the config, so it is parsed exactly as that flag would be. Writes ``<output_dir>/ablation.json`` and
+``<output_dir>/ablation.png``: per step and per value, the mean reward, the accuracy (fraction of completions the
+first verifier scores >= 1, i.e. correct), the mean length (tokens) of correct and of incorrect completions, and,
+when ``n_eval`` > 0, held-out greedy accuracy before and after each run. Each value's trainer output goes to
+``<output_dir>/FIELD=VALUE``.
 """
 
 from __future__ import annotations
 
-import copy
+import argparse
 import json
-import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing, too
 
-from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, hookimpl
-from zrl_plugins.models import resolve_model
-from zrl_plugins.plugins import ZRLPluginManager
+from zrl_plugins import hookimpl
+from zrl_plugins.recipe import RecipeArguments, prepare
+
+DEFAULT_RECIPE = "dr_grpo"
 
 
 @dataclass
 class AblationArguments:
-    sweep: str = field(metadata={"help": "The field and its values: `normalizer=grpo,dr_grpo,lite_ppo`."})
-    model_name_or_path: str = field(
-        default="smollm2",
-        metadata={"help": "A local model path or hub id; `smollm2` = the embedded SmolLM2-135M-Instruct; `tiny` = a "
-                  "tiny random Llama built offline (smoke tests)."},
+    sweep: str = field(
+        metadata={"help": "The field and its values: `normalizer=grpo,dr_grpo,lite_ppo` (any config or recipe field)."}
+    )
+    recipe: str = field(
+        default=DEFAULT_RECIPE,
+        metadata={"help": "The recipe whose trainer, presets (`--preset cpu-demo`) and defaults are used: "
+                  "simplerl_zoo, dr_grpo, lite_ppo, ppo_max, nested_reft."},
     )  # fmt: skip
-    task: str = field(default="addition", metadata={"help": "Built-in generated task: `addition` (a + b, a, b <= 20)."})
 
 
 class StepRecorder:
@@ -65,26 +72,17 @@ class StepRecorder:
         )
 
 
-def parse_value(base: Any, text: str) -> Any:
-    """A swept value in the type of the field's default."""
-    if isinstance(base, bool):
-        return text.lower() in ("1", "true", "yes")
-    if isinstance(base, int | float) and not isinstance(base, bool):
-        return type(base)(float(text)) if isinstance(base, int) and "." not in text else float(text)
-    if isinstance(base, dict):
-        return json.loads(text)
-    return text
-
-
-def dataset(task: str, chat: bool):
-    from datasets import Dataset
-
-    from zrl_plugins.data import addition_splits
-
-    if task != "addition":
-        raise ValueError(f"unknown task {task!r}; built-in tasks: addition")
-    train, _ = addition_splits(n_eval=50, chat=chat)
-    return Dataset.from_list(train)
+def parse_sweep(sweep: str, config_class: type) -> tuple[str, list[str]]:
+    """``FIELD=v1,v2`` → (FIELD, [v1, v2]); FIELD must be a field of the recipe's config or of RecipeArguments."""
+    field_name, _, values_text = sweep.partition("=")
+    known = {f.name for f in fields(config_class)} | {f.name for f in fields(RecipeArguments)}
+    values = [v for v in values_text.split(",") if v]
+    if field_name not in known or not values:
+        raise SystemExit(
+            f"--sweep must be FIELD=v1,v2,... with FIELD a field of {config_class.__name__} or RecipeArguments; "
+            f"got {sweep!r}"
+        )
+    return field_name, values
 
 
 def plot(results: dict[str, list[dict[str, Any]]], field_name: str, path: Path) -> None:
@@ -120,45 +118,62 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from zrl_plugins.config import parse_config
-
-    ablation, base = parse_config((AblationArguments, ZRLConfig), argv)
-    field_name, _, values_text = ablation.sweep.partition("=")
-    if not hasattr(base, field_name) or not values_text:
-        raise SystemExit(f"--sweep must be FIELD=v1,v2,... with FIELD a ZRLConfig field; got {ablation.sweep!r}")
-    values = values_text.split(",")
-    model = resolve_model(ablation.model_name_or_path, base.output_dir)
-    data = dataset(ablation.task, chat=ablation.model_name_or_path != "tiny")
-    if not base.verifiers:
-        base.verifiers = ["last_number"]
-
-    results: dict[str, list[dict[str, Any]]] = {}
-    for value in values:
-        config = copy.deepcopy(base)
-        setattr(config, field_name, parse_value(getattr(base, field_name), value))
-        config.output_dir = str(Path(base.output_dir) / f"{field_name}={value}")
-        recorder = StepRecorder()
-        plugins = ZRLPluginManager()
-        plugins.register_plugin(recorder, name="ablation-recorder")
-        trainer = ZRLGRPOTrainer(model, args=config, train_dataset=data, plugin_manager=plugins)
-        trainer.train()
-        results[value] = recorder.rows
-        del trainer
-
-    out = Path(base.output_dir)
-    report = {
-        "field": field_name,
-        "values": values,
-        "seed": base.seed,
-        "model": ablation.model_name_or_path,
-        "task": ablation.task,
-        "max_steps": base.max_steps,
-        "summary": {value: summarize(rows) for value, rows in results.items()},
-        "per_step": results,
-    }
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe_flag = argparse.ArgumentParser(add_help=False)
+    recipe_flag.add_argument("--recipe", default=DEFAULT_RECIPE)
+    known, _ = recipe_flag.parse_known_args(argv)
+    base = prepare(known.recipe, argv, extra_dataclasses=(AblationArguments,))
+    if base.extra[0].recipe != known.recipe:  # the recipe picks the config class, so it cannot come from the YAML
+        raise SystemExit(f"pass the recipe on the command line (--recipe {base.extra[0].recipe}), not in the config")
+    field_name, values = parse_sweep(base.extra[0].sweep, type(base.config))
+    out = Path(base.config.output_dir)
+    state = PartialState()
+
+    results: dict[str, list[dict[str, Any]]] = {}
+    summary: dict[str, dict[str, float | None]] = {}
+    before_by_rows: dict[str, float] = {}  # a value that changes the held-out rows or verifier gets its own "before"
+    runs = {}  # every value is parsed and its rows built before any trains: a bad value fails at once
+    for value in values:
+        value_argv = [*argv, f"--{field_name}", value, "--output_dir", str(out / f"{field_name}={value}")]
+        runs[value] = prepare(known.recipe, value_argv, extra_dataclasses=(AblationArguments,), model_workdir=str(out))
+    for value, run in runs.items():
+        model, tokenizer = run.load_model()
+        evaluating = run.recipe.n_eval and state.is_main_process
+        if evaluating:
+            key = json.dumps([run.eval_rows, run.config.verifiers, run.config.verifier_kwargs], default=str)
+            if key not in before_by_rows:
+                device = "cpu" if run.config.use_cpu else state.device
+                before_by_rows[key] = run.held_out_accuracy(model.to(device), tokenizer)[0]
+        recorder = StepRecorder()
+        trainer = run.trainer(model, tokenizer, observers=[recorder])
+        trainer.train()
+        results[value] = recorder.rows
+        summary[value] = summarize(recorder.rows)
+        if evaluating:
+            summary[value]["held_out_before"] = before_by_rows[key]
+            summary[value]["held_out_after"] = run.held_out_accuracy(trainer.model, tokenizer)[0]
+        del trainer, model
+
+    report = {
+        "recipe": known.recipe,
+        "field": field_name,
+        "values": values,
+        "seed": base.config.seed,
+        "model": base.recipe.model_name_or_path,
+        "task": base.recipe.task,
+        "template": base.recipe.template,
+        "max_steps": base.config.max_steps,
+        "max_completion_length": base.config.max_completion_length,
+        "completions_per_step": base.config.per_device_train_batch_size
+        * base.config.gradient_accumulation_steps
+        * state.num_processes,
+        "num_generations": base.config.num_generations,
+        "summary": summary,
+        "per_step": results,
+    }
+    if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "ablation.json").write_text(json.dumps(report, indent=2))
         plot(results, field_name, out / "ablation.png")

@@ -14,9 +14,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .plugins import ZRLPluginManager
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 METHODS = {  # method → trainer family
@@ -114,35 +117,83 @@ def default_verifiers(recipe: RecipeArguments, answer_format: str, installed: li
     }
 
 
-def run(method: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse, train and report one recipe run; returns the summary written to ``summary.json``."""
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from accelerate import PartialState
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .config import parse_config
-    from .evaluation import greedy_accuracy
-    from .models import resolve_model
-    from .monitor import BehaviourMonitor
-    from .plots import plot_training
-    from .plugins import ZRLPluginManager
-    from .tasks import with_prompts
-
+def trainer_family(method: str) -> tuple[type, type]:
+    """(config class, trainer class) of a recipe method."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; methods: {sorted(METHODS)}")
     if METHODS[method] == "ppo":
-        from .ppo_config import ZRLPPOConfig as Config
-        from .ppo_trainer import ZRLPPOTrainer as Trainer
-    else:
-        from .config import ZRLConfig as Config
-        from .trainer import ZRLGRPOTrainer as Trainer
-    argv = expand_preset(method, sys.argv[1:] if argv is None else argv)
-    recipe, config = parse_config((RecipeArguments, Config), argv)
+        from .ppo_config import ZRLPPOConfig
+        from .ppo_trainer import ZRLPPOTrainer
 
+        return ZRLPPOConfig, ZRLPPOTrainer
+    from .config import ZRLConfig
+    from .trainer import ZRLGRPOTrainer
+
+    return ZRLConfig, ZRLGRPOTrainer
+
+
+@dataclass
+class PreparedRun:
+    """A parsed recipe run, ready to train: arguments, plugins (with the behaviour monitor), rows, model path and the
+    verifier the held-out evaluation uses."""
+
+    method: str
+    recipe: RecipeArguments
+    config: Any
+    extra: tuple[Any, ...]
+    plugins: ZRLPluginManager
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    model_path: str
+    verifier: Any
+    trainer_class: type
+
+    @property
+    def eval_budget(self) -> int:
+        return self.recipe.eval_max_new_tokens or self.config.max_completion_length
+
+    def load_model(self) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return AutoModelForCausalLM.from_pretrained(self.model_path), AutoTokenizer.from_pretrained(self.model_path)
+
+    def held_out_accuracy(self, model: Any, tokenizer: Any) -> tuple[float, list[str]]:
+        """Greedy accuracy on the held-out rows (call on the main process only: it runs on one device)."""
+        from .evaluation import greedy_accuracy
+
+        return greedy_accuracy(model, tokenizer, self.eval_rows, self.verifier, max_new_tokens=self.eval_budget)
+
+    def trainer(self, model: Any, tokenizer: Any, observers: Sequence[Any] = ()) -> Any:
+        """The method's trainer on the training rows (plus held-out rows when the config evaluates during training);
+        ``observers`` are registered as plugins of this run."""
+        from datasets import Dataset
+
+        for observer in observers:
+            self.plugins.register_plugin(observer, name=f"{type(observer).__name__}-{id(observer)}")
+        evaluating = self.config.eval_strategy != "no" and self.eval_rows
+        return self.trainer_class(model, args=self.config, train_dataset=Dataset.from_list(self.train_rows),
+                                  eval_dataset=Dataset.from_list(self.eval_rows) if evaluating else None,
+                                  processing_class=tokenizer, plugin_manager=self.plugins)  # fmt: skip
+
+
+def prepare(
+    method: str, argv: Sequence[str], extra_dataclasses: Sequence[type] = (), model_workdir: str | None = None
+) -> PreparedRun:
+    """Parse ``argv`` (``RecipeArguments``, the method's config, then ``extra_dataclasses``), pick the template and
+    verifiers, build the task's rows and resolve the model (random test models are built under ``model_workdir``,
+    default the run's ``output_dir``)."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from .config import parse_config
+    from .models import resolve_model
+    from .monitor import BehaviourMonitor
+    from .plugins import ZRLPluginManager
+    from .tasks import with_prompts
+
+    config_class, trainer_class = trainer_family(method)
+    dataclass_types = (RecipeArguments, config_class, *extra_dataclasses)
+    recipe, config, *extra = parse_config(dataclass_types, expand_preset(method, argv))
     plugins = ZRLPluginManager()
-    monitor = BehaviourMonitor()
-    plugins.register_plugin(monitor, name="behaviour-monitor")
+    plugins.register_plugin(BehaviourMonitor(), name="behaviour-monitor")
     template_kwargs = json.loads(recipe.template_kwargs) if recipe.template_kwargs else {}
     if recipe.model_name_or_path == "tiny":
         template_kwargs.setdefault("chat", False)  # the tiny tokenizer has no chat template
@@ -151,29 +202,44 @@ def run(method: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
         config.verifiers, config.verifier_kwargs = default_verifiers(
             recipe, template.answer_format, plugins.names("verifier")
         )
+    selected = {"verifier": config.verifiers, "normalizer": [config.normalizer], "kl_penalty": [config.kl_penalty],
+                "rollout": [config.rollout]}  # fmt: skip
+    for kind, names in selected.items():  # an unknown name fails now, with the installed list, not after loading
+        for name in names:
+            plugins.entry(kind, name)
     train_rows, eval_rows = task_rows(recipe, config.seed)
-    train_rows, eval_rows = with_prompts(train_rows, template), with_prompts(eval_rows, template)
-
-    started = time.time()
-    model_path = resolve_model(recipe.model_name_or_path, config.output_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    state = PartialState()
     verifier = plugins.load_component(
         "verifier", config.verifiers[0], **config.verifier_kwargs.get(config.verifiers[0], {})
     )
-    budget = recipe.eval_max_new_tokens or config.max_completion_length
-    device = "cpu" if config.use_cpu else state.device
+    return PreparedRun(
+        method=method, recipe=recipe, config=config, extra=tuple(extra), plugins=plugins,
+        train_rows=with_prompts(train_rows, template), eval_rows=with_prompts(eval_rows, template),
+        model_path=resolve_model(recipe.model_name_or_path, model_workdir or config.output_dir), verifier=verifier,
+        trainer_class=trainer_class,
+    )  # fmt: skip
+
+
+def run(method: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse, train and report one recipe run; returns the summary written to ``summary.json``."""
+    from accelerate import PartialState
+
+    from .plots import plot_training
+
+    started = time.time()
+    prepared = prepare(method, sys.argv[1:] if argv is None else argv)
+    recipe, config = prepared.recipe, prepared.config
+    model, tokenizer = prepared.load_model()
+    state = PartialState()
     before = None
     if recipe.n_eval and state.is_main_process:
-        before, _ = greedy_accuracy(model.to(device), tokenizer, eval_rows, verifier, max_new_tokens=budget)
-        print(f"[{method}] held-out greedy accuracy before: {before:.3f} ({len(eval_rows)} problems)", flush=True)
+        before, _ = prepared.held_out_accuracy(model.to("cpu" if config.use_cpu else state.device), tokenizer)
+        print(f"[{method}] held-out greedy accuracy before: {before:.3f} ({len(prepared.eval_rows)} problems)",
+              flush=True)  # fmt: skip
 
-    eval_dataset = Dataset.from_list(eval_rows) if config.eval_strategy != "no" and eval_rows else None
-    trainer = Trainer(model, args=config, train_dataset=Dataset.from_list(train_rows), eval_dataset=eval_dataset,
-                      processing_class=tokenizer, plugin_manager=plugins)  # fmt: skip
+    trainer = prepared.trainer(model, tokenizer)
+    train_started = time.time()
     trainer.train()
-    train_seconds = time.time() - started
+    train_seconds = time.time() - train_started
 
     summary: dict[str, Any] = {"method": method, "model": recipe.model_name_or_path, "task": recipe.task,
                                "template": recipe.template, "verifiers": config.verifiers,
@@ -181,8 +247,8 @@ def run(method: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
                                "rollout": config.rollout, "max_steps": config.max_steps}  # fmt: skip
     if state.is_main_process:
         if recipe.n_eval:
-            after, completions = greedy_accuracy(trainer.model, tokenizer, eval_rows, verifier, max_new_tokens=budget)
-            summary.update(held_out=len(eval_rows), accuracy_before=before, accuracy_after=after,
+            after, completions = prepared.held_out_accuracy(trainer.model, tokenizer)
+            summary.update(held_out=len(prepared.eval_rows), accuracy_before=before, accuracy_after=after,
                            sample_completions=completions[:5])  # fmt: skip
             print(f"[{method}] held-out greedy accuracy after:  {after:.3f}", flush=True)
         out = Path(config.output_dir)

@@ -1,4 +1,4 @@
-"""recipes/ablate.py on the tiny model: 2 normalizers x 2 steps, JSON and PNG written."""
+"""recipes/ablate.py on the tiny model: 2 values x 2 steps, JSON and PNG written; recipe fields and PPO recipes."""
 
 from __future__ import annotations
 
@@ -9,33 +9,57 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
+TINY = ["--model_name_or_path", "tiny", "--use_cpu", "--bf16", "false", "--report_to", "none",
+        "--per_device_train_batch_size", "8", "--num_generations", "4", "--max_completion_length", "8",
+        "--save_strategy", "no", "--gradient_checkpointing", "false", "--logging_steps", "1"]  # fmt: skip
+
+
+def _ablate(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "recipes" / "ablate.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ})
 
 
 def test_ablation_smoke(tmp_path):
-    command = [
-        sys.executable, str(ROOT / "recipes" / "ablate.py"), "--model_name_or_path", "tiny",
-        "--sweep", "normalizer=grpo,dr_grpo", "--max_steps", "2", "--output_dir", str(tmp_path),
-        "--use_cpu", "--bf16", "false", "--report_to", "none", "--per_device_train_batch_size", "8",
-        "--num_generations", "4", "--max_completion_length", "8", "--save_strategy", "no",
-        "--gradient_checkpointing", "false", "--logging_steps", "1",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ})
+    result = _ablate("--sweep", "normalizer=grpo,dr_grpo", *TINY, "--max_steps", "2", "--n_eval", "6",
+                     "--output_dir", str(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "ablation.json").read_text())
     assert report["field"] == "normalizer" and report["values"] == ["grpo", "dr_grpo"]
+    assert report["recipe"] == "dr_grpo"
     for value in ("grpo", "dr_grpo"):
         rows = report["per_step"][value]
         assert [r["step"] for r in rows] == [1, 2]
         for row in rows:
             assert 0.0 <= row["accuracy"] <= 1.0
             assert row["length_correct"] is not None or row["length_incorrect"] is not None
+        assert 0.0 <= report["summary"][value]["held_out_after"] <= 1.0
+        assert (tmp_path / f"normalizer={value}").is_dir()
+    # the same held-out rows, model and verifier for both values: one "before" serves both
+    assert report["summary"]["grpo"]["held_out_before"] == report["summary"]["dr_grpo"]["held_out_before"]
     png = (tmp_path / "ablation.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
-def test_sweep_must_name_a_config_field(tmp_path):
-    command = [sys.executable, str(ROOT / "recipes" / "ablate.py"), "--model_name_or_path", "tiny",
-               "--sweep", "normaliser=grpo", "--output_dir", str(tmp_path), "--use_cpu", "--bf16", "false"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+def test_a_recipe_field_swept_with_a_ppo_recipe_preset(tmp_path):
+    result = _ablate("--recipe", "ppo_max", "--preset", "cpu-demo", "--sweep", "template=plain,simple", *TINY,
+                     "--template_kwargs", "{}", "--max_steps", "1", "--n_eval", "0", "--n_train", "16",
+                     "--output_dir", str(tmp_path))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "ablation.json").read_text())
+    assert report["recipe"] == "ppo_max" and report["field"] == "template"
+    assert [len(report["per_step"][v]) for v in ("plain", "simple")] == [1, 1]
+    assert "held_out_after" not in report["summary"]["plain"]  # n_eval 0: no held-out evaluation
+
+
+def test_a_bad_value_fails_before_any_value_trains(tmp_path):
+    result = _ablate("--sweep", "normalizer=grpo,no_such_normalizer", *TINY, "--max_steps", "1", "--n_eval", "0",
+                     "--output_dir", str(tmp_path), timeout=300)  # fmt: skip
     assert result.returncode != 0
-    assert "--sweep must be FIELD=v1,v2,... with FIELD a ZRLConfig field" in result.stderr
+    assert "no_such_normalizer" in result.stderr and "grpo" in result.stderr
+    assert not (tmp_path / "normalizer=grpo").exists()  # nothing trained
+
+
+def test_sweep_must_name_a_config_field(tmp_path):
+    result = _ablate("--sweep", "normaliser=grpo", *TINY, "--output_dir", str(tmp_path), timeout=300)
+    assert result.returncode != 0
+    assert "--sweep must be FIELD=v1,v2,... with FIELD a field of ZRLConfig or RecipeArguments" in result.stderr
