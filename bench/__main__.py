@@ -5,7 +5,8 @@ python -m bench --only overhead  # one of: overhead, verifier_throughput, kl_mem
 python -m bench --report         # only rebuild RESULTS.md from the results already in bench/results/
 
 Longer runs, kept out of the suite: `python -m bench.ppo_vs_grpo --device cuda` (~3 min on an H100, ~25 min on
-2 CPU cores) and the recipes' cpu-demo presets (`accelerate launch recipes/<method>.py --preset cpu-demo`).
+2 CPU cores), `python -m bench.length_bias` (~30 min on 2 CPU cores) and the recipes' cpu-demo presets
+(`accelerate launch recipes/<method>.py --preset cpu-demo`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ TITLES = {
     "nested_rollout_smollm2": "nested rollout speed vs the full model, SmolLM2-135M, CPU",
     "nested_rollout_medium_cuda": "nested rollout speed vs the full model, random 12-layer Llama (~180M), H100, bf16",
     "nested_reward_smollm2": "Training reward after the same steps: default vs nested variants (SmolLM2, CPU)",
-    "ablation_grpo_vs_dr_grpo": "GRPO vs Dr. GRPO on SmolLM2 (lengths of correct / incorrect completions)",
+    "length_bias_smollm2": "GRPO vs Dr. GRPO length bias on SmolLM2 (lengths of correct / incorrect completions)",
     "ppo_vs_grpo_cuda": "PPO-max vs GRPO on SmolLM2, 30 steps, H100",
     "recipes_h100": "Recipes (cpu-demo shapes) on an H100",
     "recipes_cpu": "Recipes, cpu-demo presets on 2 CPU cores (wall time, SmolLM2)",

@@ -5,7 +5,7 @@ token, so incorrect responses grow longer, and that the constant L_max of `dr_gr
 ``recipes/ablate.py`` with ``recipes/ablate_cpu_demo.yaml`` (SmolLM2-135M, a + b with room to explain, 64 tokens,
 only the normalizer differs) and summarizes its ``ablation.json``:
 
-    python -m bench.length_bias                                      # runs the ablation: ~40 min on 2 CPU cores
+    python -m bench.length_bias                                      # runs the ablation: ~30 min on 2 CPU cores
     python -m bench.length_bias --from outputs/ablation/ablation.json  # summarizes a finished one
 
 Writes ``bench/results/length_bias_<model>.{json,md,png}``: per normalizer, accuracy, held-out greedy accuracy
