@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         * base.config.gradient_accumulation_steps
         * state.num_processes,
         "num_generations": base.config.num_generations,
+        "held_out_problems": len(base.eval_rows),
         "summary": summary,
         "per_step": results,
     }

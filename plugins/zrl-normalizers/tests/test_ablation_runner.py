@@ -25,7 +25,7 @@ def test_ablation_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "ablation.json").read_text())
     assert report["field"] == "normalizer" and report["values"] == ["grpo", "dr_grpo"]
-    assert report["recipe"] == "dr_grpo"
+    assert report["recipe"] == "dr_grpo" and report["held_out_problems"] == 6
     for value in ("grpo", "dr_grpo"):
         rows = report["per_step"][value]
         assert [r["step"] for r in rows] == [1, 2]
