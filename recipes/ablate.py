@@ -27,7 +27,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing, too
 
 from zrl_plugins import hookimpl
-from zrl_plugins.recipe import RecipeArguments, prepare
+from zrl_plugins.config import parse_config
+from zrl_plugins.recipe import RecipeArguments, expand_preset, prepare, trainer_family
 
 DEFAULT_RECIPE = "dr_grpo"
 
@@ -124,11 +125,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     recipe_flag = argparse.ArgumentParser(add_help=False)
     recipe_flag.add_argument("--recipe", default=DEFAULT_RECIPE)
     known, _ = recipe_flag.parse_known_args(argv)
-    base = prepare(known.recipe, argv, extra_dataclasses=(AblationArguments,))
-    if base.extra[0].recipe != known.recipe:  # the recipe picks the config class, so it cannot come from the YAML
-        raise SystemExit(f"pass the recipe on the command line (--recipe {base.extra[0].recipe}), not in the config")
-    field_name, values = parse_sweep(base.extra[0].sweep, type(base.config))
-    out = Path(base.config.output_dir)
+    config_class, _ = trainer_family(known.recipe)
+    base_recipe, base, ablation = parse_config(
+        (RecipeArguments, config_class, AblationArguments), expand_preset(known.recipe, argv)
+    )
+    if ablation.recipe != known.recipe:  # the recipe picks the config class, so it cannot come from the YAML
+        raise SystemExit(f"pass the recipe on the command line (--recipe {ablation.recipe}), not in the config")
+    field_name, values = parse_sweep(ablation.sweep, config_class)
+    out = Path(base.output_dir)
     state = PartialState()
 
     results: dict[str, list[dict[str, Any]]] = {}
@@ -144,8 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if evaluating:
             key = json.dumps([run.eval_rows, run.config.verifiers, run.config.verifier_kwargs], default=str)
             if key not in before_by_rows:
-                device = "cpu" if run.config.use_cpu else state.device
-                before_by_rows[key] = run.held_out_accuracy(model.to(device), tokenizer)[0]
+                before_by_rows[key] = run.held_out_accuracy(model, tokenizer)[0]
         recorder = StepRecorder()
         trainer = run.trainer(model, tokenizer, observers=[recorder])
         trainer.train()
@@ -160,17 +163,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "recipe": known.recipe,
         "field": field_name,
         "values": values,
-        "seed": base.config.seed,
-        "model": base.recipe.model_name_or_path,
-        "task": base.recipe.task,
-        "template": base.recipe.template,
-        "max_steps": base.config.max_steps,
-        "max_completion_length": base.config.max_completion_length,
-        "completions_per_step": base.config.per_device_train_batch_size
-        * base.config.gradient_accumulation_steps
+        "seed": base.seed,
+        "model": base_recipe.model_name_or_path,
+        "task": base_recipe.task,
+        "template": base_recipe.template,
+        "max_steps": base.max_steps,
+        "max_completion_length": base.max_completion_length,
+        "completions_per_step": base.per_device_train_batch_size
+        * base.gradient_accumulation_steps
         * state.num_processes,
-        "num_generations": base.config.num_generations,
-        "held_out_problems": len(base.eval_rows),
+        "num_generations": base.num_generations,
+        "held_out_problems": base_recipe.n_eval,
         "summary": summary,
         "per_step": results,
     }

@@ -158,9 +158,12 @@ class PreparedRun:
         return AutoModelForCausalLM.from_pretrained(self.model_path), AutoTokenizer.from_pretrained(self.model_path)
 
     def held_out_accuracy(self, model: Any, tokenizer: Any) -> tuple[float, list[str]]:
-        """Greedy accuracy on the held-out rows (call on the main process only: it runs on one device)."""
+        """Greedy accuracy on the held-out rows, on the device training uses (call on the main process only)."""
+        from accelerate import PartialState
+
         from .evaluation import greedy_accuracy
 
+        model.to("cpu" if self.config.use_cpu else PartialState().device)
         return greedy_accuracy(model, tokenizer, self.eval_rows, self.verifier, max_new_tokens=self.eval_budget)
 
     def trainer(self, model: Any, tokenizer: Any, observers: Sequence[Any] = ()) -> Any:
@@ -232,7 +235,7 @@ def run(method: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
     state = PartialState()
     before = None
     if recipe.n_eval and state.is_main_process:
-        before, _ = prepared.held_out_accuracy(model.to("cpu" if config.use_cpu else state.device), tokenizer)
+        before, _ = prepared.held_out_accuracy(model, tokenizer)
         print(f"[{method}] held-out greedy accuracy before: {before:.3f} ({len(prepared.eval_rows)} problems)",
               flush=True)  # fmt: skip
 
