@@ -1,7 +1,12 @@
 """``nested``: the behaviour model is the policy itself with some decoder layers skipped (SPEC §5, in the spirit of
-Nested-ReFT). No second copy of the weights: the decoder's layer list is swapped for the kept layers while
-generating. Every kept attention layer keeps its own ``layer_idx``, so the KV cache holds entries for kept layers
-only and skipped layers are never attended to (tested: identical to a model built without those layers).
+Nested-ReFT). No second copy of the weights: while generating, each skipped decoder layer passes its hidden states
+through unchanged. Every kept attention layer keeps its own ``layer_idx``, so the KV cache holds entries for kept
+layers only and skipped layers are never attended to (tested: identical to a model built without those layers).
+
+The module tree is never changed, only the skipped layers' ``forward``: sharded engines keep the hooks they put on
+every layer (DeepSpeed ZeRO-3 re-registers its parameter hooks on the module tree after gathered generation, and
+FSDP2 unshards each layer from its own pre-forward hook), so a skipped layer is still visited in order and its
+parameters are still managed. Decoder layers must return their hidden states as a tensor (transformers >= 5).
 """
 
 from __future__ import annotations
@@ -29,16 +34,22 @@ def decoder_layers_owner(model: nn.Module) -> nn.Module:
     return inner
 
 
+def _pass_through(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return hidden_states
+
+
 @contextlib.contextmanager
 def skipped_layers(model: nn.Module, skip: Sequence[int]) -> Iterator[None]:
-    """Run ``model`` with the decoder layers in ``skip`` removed (identity), restoring them afterwards."""
-    owner = decoder_layers_owner(model)
-    original = owner.layers
-    owner.layers = nn.ModuleList([layer for i, layer in enumerate(original) if i not in set(skip)])
+    """Run ``model`` with the decoder layers in ``skip`` acting as the identity, restoring them afterwards."""
+    layers = decoder_layers_owner(model).layers
+    skipped = [layers[i] for i in sorted(set(skip))]
+    for layer in skipped:
+        layer.forward = _pass_through  # an instance attribute: nn.Module.__call__ (and its hooks) still run
     try:
         yield
     finally:
-        owner.layers = original
+        for layer in skipped:
+            del layer.forward
 
 
 def choose_layers(num_layers: int, skip_ratio: float, rng: random.Random) -> list[int]:
