@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
 from zrl_plugins.builtins.estimators import GAEEstimator, ReinforcePlusPlusEstimator, discounted_sum, gae
-from zrl_plugins.critic import clipped_value_loss
+from zrl_plugins.critic import clipped_value_loss, is_critic_key
 from zrl_plugins.errors import ConfigError
 from zrl_plugins.running_stats import RunningMoments
 from zrl_plugins.testing import launch_two_cpu_processes
@@ -102,6 +102,11 @@ def _params(module):
     return {n: p.detach().clone() for n, p in module.named_parameters()}
 
 
+def _actor(trainer):
+    """The policy's own parameters (the critic is attached to it as a child module)."""
+    return {n: p for n, p in trainer.model.named_parameters() if not is_critic_key(n)}
+
+
 def test_ppo_with_every_option_on(tmp_path, tiny_model_path, arithmetic_dataset):
     from datasets import Dataset
 
@@ -117,11 +122,11 @@ def test_ppo_with_every_option_on(tmp_path, tiny_model_path, arithmetic_dataset)
     trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset,
                             pretrain_dataset=pretrain)  # fmt: skip
     assert trainer.kl_penalty.placement == "reward"
-    actor_before, critic_before = _params(trainer.model), _params(trainer.critic)
+    actor_before, critic_before = {n: p.detach().clone() for n, p in _actor(trainer).items()}, _params(trainer.critic)
 
     trainer.args.max_steps = 1  # step 1: the critic warm-up
     trainer.train()
-    assert all(torch.equal(p, actor_before[n]) for n, p in trainer.model.named_parameters())
+    assert all(torch.equal(p, actor_before[n]) for n, p in _actor(trainer).items())
     assert any(not torch.equal(p, critic_before[n]) for n, p in trainer.critic.named_parameters())
 
     logs = trainer.state.log_history[0]
@@ -155,9 +160,9 @@ def test_ppo_updates_the_actor_after_warmup_and_rewards_reach_the_last_token(
     trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset,
                             plugin_manager=pm)  # fmt: skip
     assert trainer.ref_model is None  # β = 0: no reference model
-    actor_before = _params(trainer.model)
+    actor_before = {n: p.detach().clone() for n, p in _actor(trainer).items()}
     trainer.train()
-    assert any(not torch.equal(p, actor_before[n]) for n, p in trainer.model.named_parameters())
+    assert any(not torch.equal(p, actor_before[n]) for n, p in _actor(trainer).items())
     # zero-initialised value head, no KL, λ = 0.95, γ = 1: A_t = Σ (0.95)^l δ, δ = r at the last token only
     advantages, mask = seen["advantages"], seen["mask"].float()
     assert advantages.shape == mask.shape
@@ -222,7 +227,7 @@ def test_resume_gives_the_identical_next_step(critic_mode, tmp_path, tiny_model_
     assert resumed.kl_penalty.controller.beta == pytest.approx(first.kl_penalty.controller.beta)
     for (name, p), q in zip(first.critic.named_parameters(), resumed.critic.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
-    for p, q in zip(first.model.parameters(), resumed.model.parameters(), strict=True):
+    for p, q in zip(_actor(first).values(), _actor(resumed).values(), strict=True):
         torch.testing.assert_close(p, q)
 
 
@@ -243,19 +248,81 @@ def test_two_processes_keep_one_critic(tiny_model_path, tmp_path):
 
 def test_shared_critic_is_a_head_on_the_policy_backbone(tmp_path, tiny_model_path, arithmetic_dataset):
     from zrl_plugins import ZRLPPOTrainer
-    from zrl_plugins.critic import SharedBackboneCritic
+    from zrl_plugins.critic import ValueHead
 
     args = _ppo_config(tmp_path, max_steps=2, critic_mode="shared", vf_coef=0.5, learning_rate=0.0)
     trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
-    assert isinstance(trainer.critic, SharedBackboneCritic)
+    assert isinstance(trainer.critic, ValueHead)
     hidden = trainer.model.config.hidden_size
     assert sum(p.numel() for p in trainer.critic.parameters()) == hidden + 1  # the head only: no backbone copy
-    head_before = trainer.critic.score.weight.detach().clone()
+    head_before = trainer.critic.weight.detach().clone()
     trainer.train()
-    assert not torch.equal(trainer.critic.score.weight, head_before)  # the head learns at critic_learning_rate
+    assert not torch.equal(trainer.critic.weight, head_before)  # the head learns at critic_learning_rate
     groups = trainer.optimizer.param_groups
     critic_ids = {id(p) for g in groups if g.get("zrl_critic") for p in g["params"]}
     assert critic_ids == {id(p) for p in trainer.critic.parameters()}
+    assert all(g["lr"] == 0.0 for g in groups if not g.get("zrl_critic"))
     assert "critic/value_loss" in next(h for h in trainer.state.log_history if "loss" in h)
     with pytest.raises(ConfigError, match="needs critic_mode='separate'"):
         _ppo_config(tmp_path, critic_mode="shared", critic_model_name_or_path=tiny_model_path)
+
+
+@pytest.mark.parametrize("critic_mode", ["separate", "shared"])
+def test_a_critic_inside_the_policy_gives_the_loss_and_gradients_of_separate_models(
+    critic_mode, tmp_path, tiny_model_path, arithmetic_dataset
+):
+    """The critic attached to the policy (one module for the engine to shard) computes exactly what a policy and a
+    critic kept apart would: the clipped surrogate + vf_coef · clipped value loss, both token means, by hand."""
+    import copy
+
+    from zrl_plugins import ZRLPPOTrainer
+    from zrl_plugins.critic import detached_value_model
+    from zrl_plugins.testing import perturbed_batch
+
+    args = _ppo_config(tmp_path, critic_mode=critic_mode, vf_coef=0.7, cliprange_value=0.05, beta=0.0,
+                       reward_scaling="none")  # fmt: skip
+    trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    torch.manual_seed(0)
+    batch = perturbed_batch(trainer._generate_and_score_completions([dict(arithmetic_dataset[i]) for i in range(8)]))
+    batch["old_values"] = batch["old_values"] + 0.1 * torch.randn_like(batch["old_values"])  # value clipping active
+    with detached_value_model(trainer.model) as attached:
+        policy, critic = copy.deepcopy(trainer.model), copy.deepcopy(attached)
+    for module in (policy, critic):
+        module.zero_grad()
+
+    # by hand, on separate modules
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    length, mask = batch["completion_ids"].size(1), batch["completion_mask"].float()
+    # the class's own forward: TRL patched the instance's (fused LM head), and that patch calls the original model
+    out = type(policy).forward(policy, input_ids=ids, attention_mask=attention, output_hidden_states=True,
+                               use_cache=False)  # fmt: skip
+    logits = out.logits[:, -length - 1 : -1] / args.temperature
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    ratio = torch.exp(logps - batch["old_per_token_logps"])
+    advantages = batch["advantages"]
+    surrogate = -torch.min(ratio * advantages, ratio.clamp(1 - args.epsilon, 1 + args.epsilon) * advantages)
+    if critic_mode == "shared":
+        values = critic(out.hidden_states[-1])
+    else:
+        values = critic(input_ids=ids, attention_mask=attention).logits[..., 0]
+    values = values[:, -length - 1 : -1].float()
+    old, returns, clip = batch["old_values"], batch["returns"], args.cliprange_value
+    value_loss = 0.5 * torch.max((values - returns) ** 2, (old + (values - old).clamp(-clip, clip) - returns) ** 2)
+    tokens = batch["num_items_in_batch"]
+    expected = ((surrogate * mask).sum() + args.vf_coef * (value_loss * mask).sum()) / tokens
+    expected.backward()
+
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    ours = dict(trainer.model.named_parameters())
+    prefix = "zrl_value_head." if critic_mode == "shared" else "zrl_critic."
+    pairs = [(n, p) for n, p in policy.named_parameters()] + [(prefix + n, p) for n, p in critic.named_parameters()]
+    assert len(pairs) == len(ours)
+    for name, param in pairs:
+        torch.testing.assert_close(ours[name].grad, param.grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert any(ours[n].grad.abs().sum() > 0 for n in ours if n.startswith(prefix))  # the critic is trained

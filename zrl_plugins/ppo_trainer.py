@@ -1,4 +1,4 @@
-"""``ZRLPPOTrainer``: actor-critic PPO (and PPO-max) on the GRPO trainer's rollout machinery (SPEC §4).
+"""``ZRLPPOTrainer``: actor-critic PPO (and PPO-max) on the GRPO trainer's rollout machinery (docs/methods.md).
 
 Generation, verifiers, the reference model, PEFT, gradient accumulation, multi-process gathering, logging and
 checkpoints are :class:`~zrl_plugins.ZRLGRPOTrainer`'s (hence TRL's). What changes:
@@ -6,51 +6,52 @@ checkpoints are :class:`~zrl_plugins.ZRLGRPOTrainer`'s (hence TRL's). What chang
 * advantages are per token, from a :class:`~zrl_plugins.protocols.TokenAdvantageEstimator` selected as the
   ``normalizer`` (``gae`` by default): per-token rewards are the (running-scaled, clipped) verifier score at the last
   completion token minus β·KL_t from the KL plugin (placement ``reward``);
-* a critic (:func:`zrl_plugins.critic.load_critic`) gives V_old at rollout time and is trained with the clipped
-  value loss in the same backward pass as the actor, as its own parameter groups of the trainer's optimizer (own
-  learning rate, same schedule; actor held at lr 0 for ``critic_warmup_steps``). Its gradients are averaged over
-  processes and clipped to ``max_grad_norm`` separately from the actor's just before each optimizer step;
+* a critic gives V_old at rollout time and is trained with the clipped value loss in the same backward pass as the
+  actor. It is attached to the policy as a child module (:mod:`zrl_plugins.critic`), so the engine the Trainer
+  prepares — DDP, DeepSpeed ZeRO-2/3 or FSDP2 — shards, reduces, optimizes and checkpoints actor and critic
+  together: one optimizer with the critic's own parameter groups (own learning rate, same schedule; actor held at lr
+  0 for ``critic_warmup_steps``). Outside DeepSpeed, actor and critic gradients are clipped to ``max_grad_norm``
+  separately; DeepSpeed clips inside its engine, over both at once;
 * PPO epochs and mini-batches are TRL's ``num_iterations`` and ``steps_per_generation``.
 
-With ``critic_mode="separate"`` the critic is a second full model on every process: DDP and single-device runs are
-supported; under DeepSpeed the trainer refuses to start (the critic's parameters would sit outside the engine). With
-``critic_mode="shared"`` the critic is a value head on the policy's own decoder (one process only).
+``critic_mode="separate"``: a token-classification copy of the backbone (or a reward model) with a value head;
+``critic_mode="shared"``: a value head on the policy's own decoder, fed from the same forward pass as the policy's
+log-probs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
 from typing import Any, ClassVar
 
 import torch
-from accelerate.utils import DistributedType
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import TrainerCallback
 
-from .critic import SharedBackboneCritic, clipped_value_loss, completion_values, load_critic
+from .critic import (
+    ValueHead,
+    attach_value_model,
+    clipped_value_loss,
+    completion_slice,
+    critic_values,
+    decoder_of,
+    detached_value_model,
+    is_critic_key,
+    load_critic,
+    split_state_dict,
+    value_model_of,
+    values_in_forward,
+    without_critic,
+)
 from .errors import ComponentContractError, ConfigError, PluginError
 from .ops import token_mean_aggregate
 from .ppo_config import ZRLPPOConfig
 from .running_stats import RunningMoments
-from .trainer import ZRLGRPOTrainer
+from .trainer import CompletionForward, ZRLGRPOTrainer
 
 CRITIC_DIR = "critic"
-
-
-class _CriticGradients(TrainerCallback):
-    """Around each optimizer step: average the critic's gradients over processes and clip them before; clear them
-    after (the Trainer only zeroes the actor's)."""
-
-    def __init__(self, trainer: ZRLPPOTrainer):
-        self.trainer = trainer
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._sync_and_clip_critic_gradients()
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer.critic.zero_grad(set_to_none=True)
 
 
 def _actor_gate(warmup_steps: int, schedule):
@@ -65,8 +66,9 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
 
     Args:
         model, reward_funcs, args, ...: as :class:`~zrl_plugins.ZRLGRPOTrainer` (``args`` a :class:`ZRLPPOConfig`).
-        critic: a ready value model (anything :func:`~zrl_plugins.critic.completion_values` can call); default:
-            loaded from ``args.critic_model_name_or_path`` or the policy's weights.
+        critic: a ready value model (a token-classification model: ``critic(input_ids=..., attention_mask=...)
+            .logits[..., 0]`` are the values); default: loaded from ``args.critic_model_name_or_path`` or the
+            policy's weights (``critic_mode="separate"``), or a value head (``"shared"``).
         pretrain_dataset: texts (column ``text``) for the pretraining-loss mixing of ``args.ptx_coef``.
     """
 
@@ -92,18 +94,25 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         if kwargs.get("optimizers", (None, None))[0] is not None:
             raise ConfigError("ZRLPPOTrainer builds its own optimizer (actor and critic parameter groups)")
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED and self.normalizer.needs_critic:
-            raise ConfigError(
-                "ZRLPPOTrainer's critic is trained outside the DeepSpeed engine; use DDP (recipes/accelerate/"
-                "multi_gpu.yaml) or FSDP, or a critic-free estimator (--normalizer reinforce_pp)."
-            )
         self.reward_moments = RunningMoments()
-        self.critic = self._make_critic(critic) if self.normalizer.needs_critic else None
-        if critic is not None and self.critic is None:
+        if self.normalizer.needs_critic:
+            attach_value_model(self.model, self._make_critic(critic))
+            if self.use_vllm:  # TRL's weight sync walks the policy's parameters, which now include the critic's
+                sync = self.vllm_generation
+                sync._iter_named_params = without_critic(sync._iter_named_params)
+        elif critic is not None:
             warnings.warn(f"normalizer {args.normalizer!r} needs no critic; the critic passed is unused", stacklevel=2)
-        if self.critic is not None:
-            self.add_callback(_CriticGradients(self))
         self._ptx_batches = self._pretrain_batches(pretrain_dataset) if args.ptx_coef > 0 else None
+
+    @property
+    def critic(self) -> torch.nn.Module | None:
+        """The value model attached to the policy: a token-classification critic (``separate``), a
+        :class:`~zrl_plugins.critic.ValueHead` (``shared``), or ``None`` for a critic-free estimator."""
+        return value_model_of(self.model)
+
+    @property
+    def shared_critic(self) -> bool:
+        return isinstance(self.critic, ValueHead)
 
     # ------------------------------------------------------------------------------------------------ construction
     def _kl_defaults(self, args: ZRLPPOConfig) -> dict[str, Any]:
@@ -121,33 +130,45 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             raise ConfigError(f"normalizer {name!r} must say whether it needs a critic (`needs_critic = True/False`)")
 
     def _make_critic(self, critic: torch.nn.Module | None) -> torch.nn.Module:
+        dtype = next(self.model.parameters()).dtype  # the critic follows the policy's dtype
         if critic is None and self.args.critic_mode == "shared":
-            if self.accelerator.num_processes > 1:
-                raise ConfigError(
-                    "critic_mode='shared' runs the value head on the policy's backbone outside its DDP wrapper, which "
-                    "only one process can do; use critic_mode='separate' with several processes."
-                )
-            policy = self.accelerator.unwrap_model(self.model)
-            hidden = policy.config.get_text_config().hidden_size
-            critic = SharedBackboneCritic(policy, hidden).to(next(policy.parameters()).dtype)
+            hidden = self.model.config.get_text_config().hidden_size
+            critic = ValueHead(hidden, dtype=dtype)
         if critic is None:
             source = self.args.critic_model_name_or_path or self.model.config._name_or_path
-            dtype = next(self.model.parameters()).dtype
-            critic = load_critic(source, dtype=dtype)
+            critic = load_critic(source, dtype=dtype, **self._critic_init_kwargs(source))
         if self.args.gradient_checkpointing and hasattr(critic, "gradient_checkpointing_enable"):
             critic.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs or {"use_reentrant": False}
             )
-        critic.to(self.accelerator.device)
+        if self.place_model_on_device:  # DeepSpeed and FSDP place (and shard) the whole model themselves
+            critic.to(self.accelerator.device)
         critic.train()
         return critic
 
+    def _critic_init_kwargs(self, source: str) -> dict[str, Any]:
+        """The policy's loading options that also fit its critic: attention implementation and remote code (and
+        the revision, when the critic comes from the policy's own checkpoint). Quantization is not passed on: the
+        critic is trained in full."""
+        kwargs = self.args.model_init_kwargs or {}
+        keep = {"attn_implementation", "trust_remote_code"}
+        if source == self.model.config._name_or_path:
+            keep.add("revision")
+        return {k: v for k, v in kwargs.items() if k in keep and v is not None}
+
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """TRL's / the Trainer's optimizer, with the critic's parameters moved into groups of their own
+        (``critic_learning_rate``; marked ``zrl_critic``) — before any step, so no optimizer state exists yet."""
         optimizer = super().create_optimizer(model)
         if self.critic is None or any(group.get("zrl_critic") for group in optimizer.param_groups):
             return optimizer
-        decay = set(self.get_decay_parameter_names(self.critic))
-        named = [(n, p) for n, p in self.critic.named_parameters() if p.requires_grad]
+        opt_model = self.model if model is None else model
+        named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad and is_critic_key(n)]
+        critic_ids = {id(p) for _, p in named}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in critic_ids]
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        decay = set(self.get_decay_parameter_names(opt_model))
         for params, weight_decay in (
             ([p for n, p in named if n in decay], self.args.weight_decay),
             ([p for n, p in named if n not in decay], 0.0),
@@ -158,6 +179,19 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
                      "zrl_critic": True}
                 )  # fmt: skip
         return optimizer
+
+    def _clip_grad_norm(self, model: torch.nn.Module) -> torch.Tensor | float | None:
+        """Clip actor and critic gradients to ``max_grad_norm`` each (their scales differ by orders of magnitude);
+        returns the actor's norm, the one logged as ``grad_norm``. DeepSpeed clips inside its engine, over both."""
+        if self.critic is None or self.is_deepspeed_enabled:
+            return super()._clip_grad_norm(model)
+        actor, critic = [], []
+        for name, param in model.named_parameters():
+            (critic if is_critic_key(name) else actor).append(param)
+        actor_norm = self.accelerator.clip_grad_norm_(actor, self.args.max_grad_norm)
+        critic_norm = self.accelerator.clip_grad_norm_(critic, self.args.max_grad_norm)
+        self._metrics["train"]["critic/grad_norm"].append(float(critic_norm))
+        return actor_norm
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         scheduler = super().create_scheduler(num_training_steps, optimizer)
@@ -268,15 +302,21 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         return advantages, returns
 
     def _rollout_values(self, output: dict[str, Any]) -> torch.Tensor:
+        """V_old of this process's completion tokens (no gradient), in chunks of the per-device batch size."""
         input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
         attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         length = output["completion_ids"].size(1)
         size = self.args.per_device_train_batch_size
-        with torch.no_grad():
-            chunks = [
-                completion_values(self.critic, input_ids[i : i + size], attention_mask[i : i + size], length)
-                for i in range(0, len(input_ids), size)
-            ]
+        chunks = []
+        with torch.no_grad(), self.accelerator.autocast():
+            for i in range(0, len(input_ids), size):
+                ids, mask = input_ids[i : i + size], attention_mask[i : i + size]
+                if self.shared_critic:
+                    hidden = decoder_of(self.model)(input_ids=ids, attention_mask=mask, use_cache=False)
+                    values = self.critic(hidden.last_hidden_state)
+                else:
+                    values = critic_values(self.critic, ids, mask)
+                chunks.append(completion_slice(values, length))
         return torch.cat(chunks) * output["completion_mask"]
 
     def _global_moments(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
@@ -293,20 +333,28 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
 
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
-        loss = super()._compute_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
-        if self.critic is not None:
-            loss = loss + self.args.vf_coef * self._value_loss(inputs, mode)
+        forward = self._forward_completions(model, inputs)
+        loss = self._policy_objective(forward, inputs, mode)
+        if forward.values is not None:
+            loss = loss + self.args.vf_coef * self._value_loss(forward.values, inputs, mode)
         if self._ptx_batches is not None and mode == "train":
             loss = loss + self.args.ptx_coef * self._pretrain_loss(model)
         return loss
 
-    def _value_loss(self, inputs: dict[str, Any], mode: str) -> torch.Tensor:
-        """SPEC §4: ½·max((V − R)², (clip(V, V_old ± c) − R)²), token mean over the generation batch."""
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    def _forward_completions(self, model, inputs) -> CompletionForward:
+        """The policy's forward pass, plus V(s_t) from the critic on the same tokens, computed inside that pass (a
+        shared head reads the decoder's hidden states of that very pass, so the backbone runs once)."""
+        if self.critic is None:
+            return super()._forward_completions(model, inputs)
+        with values_in_forward(self.model) as values:
+            forward = super()._forward_completions(model, inputs)
+        length = inputs["completion_ids"].size(1)
+        return dataclasses.replace(forward, values=completion_slice(torch.cat(values), length))
+
+    def _value_loss(self, values: torch.Tensor, inputs: dict[str, Any], mode: str) -> torch.Tensor:
+        """½·max((V − R)², (clip(V, V_old ± c) − R)²), token mean over the generation batch (docs/methods.md)."""
         mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
-        values = completion_values(self.critic, input_ids, attention_mask, inputs["completion_ids"].size(1))
         clip = self.args.cliprange_value
         per_token, clipped = clipped_value_loss(values, inputs["old_values"], inputs["returns"], clip)
         self._metrics[mode]["critic/value_clip_fraction"].append(self._global_masked_mean(clipped.float(), mask))
@@ -325,53 +373,45 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         self._metrics["train"]["ptx_loss"].append(self.accelerator.gather(lm_loss.detach()).mean().item())
         return lm_loss / self.current_gradient_accumulation_steps
 
-    def _sync_and_clip_critic_gradients(self) -> None:
-        params = [p for p in self.critic.parameters() if p.grad is not None]
-        if not params:
-            return
-        if self.accelerator.num_processes > 1:
-            grads = [p.grad for p in params]
-            flat = torch._utils._flatten_dense_tensors(grads)
-            torch.distributed.all_reduce(flat)
-            flat /= self.accelerator.num_processes
-            for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
-                grad.copy_(synced)
-        max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self._metrics["train"]["critic/grad_norm"].append(float(norm))
-
     # ------------------------------------------------------------------------------------------------ checkpoints
     def _stateful_components(self) -> dict[str, Any]:
         return {**super()._stateful_components(), "reward_moments": self.reward_moments}
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.critic is not None and self.args.should_save:
-            checkpoint_dir = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            self._save_critic(os.path.join(checkpoint_dir, CRITIC_DIR))
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
+        """Every weight save (checkpoints, ``save_model``, DeepSpeed's consolidated 16-bit weights): the policy as
+        a plain model in ``output_dir`` and the critic in ``output_dir/critic`` (a token-classification model
+        loadable on its own, e.g. as a reward model, or the shared value head's tensors)."""
+        if self.critic is None:
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if state_dict is None:
+            state_dict = self.model.state_dict()
+        policy_state, critic_state = split_state_dict(state_dict)
+        with detached_value_model(self.model):
+            super()._save(output_dir, state_dict=policy_state)
+        if self.args.should_save and critic_state:
+            self._save_critic(os.path.join(output_dir, CRITIC_DIR), critic_state)
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        if checkpoint is not None and self.critic is not None:
-            path = os.path.join(checkpoint, CRITIC_DIR, "model.safetensors")
-            if not os.path.exists(path):
-                raise ConfigError(f"{checkpoint} holds no critic ({path}); it was not written by ZRLPPOTrainer")
-            from safetensors.torch import load_file
-
-            self.critic.load_state_dict(load_file(path, device=str(self.accelerator.device)))
-        super()._load_optimizer_and_scheduler(checkpoint)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
-        if self.critic is not None and not _internal_call and self.args.should_save:
-            self._save_critic(os.path.join(output_dir or self.args.output_dir, CRITIC_DIR))
-
-    def _save_critic(self, directory: str) -> None:
+    def _save_critic(self, directory: str, state_dict: dict[str, Any]) -> None:
         if callable(getattr(self.critic, "save_pretrained", None)):
-            self.critic.save_pretrained(directory)  # loadable on its own, e.g. as a reward model
-        else:
-            from safetensors.torch import save_file
+            self.critic.save_pretrained(directory, state_dict=state_dict)
+            return
+        from safetensors.torch import save_file
 
-            os.makedirs(directory, exist_ok=True)
-            save_file(
-                {k: v.contiguous() for k, v in self.critic.state_dict().items()}, f"{directory}/model.safetensors"
-            )
+        os.makedirs(directory, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, f"{directory}/model.safetensors")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        """Non-sharded runs load the policy's weights, then the critic's from ``critic/``. Under DeepSpeed and FSDP
+        the engine's own checkpoint holds both (and the Trainer loads it through the engine)."""
+        target = self.model if model is None else model
+        if self.critic is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, CRITIC_DIR, "model.safetensors")
+        if not os.path.exists(path):
+            raise ConfigError(f"{resume_from_checkpoint} holds no critic ({path}); it was not written by ZRLPPOTrainer")
+        from safetensors.torch import load_file
+
+        with detached_value_model(target) as critic:
+            super()._load_from_checkpoint(resume_from_checkpoint, target)
+        critic.load_state_dict(load_file(path, device=str(next(critic.parameters()).device)))

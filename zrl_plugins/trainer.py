@@ -37,6 +37,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -53,6 +54,17 @@ from .protocols import LossContext
 from .verifier_guard import NamedVerifier
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompletionForward:
+    """What one training forward pass yields for the completion tokens (B x T each; ``aux_loss`` a scalar)."""
+
+    logps: torch.Tensor
+    entropies: torch.Tensor | None
+    aux_loss: torch.Tensor | None = None
+    values: torch.Tensor | None = None  # V(s_t) of a PPO critic computed in the same pass
+
 
 CLIPPED_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
 STATE_FILE = "zrl_state_{rank}.pt"
@@ -448,11 +460,13 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        return self._policy_objective(self._forward_completions(model, inputs), inputs, mode)
+
+    def _forward_completions(self, model, inputs) -> CompletionForward:
+        """One forward pass of ``model`` over the batch's prompts + completions: per-token log-probs and entropies of
+        the completion tokens (TRL's fused LM head) and the MoE aux loss. The PPO trainer adds values here."""
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         multimodal = {
             key: inputs.get(key)
             for key in (
@@ -468,16 +482,22 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 "image_position_ids",
             )
         }
-        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+        logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
             input_ids,
             attention_mask,
-            completion_ids.size(1),
+            inputs["completion_ids"].size(1),
             compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled,
             **multimodal,
         )
+        return CompletionForward(logps=logps, entropies=entropies, aux_loss=aux_loss)
 
+    def _policy_objective(self, forward: CompletionForward, inputs: dict[str, Any], mode: str) -> torch.Tensor:
+        """The clipped policy surrogate with the KL and bonus terms, aggregated by the normalizer."""
+        per_token_logps, entropies, aux_loss = forward.logps, forward.entropies, forward.aux_loss
+        completion_mask = inputs["completion_mask"]
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
         advantages = inputs["advantages"]
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)
