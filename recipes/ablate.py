@@ -6,7 +6,7 @@
         --sweep template=simple,chat_boxed
     python recipes/ablate.py --model_name_or_path tiny --sweep normalizer=grpo,dr_grpo --max_steps 2 --output_dir out
 
-Any field of the recipe's config or of its ``RecipeArguments`` can be swept (``kl_penalty=k3,none``,
+Any field of the recipe's config, its ``RecipeArguments`` or the model flags can be swept (``kl_penalty=k3,none``,
 ``beta=0,0.001``, ``template=simple,chat_boxed``); each value is applied as the command-line flag ``--FIELD VALUE``
 after the config, so it is parsed exactly as that flag would be. Writes ``<output_dir>/ablation.json`` and
 ``<output_dir>/ablation.png``: per step and per value, the mean reward, the accuracy (fraction of completions the
@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from zrl_plugins import hookimpl
 from zrl_plugins.config import parse_config
-from zrl_plugins.recipe import RecipeArguments, expand_preset, prepare, trainer_family
+from zrl_plugins.model_loading import RecipeModelConfig
+from zrl_plugins.recipe import RecipeArguments, expand_preset, held_out_results, prepare, trainer_family
 
 DEFAULT_RECIPE = "dr_grpo"
 
@@ -74,13 +75,15 @@ class StepRecorder:
 
 
 def parse_sweep(sweep: str, config_class: type) -> tuple[str, list[str]]:
-    """``FIELD=v1,v2`` → (FIELD, [v1, v2]); FIELD must be a field of the recipe's config or of RecipeArguments."""
+    """``FIELD=v1,v2`` → (FIELD, [v1, v2]); FIELD must be a field of the recipe's config, of RecipeArguments or of
+    the model flags (RecipeModelConfig)."""
     field_name, _, values_text = sweep.partition("=")
-    known = {f.name for f in fields(config_class)} | {f.name for f in fields(RecipeArguments)}
+    known = {f.name for t in (config_class, RecipeArguments, RecipeModelConfig) for f in fields(t)}
     values = [v for v in values_text.split(",") if v]
     if field_name not in known or not values:
         raise SystemExit(
-            f"--sweep must be FIELD=v1,v2,... with FIELD a field of {config_class.__name__} or RecipeArguments; "
+            f"--sweep must be FIELD=v1,v2,... with FIELD a field of {config_class.__name__}, RecipeArguments or "
+            "RecipeModelConfig; "
             f"got {sweep!r}"
         )
     return field_name, values
@@ -126,8 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     recipe_flag.add_argument("--recipe", default=DEFAULT_RECIPE)
     known, _ = recipe_flag.parse_known_args(argv)
     config_class, _ = trainer_family(known.recipe)
-    base_recipe, base, ablation = parse_config(
-        (RecipeArguments, config_class, AblationArguments), expand_preset(known.recipe, argv)
+    base_recipe, base, base_model, ablation = parse_config(
+        (RecipeArguments, config_class, RecipeModelConfig, AblationArguments), expand_preset(known.recipe, argv)
     )
     if ablation.recipe != known.recipe:  # the recipe picks the config class, so it cannot come from the YAML
         raise SystemExit(f"pass the recipe on the command line (--recipe {ablation.recipe}), not in the config")
@@ -143,28 +146,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         value_argv = [*argv, f"--{field_name}", value, "--output_dir", str(out / f"{field_name}={value}")]
         runs[value] = prepare(known.recipe, value_argv, extra_dataclasses=(AblationArguments,), model_workdir=str(out))
     for value, run in runs.items():
-        model, tokenizer = run.load_model()
-        evaluating = run.recipe.n_eval and state.is_main_process
-        if evaluating:
-            key = json.dumps([run.eval_rows, run.config.verifiers, run.config.verifier_kwargs], default=str)
-            if key not in before_by_rows:
-                before_by_rows[key] = run.held_out_accuracy(model, tokenizer)[0]
+        key = json.dumps([run.eval_rows, run.config.verifiers, run.config.verifier_kwargs], default=str)
         recorder = StepRecorder()
-        trainer = run.trainer(model, tokenizer, observers=[recorder])
+        trainer = run.trainer(observers=[recorder], before=before_by_rows.get(key))
         trainer.train()
         results[value] = recorder.rows
         summary[value] = summarize(recorder.rows)
-        if evaluating:
-            summary[value]["held_out_before"] = before_by_rows[key]
-            summary[value]["held_out_after"] = run.held_out_accuracy(trainer.model, tokenizer)[0]
-        del trainer, model
+        held_out = held_out_results(trainer)
+        if held_out is not None:
+            before_by_rows[key] = held_out.before
+            summary[value]["held_out_before"] = held_out.before
+            summary[value]["held_out_after"] = held_out.after
+        del trainer
 
     report = {
         "recipe": known.recipe,
         "field": field_name,
         "values": values,
         "seed": base.seed,
-        "model": base_recipe.model_name_or_path,
+        "model": base_model.model_name_or_path,
         "task": base_recipe.task,
         "template": base_recipe.template,
         "max_steps": base.max_steps,

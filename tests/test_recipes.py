@@ -58,8 +58,13 @@ def test_paper_configs_parse_into_the_method_config(method):
         from zrl_plugins.ppo_config import ZRLPPOConfig as Config
     else:
         from zrl_plugins.config import ZRLConfig as Config
+    from zrl_plugins.model_loading import RecipeModelConfig
+
     paper = str(ROOT / "recipes" / f"{method}.yaml")
-    recipe, config = parse_config((RecipeArguments, Config), ["--config", paper, "--bf16", "false"])  # no GPU here
+    recipe, config, model = parse_config(
+        (RecipeArguments, Config, RecipeModelConfig), ["--config", paper, "--bf16", "false"]  # no GPU here
+    )
+    assert (model.dtype, model.attn_implementation) == ("bfloat16", "flash_attention_2")  # 7B-scale GPU settings
     assert config.num_generations >= 2 and config.verifiers == ["math_correct"]
     assert recipe.template in ("qwen_math", "simple")
     if method == "simplerl_zoo":

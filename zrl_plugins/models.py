@@ -61,12 +61,17 @@ def smollm2_path(cache_dir: str | os.PathLike[str] | None = None) -> str:
 
 
 # Random models built offline for tests and benchmarks: name -> build_tiny_model keyword arguments.
-RANDOM_MODELS = {"tiny": {}, "medium": {"hidden_size": 1024, "num_layers": 12}}
+RANDOM_MODELS = {
+    "tiny": {},
+    "small": {"hidden_size": 64, "num_layers": 4},
+    "medium": {"hidden_size": 1024, "num_layers": 12},
+}
 
 
 def resolve_model(name: str, workdir: str | os.PathLike[str]) -> str:
-    """A local model path for ``name``: ``smollm2`` (the embedded SmolLM2-135M-Instruct), ``tiny`` / ``medium``
-    (random Llamas built offline under ``workdir``, reused when already there), or any other path / hub id as is."""
+    """A local model path for ``name``: ``smollm2`` (the embedded SmolLM2-135M-Instruct), ``tiny`` / ``small`` /
+    ``medium`` (random Llamas built offline under ``workdir``, reused when already there: 2 layers of 32, 4 layers of
+    64, 12 layers of 1024 = 126M parameters), or any other path / hub id as is."""
     if name == "smollm2":
         return smollm2_path()
     if name in RANDOM_MODELS:
@@ -74,6 +79,15 @@ def resolve_model(name: str, workdir: str | os.PathLike[str]) -> str:
 
         path = Path(workdir) / name
         if not (path / "config.json").exists():
-            build_tiny_model(path, **RANDOM_MODELS[name])
+            # every process of a multi-process run may get here at once: each builds its own copy (same seed, same
+            # weights) and the first rename wins, so no process ever reads a half-written model
+            partial = path.with_name(f"{name}.partial-{os.getpid()}")
+            build_tiny_model(partial, **RANDOM_MODELS[name])
+            try:
+                partial.rename(path)
+            except OSError:
+                import shutil
+
+                shutil.rmtree(partial, ignore_errors=True)
         return str(path)
     return name

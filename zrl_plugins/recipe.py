@@ -1,7 +1,8 @@
-"""What every recipe script does (``recipes/<method>.py`` is three lines): parse ``RecipeArguments`` + the method's
-config with ``TrlParser`` (YAML via ``--config``, CLI overrides, ``--preset cpu-demo`` for the sibling demo YAML),
-build the task's rows with a named prompt template, measure held-out greedy accuracy, train with the behaviour
-monitor, measure again, and write ``summary.json`` and ``training.png`` into ``output_dir``.
+"""What every recipe script does (``recipes/<method>.py`` is three lines): parse ``RecipeArguments``, the method's
+config and TRL's ``ModelConfig`` with ``TrlParser`` (YAML via ``--config``, CLI overrides, ``--preset cpu-demo`` for
+the sibling demo YAML), build the task's rows with a named prompt template, load the policy as the model flags say
+(dtype, attention, LoRA, 4/8-bit), measure held-out greedy accuracy, train with the behaviour monitor, measure again,
+and write ``summary.json`` and ``training.png`` into ``output_dir``.
 """
 
 from __future__ import annotations
@@ -34,13 +35,9 @@ GENERATED_TASKS = ("addition", "word_problems", "countdown")
 
 @dataclass
 class RecipeArguments:
-    """Model and data of a recipe run (the training options are the method's config)."""
+    """Data and evaluation of a recipe run (the model is TRL's ``ModelConfig``, the training options the method's
+    config)."""
 
-    model_name_or_path: str = field(
-        default="smollm2",
-        metadata={"help": "Local path or hub id; `smollm2` = the embedded SmolLM2-135M-Instruct; `tiny` = a tiny "
-                  "random Llama built offline (smoke tests)."},
-    )  # fmt: skip
     task: str = field(
         default="addition",
         metadata={"help": "`addition`, `word_problems`, `countdown` (generated, seeded), or GSM8K/MATH-style records: "
@@ -140,6 +137,7 @@ class PreparedRun:
     method: str
     recipe: RecipeArguments
     config: Any
+    model_args: Any
     extra: tuple[Any, ...]
     plugins: ZRLPluginManager
     train_rows: list[dict[str, Any]]
@@ -152,108 +150,142 @@ class PreparedRun:
     def eval_budget(self) -> int:
         return self.recipe.eval_max_new_tokens or self.config.max_completion_length
 
-    def load_model(self) -> tuple[Any, Any]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
 
-        return AutoModelForCausalLM.from_pretrained(self.model_path), AutoTokenizer.from_pretrained(self.model_path)
+        return AutoTokenizer.from_pretrained(
+            self.model_path, revision=self.model_args.model_revision, trust_remote_code=self.config.trust_remote_code
+        )
 
-    def held_out_accuracy(self, model: Any, tokenizer: Any) -> tuple[float, list[str]]:
-        """Greedy accuracy on the held-out rows, on the device training uses (call on the main process only)."""
-        from accelerate import PartialState
-
-        from .evaluation import greedy_accuracy
-
-        model.to("cpu" if self.config.use_cpu else PartialState().device)
-        return greedy_accuracy(model, tokenizer, self.eval_rows, self.verifier, max_new_tokens=self.eval_budget)
-
-    def trainer(self, model: Any, tokenizer: Any, observers: Sequence[Any] = ()) -> Any:
-        """The method's trainer on the training rows (plus held-out rows when the config evaluates during training);
-        ``observers`` are registered as plugins of this run."""
+    def trainer(self, observers: Sequence[Any] = (), before: float | None = None) -> Any:
+        """The method's trainer on the training rows (plus held-out rows when the config evaluates during training).
+        TRL loads the policy (and its reference model) from ``model_path`` with the model flags; ``observers`` are
+        registered as plugins of this run. With held-out rows, a :class:`~zrl_plugins.held_out.HeldOutAccuracy`
+        callback measures them when training starts (unless ``before`` is given) and ends."""
         from datasets import Dataset
+
+        from .held_out import HeldOutAccuracy
+        from .model_loading import peft_and_quantization
 
         for observer in observers:
             self.plugins.register_plugin(observer, name=f"{type(observer).__name__}-{id(observer)}")
         evaluating = self.config.eval_strategy != "no" and self.eval_rows
-        return self.trainer_class(model, args=self.config, train_dataset=Dataset.from_list(self.train_rows),
-                                  eval_dataset=Dataset.from_list(self.eval_rows) if evaluating else None,
-                                  processing_class=tokenizer, plugin_manager=self.plugins)  # fmt: skip
+        trainer = self.trainer_class(
+            self.model_path, args=self.config, train_dataset=Dataset.from_list(self.train_rows),
+            eval_dataset=Dataset.from_list(self.eval_rows) if evaluating else None,
+            processing_class=self.tokenizer(), plugin_manager=self.plugins, **peft_and_quantization(self.model_args),
+        )  # fmt: skip
+        if self.recipe.n_eval:
+            log = _printer(self.method)
+            trainer.add_callback(HeldOutAccuracy(trainer, self.eval_rows, self.verifier, self.eval_budget, before, log))
+        return trainer
+
+
+def _printer(method: str):
+    def log(message: str) -> None:
+        print(f"[{method}] {message}", flush=True)
+
+    return log
+
+
+def held_out_results(trainer: Any) -> Any:
+    """The run's :class:`~zrl_plugins.held_out.HeldOutAccuracy` callback, or ``None``."""
+    from .held_out import HeldOutAccuracy
+
+    return next((c for c in trainer.callback_handler.callbacks if isinstance(c, HeldOutAccuracy)), None)
 
 
 def prepare(
-    method: str, argv: Sequence[str], extra_dataclasses: Sequence[type] = (), model_workdir: str | None = None
+    method: str,
+    argv: Sequence[str],
+    extra_dataclasses: Sequence[type] = (),
+    model_workdir: str | None = None,
+    plugins: Sequence[Any] = (),
 ) -> PreparedRun:
-    """Parse ``argv`` (``RecipeArguments``, the method's config, then ``extra_dataclasses``), pick the template and
-    verifiers, build the task's rows and resolve the model (random test models are built under ``model_workdir``,
-    default the run's ``output_dir``)."""
+    """Parse ``argv`` (``RecipeArguments``, the method's config, the model flags, then ``extra_dataclasses``), pick
+    the template and verifiers, build the task's rows and resolve the model (random test models are built under
+    ``model_workdir``, default the run's ``output_dir``). ``plugins`` are extra plugin objects registered for this
+    run only (e.g. a verifier defined in the calling script)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from .config import parse_config
-    from .models import resolve_model
+    from .model_loading import RecipeModelConfig, check_model_flags, model_init_kwargs
+    from .models import RANDOM_MODELS, resolve_model
     from .monitor import BehaviourMonitor
     from .plugins import ZRLPluginManager
     from .tasks import with_prompts
 
     config_class, trainer_class = trainer_family(method)
-    dataclass_types = (RecipeArguments, config_class, *extra_dataclasses)
-    recipe, config, *extra = parse_config(dataclass_types, expand_preset(method, argv))
-    plugins = ZRLPluginManager()
-    plugins.register_plugin(BehaviourMonitor(), name="behaviour-monitor")
+    dataclass_types = (RecipeArguments, config_class, RecipeModelConfig, *extra_dataclasses)
+    recipe, config, model_args, *extra = parse_config(dataclass_types, expand_preset(method, argv))
+    check_model_flags(model_args, config)
+    manager = ZRLPluginManager()
+    manager.register_plugin(BehaviourMonitor(), name="behaviour-monitor")
+    for plugin in plugins:
+        manager.register_plugin(plugin, name=f"{type(plugin).__name__}-{id(plugin)}")
     template_kwargs = json.loads(recipe.template_kwargs) if recipe.template_kwargs else {}
-    if recipe.model_name_or_path == "tiny":
-        template_kwargs.setdefault("chat", False)  # the tiny tokenizer has no chat template
-    template = plugins.load_component("template", recipe.template, **template_kwargs)
+    if model_args.model_name_or_path in RANDOM_MODELS:
+        template_kwargs.setdefault("chat", False)  # the random models' tokenizer has no chat template
+    template = manager.load_component("template", recipe.template, **template_kwargs)
     if not config.verifiers:
         config.verifiers, config.verifier_kwargs = default_verifiers(
-            recipe, template.answer_format, plugins.names("verifier")
+            recipe, template.answer_format, manager.names("verifier")
         )
     selected = {"verifier": config.verifiers, "normalizer": [config.normalizer], "kl_penalty": [config.kl_penalty],
                 "rollout": [config.rollout]}  # fmt: skip
     for kind, names in selected.items():  # an unknown name fails now, with the installed list, not after loading
         for name in names:
-            plugins.entry(kind, name)
+            manager.entry(kind, name)
     train_rows, eval_rows = task_rows(recipe, config.seed)
-    verifier = plugins.load_component(
+    verifier = manager.load_component(
         "verifier", config.verifiers[0], **config.verifier_kwargs.get(config.verifiers[0], {})
     )
+    config.model_init_kwargs = model_init_kwargs(model_args, config)
     return PreparedRun(
-        method=method, recipe=recipe, config=config, extra=tuple(extra), plugins=plugins,
+        method=method, recipe=recipe, config=config, model_args=model_args, extra=tuple(extra), plugins=manager,
         train_rows=with_prompts(train_rows, template), eval_rows=with_prompts(eval_rows, template),
-        model_path=resolve_model(recipe.model_name_or_path, model_workdir or config.output_dir), verifier=verifier,
-        trainer_class=trainer_class,
+        model_path=resolve_model(model_args.model_name_or_path, model_workdir or config.output_dir),
+        verifier=verifier, trainer_class=trainer_class,
     )  # fmt: skip
 
 
-def run(method: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse, train and report one recipe run; returns the summary written to ``summary.json``."""
+def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] = ()) -> dict[str, Any]:
+    """Parse, train and report one recipe run; returns the summary written to ``summary.json``. ``plugins``: extra
+    plugin objects for this run (see :func:`prepare`)."""
     from accelerate import PartialState
 
+    from .critic import is_critic_key
+    from .model_loading import parameter_counts
     from .plots import plot_training
 
     started = time.time()
-    prepared = prepare(method, sys.argv[1:] if argv is None else argv)
-    recipe, config = prepared.recipe, prepared.config
-    model, tokenizer = prepared.load_model()
+    prepared = prepare(method, sys.argv[1:] if argv is None else argv, plugins=plugins)
+    recipe, config, model_args = prepared.recipe, prepared.config, prepared.model_args
     state = PartialState()
-    before = None
-    if recipe.n_eval and state.is_main_process:
-        before, _ = prepared.held_out_accuracy(model, tokenizer)
-        print(f"[{method}] held-out greedy accuracy before: {before:.3f} ({len(prepared.eval_rows)} problems)",
-              flush=True)  # fmt: skip
-
-    trainer = prepared.trainer(model, tokenizer)
+    trainer = prepared.trainer()
+    counts = parameter_counts(trainer.model, exclude=is_critic_key)
+    critic = getattr(trainer, "critic", None)
+    if critic is not None:
+        counts["critic_parameters"] = parameter_counts(critic)["total_parameters"]
+    if state.is_main_process:
+        print(f"[{method}] policy parameters: {counts['trainable_parameters']:,} trainable of "
+              f"{counts['total_parameters']:,} ({config.model_init_kwargs.get('dtype')}, "
+              f"{'LoRA' if model_args.use_peft else 'full'})", flush=True)  # fmt: skip
     train_started = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_seconds = time.time() - train_started
 
-    summary: dict[str, Any] = {"method": method, "model": recipe.model_name_or_path, "task": recipe.task,
+    summary: dict[str, Any] = {"method": method, "model": model_args.model_name_or_path, "task": recipe.task,
                                "template": recipe.template, "verifiers": config.verifiers,
                                "normalizer": config.normalizer, "kl_penalty": config.kl_penalty,
-                               "rollout": config.rollout, "max_steps": config.max_steps}  # fmt: skip
+                               "rollout": config.rollout, "max_steps": config.max_steps,
+                               "dtype": config.model_init_kwargs.get("dtype"), "use_peft": model_args.use_peft,
+                               "distributed_type": str(trainer.accelerator.distributed_type),
+                               "num_processes": trainer.accelerator.num_processes, **counts}  # fmt: skip
+    held_out = held_out_results(trainer)
+    if held_out is not None:
+        summary.update(held_out=len(prepared.eval_rows), accuracy_before=held_out.before,
+                       accuracy_after=held_out.after, sample_completions=held_out.completions[:5])  # fmt: skip
     if state.is_main_process:
-        if recipe.n_eval:
-            after, completions = prepared.held_out_accuracy(trainer.model, tokenizer)
-            summary.update(held_out=len(prepared.eval_rows), accuracy_before=before, accuracy_after=after,
-                           sample_completions=completions[:5])  # fmt: skip
-            print(f"[{method}] held-out greedy accuracy after:  {after:.3f}", flush=True)
         out = Path(config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         summary["seconds"] = round(time.time() - started, 1)

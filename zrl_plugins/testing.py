@@ -62,7 +62,13 @@ def build_tiny_tokenizer(vocab_size: int = 320):
     return fast
 
 
-def build_tiny_model(path: str | os.PathLike[str], seed: int = 0, hidden_size: int = 32, num_layers: int = 2) -> Path:
+def build_tiny_model(
+    path: str | os.PathLike[str],
+    seed: int = 0,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    intermediate_size: int | None = None,
+) -> Path:
     """Write a tiny random ``LlamaForCausalLM`` and its tokenizer to ``path``; returns the path."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -72,7 +78,7 @@ def build_tiny_model(path: str | os.PathLike[str], seed: int = 0, hidden_size: i
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=2,
         num_key_value_heads=2,
@@ -170,3 +176,39 @@ def launch_two_cpu_processes(script: str | Path, *args: str, timeout: float = 60
         "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
     }
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def force_fsdp_on_cpu() -> None:
+    """Make accelerate run FSDP on CPU processes (gloo) instead of silently falling back to DDP.
+
+    Accelerate only turns ``ACCELERATE_USE_FSDP`` into an FSDP run on accelerator devices. FSDP2 itself works on CPU
+    tensors, so CPU tests and the engine matrix's CPU mode flip the distributed type after accelerate has set up a
+    multi-process CPU run. Call it first thing in a process launched with ``--multi_gpu`` and ``use_cpu``; the FSDP
+    options come from the usual ``FSDP_*`` environment variables (see :data:`FSDP2_CPU_ENV`).
+    """
+    from accelerate import state
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    original = state.AcceleratorState.__init__
+    if getattr(original, "_zrl_fsdp_on_cpu", False):
+        return
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if self.distributed_type == DistributedType.MULTI_CPU:
+            os.environ["ACCELERATE_USE_FSDP"] = "true"
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin or FullyShardedDataParallelPlugin()
+
+    init._zrl_fsdp_on_cpu = True
+    state.AcceleratorState.__init__ = init
+
+
+# The environment accelerate's FSDP plugin reads: FSDP2, transformer-layer auto-wrap, sharded checkpoints.
+FSDP2_CPU_ENV = {
+    "ACCELERATE_USE_FSDP": "true",
+    "FSDP_VERSION": "2",
+    "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+    "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT",
+    "FSDP_RESHARD_AFTER_FORWARD": "true",
+}
