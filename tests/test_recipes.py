@@ -38,6 +38,71 @@ def test_each_recipe_runs_two_steps_with_its_cpu_demo_preset(method, tmp_path):
         assert "rollout/is_weight_mean" in steps[0]
 
 
+def test_recipe_help_lists_trl_model_flags():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "recipes" / "simplerl_zoo.py"), "--help"], capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for flag in ("--dtype", "--attn_implementation", "--use_peft", "--lora_r", "--lora_target_modules",
+                 "--load_in_4bit", "--trust_remote_code", "--model_name_or_path"):  # fmt: skip
+        assert flag in result.stdout, flag
+
+
+def test_lora_from_a_recipe_trains_adapters_only(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from zrl_plugins import hookimpl
+    from zrl_plugins.recipe import run
+
+    class DigitsPlugin:  # a reward the random model earns unevenly, so the adapters get a gradient
+        @hookimpl
+        def zrl_register_verifiers(self, register):
+            register("digits", lambda: lambda prompts, completions, **kw: [sum(map(str.isdigit, c)) for c in completions])  # noqa: E501
+
+    flags = ["--n_eval", "0", "--verifiers", "digits", "--learning_rate", "1e-2", "--use_peft", "--lora_r", "4",
+             "--lora_target_modules", "q_proj", "v_proj", "--save_strategy", "steps", "--save_steps", "2"]  # fmt: skip
+    summary = run("simplerl_zoo", ["--preset", "cpu-demo", *TINY_OVERRIDES, *flags, "--output_dir", str(tmp_path)],
+                  plugins=[DigitsPlugin()])  # fmt: skip
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["use_peft"] and written["dtype"] == "float32"  # `auto` on a CPU
+    trainable, total = written["trainable_parameters"], written["total_parameters"]
+    # 2 layers x (q_proj + v_proj) x r=4 x (32 in + 32 out) adapter weights, the base frozen
+    assert trainable == 2 * 2 * 4 * (32 + 32) and total > 20 * trainable
+    adapter = load_file(tmp_path / "checkpoint-2" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in key for key in adapter)  # the checkpoint holds the adapters, nothing else
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at 0: it was trained
+    assert torch.isfinite(torch.tensor([h["loss"] for h in summary["log_history"] if "loss" in h])).all()
+
+
+def test_model_flags_resolve_and_refuse_before_loading(monkeypatch):
+    import types
+
+    from zrl_plugins.model_loading import RecipeModelConfig, check_model_flags, keeps_fp32_master_weights, resolve_dtype
+
+    cpu = types.SimpleNamespace(use_cpu=True, bf16=False, fp16=False, deepspeed_plugin=None, fsdp=None)
+    gpu = types.SimpleNamespace(use_cpu=False, bf16=True, fp16=False, deepspeed_plugin=None, fsdp=None)
+    assert resolve_dtype("auto", cpu) == "float32" and resolve_dtype("bfloat16", cpu) == "bfloat16"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert not keeps_fp32_master_weights(gpu) and resolve_dtype("auto", gpu) == "float32"  # DDP: no master weights
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert resolve_dtype("auto", gpu) == "bfloat16"  # DeepSpeed keeps fp32 master weights
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert resolve_dtype("auto", gpu) == "bfloat16"  # so does FSDP2 under mixed precision
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        resolve_dtype("fp8", gpu)
+    with pytest.raises(ConfigError, match="add --use_peft"):
+        check_model_flags(RecipeModelConfig(load_in_4bit=True), cpu)
+    with pytest.raises(ConfigError, match="sdpa"):
+        check_model_flags(RecipeModelConfig(attn_implementation="flash_attention_2"), cpu)
+
+
 def test_one_flag_ablation_and_unknown_preset(tmp_path):
     from zrl_plugins.recipe import expand_preset, run
 

@@ -339,7 +339,7 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         if forward.values is not None:
             loss = loss + self.args.vf_coef * self._value_loss(forward.values, inputs, mode)
         if self._ptx_batches is not None and mode == "train":
-            loss = loss + self.args.ptx_coef * self._pretrain_loss(model)
+            loss = loss + self.args.ptx_coef * self._pretrain_loss()
         return loss
 
     def _forward_completions(self, model, inputs) -> CompletionForward:
@@ -362,14 +362,18 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         self._metrics[mode]["critic/value_loss"].append(self._global_masked_mean(per_token.detach(), mask))
         return loss
 
-    def _pretrain_loss(self, model) -> torch.Tensor:
+    def _pretrain_loss(self) -> torch.Tensor:
+        """Language-modelling loss on a batch of pretraining texts. It runs the policy itself, not its DDP wrapper:
+        DDP allows one forward per backward (the policy's own pass already ran), while the gradients of both passes
+        still meet in the parameters before DDP reduces them; sharded engines gather through their module hooks."""
         texts = next(self._ptx_batches)
         limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
         batch = self.processing_class(
             text=texts, return_tensors="pt", padding=True, truncation=True, max_length=limit
         ).to(self.accelerator.device)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        lm_loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+        with self.accelerator.autocast():
+            lm_loss = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
         self._metrics["train"]["ptx_loss"].append(self.accelerator.gather(lm_loss.detach()).mean().item())
         return lm_loss / self.current_gradient_accumulation_steps
 

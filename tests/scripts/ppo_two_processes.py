@@ -1,4 +1,5 @@
-"""Launched by tests/test_ppo.py with 2 CPU processes (gloo): a PPO run whose critic must stay in sync."""
+"""Launched by tests/test_ppo.py with 2 CPU processes (gloo): a PPO run (with pretraining-loss mixing: a second
+forward in the same step) whose critic and actor must stay in sync."""
 
 import json
 import os
@@ -26,9 +27,10 @@ ds = Dataset.from_list([{"prompt": f"What is {a} + 1?", "answer": str(a + 1)} fo
 args = ZRLPPOConfig(
     output_dir=f"{out_dir}/run", per_device_train_batch_size=4, num_generations=4, max_completion_length=6,
     max_steps=2, report_to=[], use_cpu=True, bf16=False, save_strategy="no", gradient_checkpointing=False,
-    logging_steps=1, seed=0, learning_rate=1e-2, critic_learning_rate=1e-2,
+    logging_steps=1, seed=0, learning_rate=1e-2, critic_learning_rate=1e-2, ptx_coef=0.1,
 )  # fmt: skip
-trainer = ZRLPPOTrainer(model_path, rank_dependent_reward, args=args, train_dataset=ds)
+texts = Dataset.from_list([{"text": f"{a} plus {a} is {2 * a}."} for a in range(20)])
+trainer = ZRLPPOTrainer(model_path, rank_dependent_reward, args=args, train_dataset=ds, pretrain_dataset=texts)
 critic_before, actor_before = checksum(trainer.critic), checksum(trainer.model)
 trainer.train()
 with open(f"{out_dir}/ppo_rank{rank}.json", "w") as f:
