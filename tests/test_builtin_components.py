@@ -1,4 +1,5 @@
-"""Oracle tests of the built-in components against SPEC §2–3, with hand-computed numbers."""
+"""Oracle tests of the built-in components against docs/methods.md (#grpo, #aggregation, #kl), with hand-computed
+numbers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""ZRLPPOTrainer: GAE, value clipping and Welford arithmetic by hand (SPEC §4), then runs on the tiny model."""
+"""ZRLPPOTrainer: GAE, value clipping and Welford arithmetic by hand (docs/methods.md#ppo), then runs on the tiny
+model."""
 
 from __future__ import annotations
 

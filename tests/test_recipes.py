@@ -299,3 +299,14 @@ def test_behaviour_rules_on_labelled_examples(text, expected):
     from zrl_plugins.monitor import behaviours
 
     assert {name for name, shown in behaviours(text).items() if shown} == expected
+
+
+def test_default_verifier_for_math_records_loads(tmp_path):
+    """A GSM8K/MATH-style task with no verifier named gets math_correct with the template's extraction."""
+    from zrl_plugins.plugins import get_plugin_manager
+    from zrl_plugins.recipe import RecipeArguments, default_verifiers
+
+    names, kwargs = default_verifiers(RecipeArguments(task=str(tmp_path / "math.jsonl")), "boxed",
+                                      get_plugin_manager().names("verifier"))  # fmt: skip
+    verifier = get_plugin_manager().load_component("verifier", names[0], **kwargs[names[0]])
+    assert verifier(prompts=["q"], completions=["so \\boxed{4}"], answer=["4"]) == [1.0]

@@ -1,5 +1,5 @@
 """GSM8K / MATH-style records from a Hub data set name or a local JSON, JSONL or Parquet file, normalised to
-``question`` / ``answer`` / ``level`` rows, with SimpleRL-Zoo's difficulty tiers (SPEC §6)."""
+``question`` / ``answer`` / ``level`` rows, with SimpleRL-Zoo's difficulty tiers (docs/methods.md#tasks)."""
 
 from __future__ import annotations
 

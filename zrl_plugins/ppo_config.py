@@ -1,4 +1,4 @@
-"""``ZRLPPOConfig``: the PPO / PPO-max options on top of :class:`~zrl_plugins.ZRLConfig` (SPEC §4).
+"""``ZRLPPOConfig``: the PPO / PPO-max options on top of:class:`~zrl_plugins.ZRLConfig` (docs/methods.md#ppo).
 
 PPO's loop maps onto TRL's GRPO machinery: one rollout batch is ``steps_per_generation`` mini-batches (optimizer
 steps), and ``num_iterations`` is the number of PPO epochs over it. The per-token advantage estimator is the

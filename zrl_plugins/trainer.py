@@ -602,7 +602,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             self._observe_kl((per_token_kl.detach() * mask).sum(), mask.sum(), mode)
         metrics["entropy"].append(global_masked_mean(entropies))
         log_ratio = torch.log(coef_1.detach().clamp(min=1e-12))
-        metrics["approx_kl"].append(global_masked_mean((coef_1.detach() - 1) - log_ratio))  # SPEC §4, vs π_old
+        metrics["approx_kl"].append(global_masked_mean((coef_1.detach() - 1) - log_ratio))  # vs π_old
         is_low_clipped = (coef_1 < 1 - self.epsilon_low) & (advantages < 0)
         is_high_clipped = (coef_1 > 1 + self.epsilon_high) & (advantages > 0)
         metrics["clip_ratio/low_mean"].append(global_masked_mean(is_low_clipped.float()))

@@ -1,4 +1,4 @@
-"""Per-token advantage estimators of the PPO trainer (SPEC §4): ``gae`` (with a critic) and ``reinforce_pp``
+"""Per-token advantage estimators of the PPO trainer (docs/methods.md#ppo): ``gae`` (with a critic) and ``reinforce_pp``
 (REINFORCE++: discounted returns of the per-token rewards, no critic). Both are registered as normalizers and
 follow :class:`~zrl_plugins.protocols.TokenAdvantageEstimator`.
 """
@@ -37,7 +37,7 @@ def gae(
 
 
 class GAEEstimator:
-    """GAE over per-token rewards with a critic; the policy loss is the token mean (SPEC §4).
+    """GAE over per-token rewards with a critic; the policy loss is the token mean (docs/methods.md#ppo).
 
     Args:
         gamma: discount γ (1.0 for language: the reward arrives at the last token).

@@ -20,7 +20,7 @@ Estimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class FixedKLController:
-    """β stays at its initial value (SPEC §3 controller ``fixed``)."""
+    """β stays at its initial value (docs/methods.md#kl controller ``fixed``)."""
 
     def __init__(self, beta: float):
         self._beta = float(beta)
@@ -46,7 +46,7 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 class EstimatorKLPenalty:
-    """A KL penalty made of a per-token estimator, a placement and a coefficient controller (SPEC §3).
+    """A KL penalty made of a per-token estimator, a placement and a coefficient controller (docs/methods.md#kl).
 
     Args:
         estimator: ``f(logp, ref_logp) -> per-token KL``.
@@ -101,7 +101,7 @@ class K3KLPenalty(EstimatorKLPenalty):
 
 
 class NoKLPenalty:
-    """No KL term: β = 0 and no reference model is ever loaded (SPEC §3 ``none``)."""
+    """No KL term: β = 0 and no reference model is ever loaded (docs/methods.md#kl ``none``)."""
 
     placement: Placement = "loss"
 

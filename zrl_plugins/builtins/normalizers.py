@@ -9,7 +9,7 @@ from ..protocols import LossContext
 
 
 class GRPONormalizer:
-    """Group-normalized advantages and the sequence-mean-of-token-means loss (SPEC §2, ``grpo``).
+    """Group-normalized advantages and the sequence-mean-of-token-means loss (docs/methods.md#grpo ``grpo``).
 
     A_i = (r_i − mean_g(r)) / (std_g(r) + δ), std unbiased over the scorable completions of the group;
     loss = (1/N) Σ_i (1/|o_i|) Σ_t ℓ_{i,t} m_{i,t}.

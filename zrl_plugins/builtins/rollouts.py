@@ -20,8 +20,9 @@ def generate_with_trl(prompts: Sequence[Any], trainer: Any) -> dict[str, Any]:
 
 
 class DefaultRollout:
-    """Plain sampling by TRL (SPEC §5 ``default``). With ``replaces_generation = False`` the trainer does not install
-    a ``rollout_func`` at all, so TRL's generation, vLLM server/colocate modes and tool loop run exactly as in TRL."""
+    """Plain sampling by TRL (``default``, docs/methods.md#nested). With ``replaces_generation = False`` the trainer
+    does not install a ``rollout_func`` at all, so TRL's generation, vLLM server/colocate modes and tool loop run
+    exactly as in TRL."""
 
     replaces_generation = False
     off_policy = False

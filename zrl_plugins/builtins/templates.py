@@ -1,4 +1,4 @@
-"""Prompt templates of the zero-RL papers (SPEC §6), registered as components of kind ``template``."""
+"""Prompt templates of the zero-RL papers (docs/methods.md#templates), registered as components of kind ``template``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Oracle values of every estimator, their properties, and the adaptive controller's arithmetic (SPEC §3)."""
+"""Oracle values of every estimator, their properties, and the adaptive controller's arithmetic (docs/methods.md#kl)."""
 
 from __future__ import annotations
 
@@ -106,3 +106,14 @@ def test_bad_controller_options():
         load_component("kl_penalty", "k2", beta=0.1, controller="adaptive", controller_kwargs={"target_kl": 0})
     with pytest.raises(PluginError, match="unknown kl_controller 'adaptiv'.*Did you mean 'adaptive'"):
         load_component("kl_penalty", "k2", beta=0.1, controller="adaptiv")
+
+
+def test_low_var_kl_has_a_finite_gradient_where_delta_is_huge():
+    from zrl_kl.estimators import low_var_kl
+
+    logp = torch.tensor([-200.0, -1.0], requires_grad=True)  # Δ = 199: exp overflows without verl's clamp
+    ref = torch.tensor([-1.0, -1.0])
+    value = low_var_kl(logp, ref)
+    value.sum().backward()
+    assert torch.isfinite(value).all() and value[0] == 10.0 and value[1] == 0.0
+    assert torch.isfinite(logp.grad).all()

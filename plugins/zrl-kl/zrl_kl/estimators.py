@@ -1,5 +1,5 @@
-"""Per-token KL estimators on sampled tokens, with Δ = log π_ref − log π_θ (SPEC §3; Schulman, "Approximating KL
-divergence"). The core's ``k3`` is :func:`zrl_plugins.builtins.kl.k3`."""
+"""Per-token KL estimators on sampled tokens, with Δ = log π_ref − log π_θ (docs/methods.md#kl; Schulman,
+"Approximating KL divergence"). The core's ``k3`` is :func:`zrl_plugins.builtins.kl.k3`."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ def k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def low_var_kl(logp: torch.Tensor, ref_logp: torch.Tensor, bound: float = 10.0) -> torch.Tensor:
-    """verl's ``low_var_kl``: k3 clamped to [−bound, bound] (k3 ≥ 0, so in effect capped at ``bound``)."""
-    return torch.clamp(k3(logp, ref_logp), min=-bound, max=bound)
+    """verl's ``low_var_kl``: k3 with Δ clamped to [−20, 20] before the exponential (as verl does, so a large Δ gives
+    a finite value *and* a finite gradient, not 0·∞ = NaN), then clamped to [−bound, bound] (in effect ≤ bound)."""
+    delta = torch.clamp(ref_logp - logp, min=-20.0, max=20.0)
+    return torch.clamp(torch.exp(delta) - delta - 1, min=-bound, max=bound)
 
 
 def abs_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

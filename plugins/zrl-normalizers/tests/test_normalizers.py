@@ -1,4 +1,5 @@
-"""Oracle values (SPEC §2, hand-computed), edge cases, and invariance of the loss to how the batch is split."""
+"""Oracle values (docs/methods.md#aggregation, hand-computed), edge cases, and invariance of the loss to how the
+batch is split."""
 
 from __future__ import annotations
 

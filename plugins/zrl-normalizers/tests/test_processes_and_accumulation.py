@@ -1,6 +1,6 @@
 """End to end through the trainer: 1 process × 2 accumulation steps and 2 processes (gloo, DDP) × 1 step give the
-same gradient for every normalizer, on the same 8 completions (SPEC §2: aggregation constants do not change with the
-number of processes or accumulation steps)."""
+same gradient for every normalizer, on the same 8 completions (docs/methods.md#aggregation: aggregation constants
+do not change with the number of processes or accumulation steps)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Advantage normalizers of SPEC §2. Each owns its advantage formula *and* its loss aggregation, because the
-biases Dr. GRPO removes live in both (std scaling → question-difficulty bias; 1/|o_i| → length bias).
+"""Advantage normalizers (docs/methods.md#aggregation). Each owns its advantage formula *and* its loss aggregation,
+because the biases Dr. GRPO removes live in both (std scaling → question-difficulty bias; 1/|o_i| → length bias).
 
 Rewards are 1-D over the global batch, groups contiguous, NaN = unscorable (left out of every statistic, advantage
 0). δ defaults to TRL's 1e-4 so that options coinciding with TRL reproduce its numbers.

@@ -1,7 +1,7 @@
-"""``nested``: the behaviour model is the policy itself with some decoder layers skipped (SPEC §5, in the spirit of
-Nested-ReFT). No second copy of the weights: while generating, each skipped decoder layer passes its hidden states
-through unchanged. Every kept attention layer keeps its own ``layer_idx``, so the KV cache holds entries for kept
-layers only and skipped layers are never attended to (tested: identical to a model built without those layers).
+"""``nested``: the behaviour model is the policy itself with some decoder layers skipped (docs/methods.md#nested, in the
+spirit of Nested-ReFT). No second copy of the weights: while generating, each skipped decoder layer passes its hidden
+states through unchanged. Every kept attention layer keeps its own ``layer_idx``, so the KV cache holds entries for
+kept layers only and skipped layers are never attended to (tested: identical to a model built without those layers).
 
 The module tree is never changed, only the skipped layers' ``forward``: sharded engines keep the hooks they put on
 every layer (DeepSpeed ZeRO-3 re-registers its parameter hooks on the module tree after gathered generation, and
