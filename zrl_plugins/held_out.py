@@ -14,6 +14,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .evaluation import generate_completions, prompts_and_columns
+from .provenance import wilson_interval
 
 
 def sharded_greedy_accuracy(
@@ -66,7 +67,9 @@ class HeldOutAccuracy(TrainerCallback):
         accuracy, self.completions = sharded_greedy_accuracy(self.trainer, self.rows, self.verifier,
                                                              self.max_new_tokens)  # fmt: skip
         if self.trainer.accelerator.is_main_process:
-            self.log(f"held-out greedy accuracy {when}: {accuracy:.3f} ({len(self.rows)} problems)")
+            low, high = wilson_interval(accuracy * len(self.rows), len(self.rows))
+            self.log(f"held-out greedy accuracy {when}: {accuracy:.3f} (95% CI {low:.3f}-{high:.3f}, "
+                     f"{len(self.rows)} problems)")  # fmt: skip
         return accuracy
 
     def on_train_begin(self, args, state, control, **kwargs):

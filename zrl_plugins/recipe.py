@@ -47,7 +47,8 @@ class RecipeArguments:
         default=2, metadata={"help": "Steps of a word problem / numbers of a Countdown problem."}
     )
     tier: str | None = field(
-        default=None, metadata={"help": "Difficulty tier of MATH-style records: easy, medium or hard (SPEC §6)."}
+        default=None,
+        metadata={"help": "Difficulty tier of MATH-style records: easy, medium or hard (docs/methods.md#tasks)."},
     )
     template: str = field(default="plain", metadata={"help": "Prompt template by name (`zrl plugins` lists them)."})
     template_kwargs: str | None = field(
@@ -110,7 +111,7 @@ def default_verifiers(recipe: RecipeArguments, answer_format: str, installed: li
     if recipe.task in GENERATED_TASKS or "math_correct" not in installed:
         return ["last_number"], {}
     return ["math_correct"], {
-        "math_correct": {"answer_from": answer_format if answer_format != "last_number" else "auto"}
+        "math_correct": {"extraction": answer_format if answer_format != "last_number" else "auto"}
     }
 
 
@@ -164,6 +165,7 @@ class PreparedRun:
         callback measures them when training starts (unless ``before`` is given) and ends."""
         from datasets import Dataset
 
+        from .console import use_console
         from .held_out import HeldOutAccuracy
         from .model_loading import peft_and_quantization
 
@@ -178,7 +180,7 @@ class PreparedRun:
         if self.recipe.n_eval:
             log = _printer(self.method)
             trainer.add_callback(HeldOutAccuracy(trainer, self.eval_rows, self.verifier, self.eval_budget, before, log))
-        return trainer
+        return use_console(trainer, self.method)
 
 
 def _printer(method: str):
@@ -193,6 +195,18 @@ def held_out_results(trainer: Any) -> Any:
     from .held_out import HeldOutAccuracy
 
     return next((c for c in trainer.callback_handler.callbacks if isinstance(c, HeldOutAccuracy)), None)
+
+
+def cpu_bf16_policy(config: Any, method: str) -> None:
+    """Recipes ask for bf16 autocast; a CPU without native bf16 (AVX512-BF16 / AMX) would only emulate it, slower
+    than fp32, so a CPU run there trains in fp32 instead, and says so."""
+    from .devices import cpu_supports_bf16, cuda_available
+
+    on_cpu = config.use_cpu or not cuda_available()
+    if on_cpu and config.bf16 and not cpu_supports_bf16():
+        print(f"[{method}] this CPU has no native bf16 (AVX512-BF16/AMX): training in fp32 instead of bf16 autocast",
+              flush=True)  # fmt: skip
+        config.bf16 = False
 
 
 def prepare(
@@ -218,6 +232,7 @@ def prepare(
     dataclass_types = (RecipeArguments, config_class, RecipeModelConfig, *extra_dataclasses)
     recipe, config, model_args, *extra = parse_config(dataclass_types, expand_preset(method, argv))
     check_model_flags(model_args, config)
+    cpu_bf16_policy(config, method)
     manager = ZRLPluginManager()
     manager.register_plugin(BehaviourMonitor(), name="behaviour-monitor")
     for plugin in plugins:
@@ -254,8 +269,10 @@ def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] =
     from accelerate import PartialState
 
     from .critic import is_critic_key
+    from .devices import describe
     from .model_loading import parameter_counts
     from .plots import plot_training
+    from .provenance import run_metadata, wilson_interval
 
     started = time.time()
     prepared = prepare(method, sys.argv[1:] if argv is None else argv, plugins=plugins)
@@ -266,7 +283,9 @@ def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] =
     critic = getattr(trainer, "critic", None)
     if critic is not None:
         counts["critic_parameters"] = parameter_counts(critic)["total_parameters"]
+    device = describe("cpu" if config.use_cpu or trainer.accelerator.device.type == "cpu" else "cuda", config.bf16)
     if state.is_main_process:
+        print(f"[{method}] device: {device}", flush=True)
         print(f"[{method}] policy parameters: {counts['trainable_parameters']:,} trainable of "
               f"{counts['total_parameters']:,} ({config.model_init_kwargs.get('dtype')}, "
               f"{'LoRA' if model_args.use_peft else 'full'})", flush=True)  # fmt: skip
@@ -283,8 +302,12 @@ def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] =
                                "num_processes": trainer.accelerator.num_processes, **counts}  # fmt: skip
     held_out = held_out_results(trainer)
     if held_out is not None:
-        summary.update(held_out=len(prepared.eval_rows), accuracy_before=held_out.before,
-                       accuracy_after=held_out.after, sample_completions=held_out.completions[:5])  # fmt: skip
+        n = len(prepared.eval_rows)
+        summary.update(held_out=n, accuracy_before=held_out.before, accuracy_after=held_out.after,
+                       accuracy_before_interval=wilson_interval(held_out.before * n, n),
+                       accuracy_after_interval=wilson_interval(held_out.after * n, n),
+                       sample_completions=held_out.completions[:5])  # fmt: skip
+    summary.update(run_metadata(config, prepared.plugins, device, config.model_init_kwargs.get("dtype")))
     if state.is_main_process:
         out = Path(config.output_dir)
         out.mkdir(parents=True, exist_ok=True)

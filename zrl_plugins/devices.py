@@ -1,0 +1,44 @@
+"""Which device a run uses, and whether a CPU computes in bf16 natively.
+
+On a CPU with AVX512-BF16 or AMX, ``torch.autocast("cpu", bfloat16)`` runs the matrix products in hardware bf16:
+measured on this project's 2-core EPYC, SmolLM2's forward + backward took 9.4 s instead of 15.6 s in fp32, and
+generation 4.0 s instead of 6.1 s. Without those instructions bf16 is emulated and slower than fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # oneDNN's own check, when torch exposes it
+    except (AttributeError, RuntimeError):
+        pass
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def describe(device: str, bf16: bool) -> str:
+    """A one-line description of where and how a run computes, for the console and ``summary.json``."""
+    import torch
+
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+        return f"GPU ({name}), {'bf16 autocast' if bf16 else 'fp32'}"
+    threads = torch.get_num_threads()
+    if bf16:
+        return f"CPU ({threads} threads), bf16 autocast (native bf16: {'yes' if cpu_supports_bf16() else 'no'})"
+    return f"CPU ({threads} threads), fp32"
