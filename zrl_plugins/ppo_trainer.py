@@ -373,7 +373,8 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         ).to(self.accelerator.device)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         with self.accelerator.autocast():
-            lm_loss = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+            lm_loss = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+        lm_loss = lm_loss.loss
         self._metrics["train"]["ptx_loss"].append(self.accelerator.gather(lm_loss.detach()).mean().item())
         return lm_loss / self.current_gradient_accumulation_steps
 
