@@ -99,7 +99,24 @@ class ZRLConfig(GRPOConfig):
         default=None, metadata={"help": "Keyword arguments of the rollout strategy (JSON object on the CLI)."}
     )
 
+    nonfinite_policy: str = field(
+        default="skip",
+        metadata={"help": "A step whose loss or gradient norm is not finite: `skip` it on every process (no weight, "
+                  "optimizer-state or scheduler change; counted as train/skipped_steps; the run stops after "
+                  "`max_consecutive_skips` in a row), or `raise` at once. DeepSpeed steps inside its backward, so "
+                  "there a non-finite step always stops the run."},
+    )  # fmt: skip
+    max_consecutive_skips: int = field(
+        default=3, metadata={"help": "Non-finite steps in a row after which training stops with a numerics error."}
+    )
+
     def __post_init__(self) -> None:
+        from .numerics import POLICIES
+
+        if self.nonfinite_policy not in POLICIES:
+            raise ConfigError(f"nonfinite_policy must be one of {POLICIES}, got {self.nonfinite_policy!r}")
+        if self.max_consecutive_skips < 1:
+            raise ConfigError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         for name in KWARGS_FIELDS:
             setattr(self, name, _parse_kwargs(name, getattr(self, name)))
         for verifier, kwargs in self.verifier_kwargs.items():

@@ -191,6 +191,8 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         actor_norm = self.accelerator.clip_grad_norm_(actor, self.args.max_grad_norm)
         critic_norm = self.accelerator.clip_grad_norm_(critic, self.args.max_grad_norm)
         self._metrics["train"]["critic/grad_norm"].append(float(critic_norm))
+        if not math.isfinite(float(critic_norm)):
+            self._nonfinite.note_fault(f"the critic's gradient norm is {float(critic_norm)}")
         return actor_norm
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
@@ -340,7 +342,7 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             loss = loss + self.args.vf_coef * self._value_loss(forward.values, inputs, mode)
         if self._ptx_batches is not None and mode == "train":
             loss = loss + self.args.ptx_coef * self._pretrain_loss()
-        return loss
+        return self._checked_loss(loss, mode)
 
     def _forward_completions(self, model, inputs) -> CompletionForward:
         """The policy's forward pass, plus V(s_t) from the critic on the same tokens, computed inside that pass (a

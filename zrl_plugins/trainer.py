@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from trl.trainer.utils import get_callable_name, is_async_callable, nanmax, nanm
 from .config import ZRLConfig
 from .errors import ComponentContractError, ConfigError, DataError, PluginError
 from .group_filter import ROW_KEYS, swap_rows
+from .numerics import NumericalInstabilityError, SkipGuard
 from .plugins import ZRLPluginManager, get_plugin_manager
 from .protocols import LossContext
 from .verifier_guard import NamedVerifier
@@ -79,6 +81,16 @@ class _ObservedLog(Trainer):
 
     def _zrl_observe_log(self, logs: dict[str, float]) -> None:  # overridden below
         pass
+
+
+def _guarded_scheduler_class(base: type, guard: SkipGuard) -> type:
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if guard.skip_scheduler:
+            guard.skip_scheduler = False
+            return None
+        return base.step(self, *args, **kwargs)
+
+    return type(f"Guarded{base.__name__}", (base,), {"step": step, "_zrl_guard": guard})
 
 
 def _accepts(factory: Callable[..., Any], name: str) -> bool:
@@ -152,6 +164,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             kwargs["rollout_func"] = self.rollout_strategy
 
         self._kl_window = torch.zeros(2)  # (sum of observed KL · tokens, tokens) since the last optimizer step
+        self._nonfinite = SkipGuard(args.nonfinite_policy, args.max_consecutive_skips)
         self._zrl_rewards_per_func: torch.Tensor | None = None
         self._zrl_truncated: torch.Tensor | None = None
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
@@ -460,7 +473,26 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
-        return self._policy_objective(self._forward_completions(model, inputs), inputs, mode)
+        loss = self._policy_objective(self._forward_completions(model, inputs), inputs, mode)
+        return self._checked_loss(loss, mode)
+
+    def _checked_loss(self, loss: torch.Tensor, mode: str) -> torch.Tensor:
+        """A non-finite training loss is a numerical fault of the step (see :mod:`zrl_plugins.numerics`): noted for
+        the optimizer-step decision. DeepSpeed steps inside its backward, so there every process stops at once."""
+        if mode != "train":
+            return loss
+        if self.is_deepspeed_enabled:
+            faulty = torch.tensor(float(not torch.isfinite(loss)), device=self.accelerator.device)
+            if self.accelerator.reduce(faulty, reduction="sum") > 0:
+                raise NumericalInstabilityError(
+                    f"step {self.state.global_step + 1}: the training loss is not finite on some process. DeepSpeed "
+                    "steps inside its backward, so the step cannot be skipped and training stops. This is a "
+                    "numerical fault of the run, not of a plugin: lower the learning rate, train in bf16 rather "
+                    "than fp16, or check the data of that step."
+                )
+        elif not torch.isfinite(loss):
+            self._nonfinite.note_fault(f"the training loss is {loss.item()}")
+        return loss
 
     def _forward_completions(self, model, inputs) -> CompletionForward:
         """One forward pass of ``model`` over the batch's prompts + completions: per-token log-probs and entropies of
@@ -580,11 +612,11 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}. "
                 "No optimizer step was taken."
             )
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss) and torch.isfinite(per_token_loss[mask.bool()]).all():
             raise ComponentContractError(
-                f"normalizer {name!r}.aggregate returned a non-finite loss ({loss.item()}); "
-                "no optimizer step was taken."
-            )
+                f"normalizer {name!r}.aggregate returned a non-finite loss ({loss.item()}) from finite per-token "
+                "losses; no optimizer step was taken."
+            )  # non-finite per-token losses are the step's numerics, handled by the trainer's skip guard
         return loss.reshape(())
 
     def _log_loss_metrics(self, mode, mask, entropies, per_token_kl, coef_1, advantages) -> None:
@@ -629,13 +661,43 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             return
         window = self.accelerator.reduce(self._kl_window.to(self.accelerator.device), reduction="sum").cpu()
         self._kl_window.zero_()
-        if window[1] > 0:
+        if window[1] > 0 and torch.isfinite(window).all():  # a non-finite step must not poison β for good
             samples_per_step = (
                 self.args.per_device_train_batch_size
                 * self.args.gradient_accumulation_steps
                 * self.accelerator.num_processes
             )
             self.kl_penalty.controller.update(float(window[0] / window[1]), n_steps=samples_per_step)
+
+    # ------------------------------------------------------------------------------------------------ numerics
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer asks for the step's gradient norm just before the optimizer step: the place to decide, on
+        every process together, whether the step is taken (:mod:`zrl_plugins.numerics`)."""
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        finite = norm is None or math.isfinite(float(norm))
+        if self._nonfinite.pending is None and not finite:
+            self._nonfinite.note_fault(f"the gradient norm is {float(norm)}")
+        faulty = torch.tensor(float(self._nonfinite.pending is not None), device=self.accelerator.device)
+        all_finite = bool(self.accelerator.reduce(faulty, reduction="sum") == 0)
+        step, lr = self.state.global_step + 1, self._get_learning_rate()
+        if self.is_deepspeed_enabled:  # the engine has stepped already: all that is left is to stop
+            if not all_finite:
+                self._nonfinite.policy = "raise"
+                self._nonfinite.decide(False, step, lr)
+            return norm
+        if self._nonfinite.decide(all_finite, step, lr):
+            for param in model.parameters():
+                param.grad = None  # the optimizer then leaves every weight and its state as they are
+        self._metrics["train"]["train/skipped_steps"].append(float(self._nonfinite.skipped_total))
+        return norm
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The Trainer's scheduler, whose ``step`` does nothing after a skipped optimizer step (its class is swapped
+        for a subclass holding the guard, so its ``state_dict`` — what checkpoints save — is unchanged)."""
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if not getattr(type(scheduler), "_zrl_guard", None):
+            scheduler.__class__ = _guarded_scheduler_class(type(scheduler), self._nonfinite)
+        return scheduler
 
     # ------------------------------------------------------------------------------------------------ observers
     def _zrl_observe_log(self, logs: dict[str, float]) -> None:
@@ -647,6 +709,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             "normalizer": self.normalizer,
             "kl_penalty": self.kl_penalty.controller,
             "rollout": self.rollout_strategy,
+            "nonfinite_guard": self._nonfinite,
         }
         for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
             components[f"verifier:{name}"] = func.verifier if isinstance(func, NamedVerifier) else func

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from zrl_plugins.builtins.kl import k3
-
 
 def k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k1 = −Δ = log π_θ − log π_ref: unbiased, high variance, negative on some tokens."""

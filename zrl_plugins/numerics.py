@@ -1,0 +1,84 @@
+"""Skipped iterations: what happens when a step's loss or gradients are not finite.
+
+Trusted trainers (Megatron-LM, DeepSpeed's fp16 loss scaling) treat one non-finite step as a numerical fault of the
+run — too high a learning rate, an overflow in low precision, a pathological batch — and skip it: no weight,
+optimizer-state or scheduler change, on every process together, counted and reported; only a streak of them stops
+the run. A plugin is never blamed for it: contract errors are kept for components that turn finite inputs into
+non-finite outputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ZRLError
+
+POLICIES = ("skip", "raise")
+
+
+class NumericalInstabilityError(ZRLError, FloatingPointError):
+    """Training produced non-finite losses or gradients (a numerical fault of the run, not of a plugin)."""
+
+
+ADVICE = (
+    "This is a numerical fault of the run, not of a plugin: lower the learning rate (now {lr:g}), train with fp32 "
+    "weights or bf16 rather than fp16, clip gradients (max_grad_norm), or check the data of that step."
+)
+
+
+@dataclass
+class SkipGuard:
+    """Decides, once per optimizer step, whether the step is taken; counts skips; stops a streak of them.
+
+    ``note_fault`` may be called any number of times during a step (a non-finite loss in some micro-batch, a
+    non-finite critic gradient norm); ``decide`` is called once, before the optimizer step, with whether every
+    process saw finite values. State (the counters) is saved in checkpoints.
+    """
+
+    policy: str = "skip"
+    max_consecutive: int = 3
+    skipped_total: int = 0
+    consecutive: int = 0
+    pending: str | None = None  # why the current step is faulty, if it is
+    skip_scheduler: bool = False
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"nonfinite_policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.max_consecutive < 1:
+            raise ValueError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive}")
+
+    def note_fault(self, what: str) -> None:
+        self.pending = self.pending or what
+
+    def decide(self, all_finite: bool, step: int, lr: float) -> bool:
+        """Whether to skip optimizer step ``step`` (1-based); raises under ``raise`` or after a streak."""
+        what, self.pending = self.pending or "a non-finite gradient on another process", None
+        if all_finite:
+            self.consecutive = 0
+            return False
+        advice = ADVICE.format(lr=lr)
+        if self.policy == "raise":
+            raise NumericalInstabilityError(f"step {step}: {what} (nonfinite_policy='raise'). {advice}")
+        self.skipped_total += 1
+        self.consecutive += 1
+        if self.consecutive >= self.max_consecutive:
+            raise NumericalInstabilityError(
+                f"step {step}: {what}; {self.consecutive} optimizer steps in a row were non-finite and skipped "
+                f"(max_consecutive_skips={self.max_consecutive}), so training stops. {advice}"
+            )
+        warnings.warn(
+            f"step {step}: {what}; the optimizer step was skipped on every process (no weight, optimizer-state or "
+            f"scheduler change; {self.skipped_total} skipped so far, train/skipped_steps). {advice}",
+            stacklevel=2,
+        )
+        self.skip_scheduler = True
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_total": self.skipped_total, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped_total, self.consecutive = int(state["skipped_total"]), int(state["consecutive"])
