@@ -215,3 +215,57 @@ def test_cli_lists_builtins(capsys):
     for name in ("grpo", "k3", "none", "fixed", "default", "last_number"):
         assert name in out
     assert out.splitlines()[0].split() == ["kind", "name", "distribution", "version"]
+
+
+def test_observers_follow_pluggys_order_and_wrappers(fresh_pm):
+    from zrl_plugins import hookimpl
+
+    calls = []
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def zrl_on_log(self, trainer, logs):
+            calls.append("first")
+
+    class Last:
+        @hookimpl(trylast=True)
+        def zrl_on_log(self, trainer, logs):
+            calls.append("last")
+
+    class Plain:
+        @hookimpl
+        def zrl_on_log(self, trainer, logs):
+            calls.append("plain")
+            logs["plain"] = 1.0
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def zrl_on_log(self, trainer, logs):
+            calls.append("wrapper before")
+            result = yield
+            calls.append(f"wrapper after, saw {sorted(logs)}")
+            return result
+
+    for plugin in (Last(), First(), Plain(), Wrapper()):  # registered in an order that differs from the call order
+        fresh_pm.register_plugin(plugin, name=type(plugin).__name__.lower())
+    fresh_pm.call_observer("zrl_on_log", trainer=None, logs={})
+    assert calls == ["wrapper before", "first", "plain", "last", "wrapper after, saw ['plain']"]
+
+
+def test_a_raising_observer_is_named_through_a_wrapper(fresh_pm):
+    from zrl_plugins import hookimpl
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def zrl_on_log(self, trainer, logs):
+            return (yield)
+
+    class Bad:
+        @hookimpl
+        def zrl_on_log(self, trainer, logs):
+            raise ValueError("observer broke")
+
+    fresh_pm.register_plugin(Bad(), name="bad", distribution="bad-dist")
+    fresh_pm.register_plugin(Wrapper(), name="wrapper")
+    with pytest.raises(PluginError, match=r"plugin 'bad' \(distribution 'bad-dist'\) raised in zrl_on_log"):
+        fresh_pm.call_observer("zrl_on_log", trainer=None, logs={})

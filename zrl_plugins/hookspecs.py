@@ -14,9 +14,11 @@ There are two families of hooks:
 * **registration hooks** (``zrl_register_*``) are called once, when the plugin manager is first built. Each receives
   a ``register(name, factory)`` callable; the trainer later builds a component with ``factory(**kwargs)``, where
   ``kwargs`` come from the config (``ZRLConfig.<kind>_kwargs``).
-* **observer hooks** (``zrl_on_*``) are called by the trainer while it runs. They return nothing; every
-  implementation is called. An exception raised by one is re-raised as :class:`zrl_plugins.errors.PluginError`
-  naming the plugin and the hook.
+* **observer hooks** (``zrl_on_*``) are called by the trainer while it runs, through pluggy's own hook caller: every
+  implementation is called, in pluggy's order (later registrations first; ``@hookimpl(tryfirst=True)`` /
+  ``trylast=True`` move one to the front or back) and ``@hookimpl(wrapper=True)`` wraps the others. They return
+  nothing. An exception raised by one is re-raised as :class:`zrl_plugins.errors.PluginError` naming the plugin and
+  the hook.
 """
 
 from __future__ import annotations
@@ -154,7 +156,8 @@ def zrl_on_save_checkpoint(trainer: Any, checkpoint_dir: str, state: dict[str, A
     :param checkpoint_dir: the ``checkpoint-<step>`` folder being written.
     :param state: a dict the plugin adds its entries to, under a key of its own (e.g. its distribution name).
         Values must be picklable by :func:`torch.save` (tensors, numbers, lists, dicts). The core writes the dict to
-        ``<checkpoint_dir>/zrl_state.pt`` together with the ``state_dict()`` of every selected component.
+        ``<checkpoint_dir>/zrl_state_<rank>.pt`` (one file per process) together with the ``state_dict()`` of every
+        selected component.
 
     Called on every process after TRL has written the model, optimizer and RNG state of a checkpoint.
     """

@@ -267,14 +267,27 @@ class ZRLPluginManager:
         return bool(getattr(self.pm.hook, hook_name).get_hookimpls())
 
     def call_observer(self, hook_name: str, **kwargs: Any) -> None:
-        """Call every implementation of an observer hook; name the plugin if one raises."""
+        """Call an observer hook through pluggy's own hook caller — its order (``tryfirst`` / ``trylast``, later
+        registrations first) and hook wrappers apply — and name the plugin if one raises."""
         hook = getattr(self.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():  # registration order: built-ins first
-            try:
-                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-            except Exception as exc:
-                info = self.plugins.get(impl.plugin_name)
-                raise PluginError(impl.plugin_name, hook_name, exc, info.distribution if info else None) from exc
+        try:
+            hook(**kwargs)
+        except Exception as exc:
+            impl = _raising_impl(hook.get_hookimpls(), exc)
+            name = impl.plugin_name if impl is not None else "(unknown plugin)"
+            info = self.plugins.get(name)
+            raise PluginError(name, hook_name, exc, info.distribution if info else None) from exc
+
+
+def _raising_impl(impls: list[Any], exc: BaseException) -> Any:
+    """The hook implementation whose code raised ``exc``: the innermost implementation frame of the traceback (a
+    wrapper the exception merely passed through is further out)."""
+    codes = {getattr(impl.function, "__func__", impl.function).__code__: impl for impl in impls}
+    found, frame = None, exc.__traceback__
+    while frame is not None:
+        found = codes.get(frame.tb_frame.f_code, found)
+        frame = frame.tb_next
+    return found
 
 
 def _signature(obj: Callable[..., Any]) -> str:
