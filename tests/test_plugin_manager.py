@@ -269,3 +269,35 @@ def test_a_raising_observer_is_named_through_a_wrapper(fresh_pm):
     fresh_pm.register_plugin(Wrapper(), name="wrapper")
     with pytest.raises(PluginError, match=r"plugin 'bad' \(distribution 'bad-dist'\) raised in zrl_on_log"):
         fresh_pm.call_observer("zrl_on_log", trainer=None, logs={})
+
+
+def test_components_built_inside_components_use_the_callers_manager(tmp_path, tiny_model_path, arithmetic_dataset):
+    """A KL controller and an inner rollout known only to the trainer's own manager (not the process-wide one) are
+    found: the manager passes itself to factories that declare `plugin_manager`."""
+    from tests.conftest import char_count_reward, tiny_config
+    from zrl_plugins import ZRLGRPOTrainer, hookimpl
+    from zrl_plugins.builtins.kl import FixedKLController
+    from zrl_plugins.builtins.rollouts import DefaultRollout
+    from zrl_plugins.plugins import ZRLPluginManager, get_plugin_manager
+
+    class Private:
+        @hookimpl
+        def zrl_register_kl_controllers(self, register):
+            register("private_fixed", FixedKLController)
+
+        @hookimpl
+        def zrl_register_rollouts(self, register):
+            register("private_rollout", DefaultRollout)
+
+    pm = ZRLPluginManager()
+    pm.register_plugin(Private(), name="private")
+    assert "private_fixed" not in get_plugin_manager().names("kl_controller")
+    args = tiny_config(tmp_path, max_steps=1, kl_penalty="k1", beta=0.01, rollout="dynamic_sampling",
+                       kl_penalty_kwargs={"controller": "private_fixed"},
+                       rollout_kwargs={"inner": "private_rollout"})  # fmt: skip
+    trainer = ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset,
+                             plugin_manager=pm)  # fmt: skip
+    assert isinstance(trainer.kl_penalty.controller, FixedKLController)
+    assert isinstance(trainer.rollout_strategy.inner, DefaultRollout)
+    with pytest.raises(TypeError, match="passed by the manager itself"):
+        pm.load_component("kl_penalty", "k3", plugin_manager=pm)

@@ -237,8 +237,15 @@ class ZRLPluginManager:
         return sorted(self.registries[kind])
 
     def load_component(self, kind: str, name: str, **kwargs: Any) -> Any:
-        """Build the component ``name`` of ``kind`` with ``factory(**kwargs)`` and check its protocol."""
+        """Build the component ``name`` of ``kind`` with ``factory(**kwargs)`` and check its protocol.
+
+        A factory that declares a ``plugin_manager`` parameter also receives this manager, to build the components
+        it is made of by name from the same manager (a KL penalty's controller, a wrapping rollout's inner one)."""
         entry = self.entry(kind, name)
+        if "plugin_manager" in kwargs:
+            raise TypeError(f"{kind} {name!r}: `plugin_manager` is passed by the manager itself, not by the config")
+        if _declares(entry.factory, "plugin_manager"):
+            kwargs = {**kwargs, "plugin_manager": self}
         try:
             inspect.signature(entry.factory).bind(**kwargs)
         except TypeError as exc:
@@ -277,6 +284,14 @@ class ZRLPluginManager:
             name = impl.plugin_name if impl is not None else "(unknown plugin)"
             info = self.plugins.get(name)
             raise PluginError(name, hook_name, exc, info.distribution if info else None) from exc
+
+
+def _declares(factory: Callable[..., Any], name: str) -> bool:
+    """Whether ``factory`` names the parameter ``name`` explicitly (a ``**kwargs`` catch-all does not count)."""
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _raising_impl(impls: list[Any], exc: BaseException) -> Any:

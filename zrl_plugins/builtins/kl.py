@@ -56,6 +56,8 @@ class EstimatorKLPenalty:
         controller: a controller name (``fixed``, or ``adaptive`` from zrl-kl; see ``zrl plugins``) or a
             :class:`~zrl_plugins.protocols.KLController` object.
         controller_kwargs: keyword arguments of the named controller (e.g. ``{"target_kl": 6, "horizon": 10000}``).
+        plugin_manager: the manager that builds this penalty (passed by it), which also builds the named controller;
+            default: the process-wide one.
     """
 
     def __init__(
@@ -65,15 +67,19 @@ class EstimatorKLPenalty:
         placement: Placement = "loss",
         controller: str | KLController = "fixed",
         controller_kwargs: dict[str, Any] | None = None,
+        plugin_manager: Any = None,
     ):
         if placement not in ("loss", "reward"):
             raise ValueError(f"placement must be 'loss' or 'reward', got {placement!r}")
         self.estimator = estimator
         self.placement: Placement = placement
         if isinstance(controller, str):
-            from ..plugins import load_component
+            if plugin_manager is None:
+                from ..plugins import get_plugin_manager
 
-            controller = load_component("kl_controller", controller, beta=beta, **(controller_kwargs or {}))
+                plugin_manager = get_plugin_manager()
+            kwargs = controller_kwargs or {}
+            controller = plugin_manager.load_component("kl_controller", controller, beta=beta, **kwargs)
         elif controller_kwargs:
             raise ValueError("controller_kwargs are only used with a controller given by name")
         self.controller: KLController = controller
@@ -96,8 +102,9 @@ class K3KLPenalty(EstimatorKLPenalty):
         placement: Placement = "loss",
         controller: str | KLController = "fixed",
         controller_kwargs: dict[str, Any] | None = None,
+        plugin_manager: Any = None,
     ):
-        super().__init__(k3, beta, placement, controller, controller_kwargs)
+        super().__init__(k3, beta, placement, controller, controller_kwargs, plugin_manager)
 
 
 class NoKLPenalty:

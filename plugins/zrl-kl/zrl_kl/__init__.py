@@ -16,8 +16,8 @@ __all__ = ["ESTIMATORS", "AdaptiveKLController", "abs_kl", "k1", "k2", "low_var_
 
 
 def _penalty_factory(estimator):
-    def factory(beta=0.0, placement="loss", controller="fixed", controller_kwargs=None):
-        return EstimatorKLPenalty(estimator, beta, placement, controller, controller_kwargs)
+    def factory(beta=0.0, placement="loss", controller="fixed", controller_kwargs=None, plugin_manager=None):
+        return EstimatorKLPenalty(estimator, beta, placement, controller, controller_kwargs, plugin_manager)
 
     factory.__doc__ = f"KL penalty with the {estimator.__name__} estimator: {estimator.__doc__}"
     return factory

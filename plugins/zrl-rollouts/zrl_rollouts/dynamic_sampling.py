@@ -28,6 +28,8 @@ class DynamicSampling:
         max_resamples: extra generation rounds per batch at most; then the remaining uninformative groups are
             dropped from the loss and the step trains on what there is (logged).
         seed: seed of the replacement prompts (drawn per process; the draw count is checkpointed).
+        plugin_manager: the manager that builds this strategy (passed by it), which also builds ``inner``; default:
+            the process-wide one.
     """
 
     def __init__(
@@ -36,15 +38,18 @@ class DynamicSampling:
         inner_kwargs: dict[str, Any] | None = None,
         max_resamples: int = 3,
         seed: int = 0,
+        plugin_manager: Any = None,
     ):
         if inner == "dynamic_sampling":
             raise ValueError("dynamic_sampling cannot wrap itself")
         if max_resamples < 0:
             raise ValueError(f"max_resamples must be >= 0, got {max_resamples}")
-        from zrl_plugins.plugins import load_component
+        if plugin_manager is None:
+            from zrl_plugins.plugins import get_plugin_manager
 
+            plugin_manager = get_plugin_manager()
         self.inner_name = inner
-        self.inner = load_component("rollout", inner, **(inner_kwargs or {}))
+        self.inner = plugin_manager.load_component("rollout", inner, **(inner_kwargs or {}))
         self.max_resamples = max_resamples
         self.seed = seed
         self.draws = 0
