@@ -1,5 +1,6 @@
-"""``zrl`` command line: ``zrl plugins`` lists installed plugins and their components; ``zrl eval`` measures a
-model on a task (pass@1, pass@k, lengths, truncation)."""
+"""``zrl`` command line: ``zrl plugins`` lists installed plugins and their components; ``zrl recipes`` the methods,
+their presets and config files; ``zrl train METHOD`` runs a recipe (the code path of ``recipes/<method>.py``);
+``zrl eval`` measures a model on a task (pass@1, pass@k, lengths, truncation)."""
 
 from __future__ import annotations
 
@@ -101,6 +102,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .recipe import list_recipes, recipes_dir
+
+    recipes = list_recipes()
+    if args.json:
+        print(json.dumps({"recipes_dir": str(recipes_dir()), "recipes": recipes}, indent=2))
+        return 0
+    rows = [[method, r["trainer"], ", ".join(r["presets"]) or "-", r["config"]] for method, r in recipes.items()]
+    print(_table(rows, ["method", "trainer", "presets", "paper config"]))
+    print(f"\naccelerate configs: {recipes_dir() / 'accelerate'}")
+    print("run one: zrl train METHOD --preset cpu-demo  |  zrl train METHOD --config FILE [--key value ...]")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from .recipe import METHODS, main
+
+    if args.method not in METHODS:
+        print(f"zrl train: unknown method {args.method!r}; methods: {', '.join(METHODS)}", file=sys.stderr)
+        return 2
+    main(args.method, list(rest))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zrl", description="zero-RL training on TRL with plugins")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('zrl_plugins').__version__}")
@@ -123,7 +148,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("--seed", type=int, default=0, help="the recipes' seed, so the split matches")
     p_eval.add_argument("--output", default=None, help="directory for eval.json and eval.md")
     p_eval.set_defaults(func=cmd_eval)
-    args = parser.parse_args(argv)
+    p_recipes = sub.add_parser("recipes", help="list the methods, their presets and config files")
+    p_recipes.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p_recipes.set_defaults(func=cmd_recipes)
+    p_train = sub.add_parser(
+        "train", add_help=False,
+        help="run a recipe: zrl train METHOD [--preset P | --config F] [--key value ...] (--help: its options)",
+    )  # fmt: skip
+    p_train.add_argument("method")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        return cmd_train(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
 

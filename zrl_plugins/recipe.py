@@ -22,7 +22,30 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .plugins import ZRLPluginManager
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+SOURCE_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"  # a checkout (and editable installs)
+PACKAGED_RECIPES_DIR = Path(__file__).resolve().parent / "recipe_files"  # a wheel (copied there by setup.py)
+
+
+def recipes_dir() -> Path:
+    """Where the recipe YAMLs (and ``accelerate/`` configs) are: inside the installed package, or the checkout."""
+    if PACKAGED_RECIPES_DIR.is_dir():
+        return PACKAGED_RECIPES_DIR
+    if SOURCE_RECIPES_DIR.is_dir():
+        return SOURCE_RECIPES_DIR
+    raise ConfigError(f"no recipe files found in {PACKAGED_RECIPES_DIR} or {SOURCE_RECIPES_DIR}; reinstall zrl-plugins")
+
+
+def list_recipes() -> dict[str, dict[str, Any]]:
+    """Every method with its trainer family, paper config, presets and their YAML paths."""
+    root = recipes_dir()
+
+    def presets(method: str) -> dict[str, str]:
+        return {p.stem.removeprefix(f"{method}_").replace("_", "-"): str(p) for p in root.glob(f"{method}_*.yaml")}
+
+    return {
+        method: {"trainer": family, "config": str(root / f"{method}.yaml"), "presets": presets(method)}
+        for method, family in METHODS.items()
+    }
 METHODS = {  # method → trainer family
     "simplerl_zoo": "grpo",
     "dr_grpo": "grpo",
@@ -63,7 +86,9 @@ class RecipeArguments:
         metadata={"help": "Generation budget of the before/after evaluation (default: max_completion_length)."},
     )
     preset: str | None = field(
-        default=None, metadata={"help": "`cpu-demo`: load recipes/<method>_cpu_demo.yaml (before --config / CLI)."}
+        default=None,
+        metadata={"help": "`cpu-demo`: load the method's <method>_cpu_demo.yaml (`zrl recipes` lists them; before "
+                  "--config / CLI)."},
     )
 
 
@@ -74,9 +99,10 @@ def expand_preset(method: str, argv: Sequence[str]) -> list[str]:
         return argv
     i = argv.index("--preset")
     preset = argv[i + 1] if i + 1 < len(argv) else ""
-    path = RECIPES_DIR / f"{method}_{preset.replace('-', '_')}.yaml"
+    root = recipes_dir()
+    path = root / f"{method}_{preset.replace('-', '_')}.yaml"
     if not path.exists():
-        presets = sorted(p.stem.removeprefix(f"{method}_") for p in RECIPES_DIR.glob(f"{method}_*.yaml"))
+        presets = sorted(p.stem.removeprefix(f"{method}_") for p in root.glob(f"{method}_*.yaml"))
         raise ConfigError(f"no preset {preset!r} for {method}; presets: {presets}")
     del argv[i : i + 2]
     return argv if "--config" in argv else ["--config", str(path), *argv]
@@ -320,9 +346,9 @@ def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] =
     return summary
 
 
-def main(method: str) -> None:
-    """Entry point of ``recipes/<method>.py``."""
+def main(method: str, argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``recipes/<method>.py`` and ``zrl train METHOD`` (``argv``: the recipe's arguments)."""
     from .distributed import shutdown_distributed
 
-    run(method)
+    run(method, argv)
     shutdown_distributed()
