@@ -80,12 +80,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     verifier = pm.load_component("verifier", names[0], **kwargs.get(names[0], {}))
     _, rows = task_rows(recipe, args.seed) if args.n else ([], [])
     rows = with_prompts(rows, template)
+    import torch
+
+    from .devices import cpu_supports_bf16, cuda_available, describe
+
+    device = args.device if args.device != "auto" else ("cuda" if cuda_available() else "cpu")
+    native_bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_supports_bf16()
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16)
     path = resolve_model(args.model, args.output or ".")
-    model = AutoModelForCausalLM.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    metrics = evaluate(model, tokenizer, rows, verifier, max_new_tokens=args.max_new_tokens, k=args.k,
-                       temperature=args.temperature)  # fmt: skip
-    metrics = {"model": args.model, "task": args.task, "template": args.template, "verifier": names[0], **metrics}
+    print(f"device: {describe(device, bf16)}", file=sys.stderr)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+        metrics = evaluate(model, tokenizer, rows, verifier, max_new_tokens=args.max_new_tokens, k=args.k,
+                           temperature=args.temperature)  # fmt: skip
+    metrics = {"model": args.model, "task": args.task, "template": args.template, "verifier": names[0],
+               "device": describe(device, bf16), **metrics}  # fmt: skip
     table = "| metric | value |\n|---|---|\n" + "\n".join(
         f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
         for k, v in metrics.items()
@@ -147,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("--max_new_tokens", type=int, default=256)
     p_eval.add_argument("--seed", type=int, default=0, help="the recipes' seed, so the split matches")
     p_eval.add_argument("--output", default=None, help="directory for eval.json and eval.md")
+    p_eval.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU if visible")
+    p_eval.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="auto: bf16 autocast where the device computes bf16 natively (AVX512-BF16/AMX CPUs)")
     p_eval.set_defaults(func=cmd_eval)
     p_recipes = sub.add_parser("recipes", help="list the methods, their presets and config files")
     p_recipes.add_argument("--json", action="store_true", help="print machine-readable JSON")
