@@ -30,6 +30,7 @@ from zrl_plugins import hookimpl
 from zrl_plugins.config import parse_config
 from zrl_plugins.model_loading import RecipeModelConfig
 from zrl_plugins.recipe import RecipeArguments, expand_preset, held_out_results, prepare, trainer_family
+from zrl_plugins.stats import mean_interval
 
 DEFAULT_RECIPE = "dr_grpo"
 
@@ -43,6 +44,11 @@ class AblationArguments:
         default=DEFAULT_RECIPE,
         metadata={"help": "The recipe whose trainer, presets (`--preset cpu-demo`) and defaults are used: "
                   "simplerl_zoo, dr_grpo, lite_ppo, ppo_max, nested_reft."},
+    )  # fmt: skip
+    seeds: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated training seeds: every value runs once per seed, on one data split (the "
+                  "config's seed), and the report gives per-step means with 95 % t intervals over seeds."},
     )  # fmt: skip
 
 
@@ -89,7 +95,25 @@ def parse_sweep(sweep: str, config_class: type) -> tuple[str, list[str]]:
     return field_name, values
 
 
-def plot(results: dict[str, list[dict[str, Any]]], field_name: str, path: Path) -> None:
+METRICS = ("reward", "accuracy", "length_correct", "length_incorrect")
+
+
+def per_step_intervals(by_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per step: each metric's mean over seeds and its 95 % t interval (``<metric>_ci``)."""
+    steps = sorted({r["step"] for rows in by_seed.values() for r in rows})
+    table = []
+    for step in steps:
+        row: dict[str, Any] = {"step": step, "seeds": 0}
+        for key in METRICS:
+            values = [r[key] for rows in by_seed.values() for r in rows if r["step"] == step]
+            mean, low, high = mean_interval(values)
+            row[key], row[f"{key}_ci"] = mean, [low, high]
+            row["seeds"] = max(row["seeds"], len(values))
+        table.append(row)
+    return table
+
+
+def plot(results: dict[str, list[dict[str, Any]]], field_name: str, path: Path, seeds: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,10 +124,14 @@ def plot(results: dict[str, list[dict[str, Any]]], field_name: str, path: Path) 
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     for ax, (key, title) in zip(axes.flat, panels):
         for value, rows in results.items():
-            points = [(r["step"], r[key]) for r in rows if r[key] is not None]
-            if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, label=f"{field_name}={value}")
-        ax.set_title(title, fontsize=10)
+            points = [(r["step"], r[key], *r[f"{key}_ci"]) for r in rows if r[key] is not None]
+            if not points:
+                continue
+            steps, means, lows, highs = zip(*points)
+            (line,) = ax.plot(steps, means, marker="o", markersize=3, label=f"{field_name}={value}")
+            if seeds > 1:
+                ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_title(title + (f" (mean, 95 % interval over {seeds} seeds)" if seeds > 1 else ""), fontsize=9)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("optimizer step")
@@ -113,12 +141,40 @@ def plot(results: dict[str, list[dict[str, Any]]], field_name: str, path: Path) 
     plt.close(fig)
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    def mean(key):
+def summarize(by_seed: dict[int, list[dict[str, Any]]], held_out: dict[int, tuple[float, float]]) -> dict[str, Any]:
+    """Per value: each metric averaged over the run's steps, then mean and 95 % t interval over seeds; held-out
+    greedy accuracy before/after likewise."""
+
+    def run_mean(rows: list[dict[str, Any]], key: str) -> float | None:
         values = [r[key] for r in rows if r[key] is not None]
         return sum(values) / len(values) if values else None
 
-    return {f"mean_{k}": mean(k) for k in ("reward", "accuracy", "length_correct", "length_incorrect")}
+    summary: dict[str, Any] = {}
+    for key in METRICS:
+        mean, low, high = mean_interval([run_mean(rows, key) for rows in by_seed.values()])
+        summary[f"mean_{key}"], summary[f"mean_{key}_ci"] = mean, [low, high]
+    for i, when in enumerate(("before", "after")):
+        if held_out:
+            mean, low, high = mean_interval([pair[i] for pair in held_out.values()])
+            summary[f"held_out_{when}"], summary[f"held_out_{when}_ci"] = mean, [low, high]
+    return summary
+
+
+def table(summary: dict[str, dict[str, Any]], field_name: str, seeds: list[int]) -> str:
+    def cell(s: dict[str, Any], key: str, digits: int) -> str:
+        if s.get(key) is None:
+            return "–"
+        low, high = s[f"{key}_ci"]
+        return f"{s[key]:.{digits}f}" + (f" [{low:.{digits}f}, {high:.{digits}f}]" if len(seeds) > 1 else "")
+
+    header = "| reward | accuracy | length correct | length incorrect | held-out before | held-out after |"
+    lines = [f"| {field_name} {header}", "|---|---|---|---|---|---|---|"]
+    for value, s in summary.items():
+        lines.append(f"| {value} | {cell(s, 'mean_reward', 3)} | {cell(s, 'mean_accuracy', 3)} | "
+                     f"{cell(s, 'mean_length_correct', 1)} | {cell(s, 'mean_length_incorrect', 1)} | "
+                     f"{cell(s, 'held_out_before', 3)} | {cell(s, 'held_out_after', 3)} |")  # fmt: skip
+    note = f"seeds {seeds}: mean [95 % t interval over seeds]" if len(seeds) > 1 else f"seed {seeds[0]}"
+    return "\n".join(lines) + f"\n\nMeans over each run's steps; {note}."
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -138,32 +194,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(base.output_dir)
     state = PartialState()
 
-    results: dict[str, list[dict[str, Any]]] = {}
-    summary: dict[str, dict[str, float | None]] = {}
+    seeds = [int(x) for x in ablation.seeds.split(",")] if ablation.seeds else [base.seed]
+    by_seed: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    held_out: dict[str, dict[int, tuple[float, float]]] = {}
     before_by_rows: dict[str, float] = {}  # a value that changes the held-out rows or verifier gets its own "before"
-    runs = {}  # every value is parsed and its rows built before any trains: a bad value fails at once
+    runs = {}  # every value × seed is parsed and its rows built before any trains: a bad value fails at once
     for value in values:
-        value_argv = [*argv, f"--{field_name}", value, "--output_dir", str(out / f"{field_name}={value}")]
-        runs[value] = prepare(known.recipe, value_argv, extra_dataclasses=(AblationArguments,), model_workdir=str(out))
-    for value, run in runs.items():
+        for seed in seeds:
+            value_argv = [*argv, f"--{field_name}", value, "--seed", str(seed), "--split_seed", str(base.seed),
+                          "--output_dir", str(out / f"{field_name}={value}" / f"seed={seed}")]  # fmt: skip
+            runs[value, seed] = prepare(known.recipe, value_argv, extra_dataclasses=(AblationArguments,),
+                                        model_workdir=str(out))  # fmt: skip
+    for (value, seed), run in runs.items():
         key = json.dumps([run.eval_rows, run.config.verifiers, run.config.verifier_kwargs], default=str)
         recorder = StepRecorder()
         trainer = run.trainer(observers=[recorder], before=before_by_rows.get(key))
         trainer.train()
-        results[value] = recorder.rows
-        summary[value] = summarize(recorder.rows)
-        held_out = held_out_results(trainer)
-        if held_out is not None:
-            before_by_rows[key] = held_out.before
-            summary[value]["held_out_before"] = held_out.before
-            summary[value]["held_out_after"] = held_out.after
+        by_seed.setdefault(value, {})[seed] = recorder.rows
+        result = held_out_results(trainer)
+        if result is not None:
+            before_by_rows[key] = result.before
+            held_out.setdefault(value, {})[seed] = (result.before, result.after)
         del trainer
+    results = {value: per_step_intervals(rows) for value, rows in by_seed.items()}
+    summary = {value: summarize(rows, held_out.get(value, {})) for value, rows in by_seed.items()}
 
     report = {
         "recipe": known.recipe,
         "field": field_name,
         "values": values,
         "seed": base.seed,
+        "seeds": seeds,
+        "interval": "95 % Student-t interval of the mean over seeds (per step, and of each run's step mean)",
         "model": base_model.model_name_or_path,
         "task": base_recipe.task,
         "template": base_recipe.template,
@@ -176,12 +238,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "held_out_problems": base_recipe.n_eval,
         "summary": summary,
         "per_step": results,
+        "per_step_by_seed": by_seed,
+        "held_out_by_seed": held_out,
     }
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "ablation.json").write_text(json.dumps(report, indent=2))
-        plot(results, field_name, out / "ablation.png")
-        print(json.dumps(report["summary"], indent=2))
+        plot(results, field_name, out / "ablation.png", len(seeds))
+        print(table(summary, field_name, seeds))
         print(f"wrote {out / 'ablation.json'} and {out / 'ablation.png'}")
     return report
 

@@ -150,3 +150,13 @@ def test_last_number_verifier_reads_chat_messages_and_custom_column():
     assert verify(prompts=[""], completions=completions, solution=["12"]) == [1.0]
     with pytest.raises(KeyError, match="needs the data set column 'solution'"):
         verify(prompts=[""], completions=completions, answer=["12"])
+
+
+def test_mean_interval_by_hand():
+    from zrl_plugins.stats import mean_interval, t_quantile_975
+
+    mean, low, high = mean_interval([1.0, 2.0, 3.0, None])
+    # sd = 1, n = 3: half-width = t(0.975, 2) / sqrt(3) = 4.303 / 1.732
+    assert mean == 2.0 and low == pytest.approx(2.0 - 4.303 / 3**0.5) and high == pytest.approx(2.0 + 4.303 / 3**0.5)
+    assert mean_interval([5.0]) == (5.0, 5.0, 5.0) and mean_interval([]) == (None, None, None)
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(100) == 1.96

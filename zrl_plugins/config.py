@@ -12,13 +12,13 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from trl import GRPOConfig
 
 from .errors import ConfigError
 
-KWARGS_FIELDS = ("verifier_kwargs", "normalizer_kwargs", "kl_penalty_kwargs", "rollout_kwargs")
+KWARGS_FIELDS = ("verifier_kwargs", "normalizer_kwargs", "policy_loss_kwargs", "kl_penalty_kwargs", "rollout_kwargs")
 
 
 def _parse_kwargs(name: str, value: Any) -> dict[str, Any]:
@@ -40,10 +40,13 @@ def _parse_kwargs(name: str, value: Any) -> dict[str, Any]:
 class ZRLConfig(GRPOConfig):
     """Configuration of :class:`zrl_plugins.ZRLGRPOTrainer`.
 
-    Adds to ``GRPOConfig`` the components selected by name. ``normalizer`` takes over the roles of TRL's
-    ``scale_rewards`` (advantage formula) and ``loss_type`` (loss aggregation), which the zrl trainer does not read;
-    ``kl_penalty`` decides the KL estimator and placement, with ``beta`` as its initial coefficient.
+    Adds to ``GRPOConfig`` the components selected by name. TRL's ``loss_type``, ``scale_rewards`` and
+    ``importance_sampling_level`` keep their meaning: they are translated into the ``normalizer`` (advantage formula
+    and aggregation) and the ``policy_loss`` (:mod:`zrl_plugins.trl_options`); ``kl_penalty`` decides the KL
+    estimator and placement, with ``beta`` as its initial coefficient.
     """
+
+    _per_token_advantages: ClassVar[bool] = False  # PPO: advantages from a per-token estimator, not TRL's options
 
     verifiers: list[str] = field(
         default_factory=list,
@@ -66,13 +69,39 @@ class ZRLConfig(GRPOConfig):
             "logged as verifier/<name>/timeouts and training goes on. None: no limit."
         },
     )
-    normalizer: str = field(
-        default="grpo",
-        metadata={"help": "Advantage normalizer and loss aggregation, by name (e.g. grpo, dr_grpo, lite_ppo)."},
-    )
+    normalizer: str | None = field(
+        default=None,
+        metadata={"help": "Advantage normalizer and loss aggregation, by name (e.g. grpo, dr_grpo, lite_ppo; any "
+                  "takes `aggregation` in normalizer_kwargs). Unset: from TRL's scale_rewards / loss_type (their "
+                  "defaults included: group + dapo)."},
+    )  # fmt: skip
     normalizer_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keyword arguments of the normalizer (JSON object on the CLI)."}
     )
+    policy_loss: str | None = field(
+        default=None,
+        metadata={"help": "Per-token policy loss by name (clip; cispo, sapo, luspo, vespo from zrl-losses). Unset: "
+                  "from TRL's loss_type (clip for the grpo family)."},
+    )  # fmt: skip
+    policy_loss_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of the policy loss (JSON object on the CLI)."}
+    )
+    loss_type: str | None = field(
+        default=None,
+        metadata={"help": "TRL's loss type (grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo), translated into "
+                  "the policy loss and the normalizer's aggregation (zrl_plugins/trl_options.py). Unset: TRL's "
+                  "default `dapo`, unless `normalizer` is chosen (then its own aggregation)."},
+    )  # fmt: skip
+    scale_rewards: str | None = field(
+        default=None,
+        metadata={"help": "TRL's advantage scaling (group, batch, none), translated into the normalizer grpo, "
+                  "lite_ppo or dr_grpo. Unset: TRL's default `group`, unless `normalizer` is chosen."},
+    )  # fmt: skip
+    importance_sampling_level: str | None = field(
+        default=None,
+        metadata={"help": "TRL's importance ratio level: `token`, or `sequence` (GSPO); passed to the policy loss. "
+                  "Unset: `token` (TRL's default) for losses chosen through TRL's options."},
+    )  # fmt: skip
     kl_penalty: str = field(
         default="k3",
         metadata={
@@ -119,6 +148,9 @@ class ZRLConfig(GRPOConfig):
             raise ConfigError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         for name in KWARGS_FIELDS:
             setattr(self, name, _parse_kwargs(name, getattr(self, name)))
+        from .trl_options import resolve
+
+        resolve(self, per_token_advantages=self._per_token_advantages)
         for verifier, kwargs in self.verifier_kwargs.items():
             if not isinstance(kwargs, dict):
                 raise ValueError(

@@ -69,6 +69,20 @@ def zrl_register_normalizers(register: Callable[[str, Callable[..., Any]], None]
 
 
 @hookspec
+def zrl_register_policy_losses(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register policy losses (the per-token policy objective: PPO's clipped surrogate, CISPO, SAPO, ...).
+
+    :param register: ``register(name, factory)``. ``factory(**kwargs)`` must return a
+        :class:`zrl_plugins.protocols.PolicyLoss`; the trainer passes the config's clip ranges, ``delta``,
+        ``importance_sampling_level`` and loss-specific options (``sapo_*``, ``vespo_*``) to factories that accept
+        them, unless ``policy_loss_kwargs`` sets them.
+
+    Called once per plugin when the plugin manager is built. The trainer selects one by name (``policy_loss``, or
+    from TRL's ``loss_type``).
+    """
+
+
+@hookspec
 def zrl_register_kl_penalties(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """Register KL penalties (per-token estimator, placement and coefficient controller).
 

@@ -10,11 +10,17 @@ import torch
 
 from .protocols import LossContext
 
+AGGREGATIONS = ("sequence_mean", "token_mean", "constant", "batch_token_mean", "sequence_sum")
+
 __all__ = [
+    "AGGREGATIONS",
+    "aggregate",
+    "batch_token_mean_aggregate",
     "constant_length_aggregate",
     "group_view",
     "nanstd",
     "sequence_mean_aggregate",
+    "sequence_sum_aggregate",
     "token_mean_aggregate",
 ]
 
@@ -67,3 +73,40 @@ def constant_length_aggregate(
     """Dr. GRPO's aggregation: (1/N) Σ_i Σ_t ℓ m / L_max with a constant L_max (default ``max_completion_length``)."""
     length = max_length or ctx.max_completion_length
     return (per_token_loss * mask).sum() / (per_token_loss.size(0) * length) / _accumulation(ctx)
+
+
+def batch_token_mean_aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+    """Token mean within the micro-batch, Σ ℓ m / Σ m (TRL's ``loss_type="bnpo"``): depends on how the batch is
+    split, unlike :func:`token_mean_aggregate`."""
+    return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0) / _accumulation(ctx)
+
+
+def sequence_sum_aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+    """Mean over sequences of each sequence's token *sum*, (1/N) Σ_i Σ_t ℓ m (LUSPO; TRL's ``loss_type="luspo"``)."""
+    return (per_token_loss * mask).sum(-1).mean() / _accumulation(ctx)
+
+
+def aggregate(
+    name: str, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext, max_length: int | None = None
+) -> torch.Tensor:
+    """The aggregation called ``name`` (verl's ``loss_agg_mode``; TRL's per-``loss_type`` reductions):
+    ``sequence_mean`` (grpo, sapo), ``token_mean`` (dapo, cispo, vespo), ``constant`` (dr_grpo; L_max =
+    ``max_length``), ``batch_token_mean`` (bnpo), ``sequence_sum`` (luspo)."""
+    if name == "sequence_mean":
+        return sequence_mean_aggregate(per_token_loss, mask, ctx)
+    if name == "token_mean":
+        return token_mean_aggregate(per_token_loss, mask, ctx)
+    if name == "constant":
+        return constant_length_aggregate(per_token_loss, mask, ctx, max_length)
+    if name == "batch_token_mean":
+        return batch_token_mean_aggregate(per_token_loss, mask, ctx)
+    if name == "sequence_sum":
+        return sequence_sum_aggregate(per_token_loss, mask, ctx)
+    raise ValueError(f"unknown aggregation {name!r}; aggregations: {', '.join(AGGREGATIONS)}")
+
+
+def check_aggregation(name: str | None) -> str | None:
+    """``name`` if it is a known aggregation (or ``None``), else a ValueError listing them."""
+    if name is not None and name not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {name!r}; aggregations: {', '.join(AGGREGATIONS)}")
+    return name

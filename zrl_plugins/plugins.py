@@ -34,6 +34,7 @@ from .protocols import (
     KLController,
     KLPenalty,
     Normalizer,
+    PolicyLoss,
     PromptTemplate,
     RolloutStrategy,
     TokenAdvantageEstimator,
@@ -48,6 +49,7 @@ CORE_DISTRIBUTION = "zrl-plugins"
 REGISTRATION_HOOKS = {
     "verifier": "zrl_register_verifiers",
     "normalizer": "zrl_register_normalizers",
+    "policy_loss": "zrl_register_policy_losses",
     "kl_penalty": "zrl_register_kl_penalties",
     "kl_controller": "zrl_register_kl_controllers",
     "rollout": "zrl_register_rollouts",
@@ -56,6 +58,7 @@ REGISTRATION_HOOKS = {
 KIND_PROTOCOLS: dict[str, tuple[type, ...]] = {
     "verifier": (Verifier,),
     "normalizer": (Normalizer, TokenAdvantageEstimator),  # sequence-level (GRPO family) or per-token (PPO)
+    "policy_loss": (PolicyLoss,),
     "kl_penalty": (KLPenalty,),
     "kl_controller": (KLController,),
     "rollout": (RolloutStrategy,),
@@ -64,6 +67,7 @@ KIND_PROTOCOLS: dict[str, tuple[type, ...]] = {
 KIND_PLURALS = {
     "verifier": "verifiers",
     "normalizer": "normalizers",
+    "policy_loss": "policy losses",
     "kl_penalty": "KL penalties",
     "kl_controller": "KL controllers",
     "rollout": "rollouts",

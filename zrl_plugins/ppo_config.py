@@ -8,6 +8,7 @@ steps), and ``num_iterations`` is the number of PPO epochs over it. The per-toke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .config import ZRLConfig
 from .errors import ConfigError
@@ -22,7 +23,9 @@ class ZRLPPOConfig(ZRLConfig):
     the reward, running reward scaling then clipping to ±10, global advantage whitening, gradient clipping 1.0.
     """
 
-    normalizer: str = field(
+    _per_token_advantages: ClassVar[bool] = True
+
+    normalizer: str | None = field(
         default="gae",
         metadata={"help": "Per-token advantage estimator by name (`gae` with a critic, `reinforce_pp` without); its "
                   "options (`gamma`, `lam`) go in `normalizer_kwargs`."},

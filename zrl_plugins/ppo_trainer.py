@@ -45,7 +45,7 @@ from .critic import (
     values_in_forward,
     without_critic,
 )
-from .errors import ComponentContractError, ConfigError, PluginError
+from .errors import ComponentContractError, ConfigError
 from .ops import token_mean_aggregate
 from .ppo_config import ZRLPPOConfig
 from .running_stats import RunningMoments
@@ -289,11 +289,8 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         self, token_rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         name = self.args.normalizer
-        try:
-            advantages, returns = self.normalizer.token_advantages(token_rewards, values, mask)
-        except Exception as exc:
-            entry = self.zrl_pm.entry("normalizer", name)
-            raise PluginError(entry.plugin, f"normalizer {name!r}.token_advantages", exc, entry.distribution) from exc
+        estimate = self.normalizer.token_advantages
+        advantages, returns = self._call("normalizer", name, "token_advantages", estimate, token_rewards, values, mask)
         for label, x in (("advantages", advantages), ("returns", returns)):
             if not isinstance(x, torch.Tensor) or x.shape != token_rewards.shape or not torch.isfinite(x).all():
                 raise ComponentContractError(

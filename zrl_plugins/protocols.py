@@ -7,13 +7,13 @@ Shapes: ``N`` is the number of completions in the *global* batch (all processes)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-COMPONENT_KINDS = ("verifier", "normalizer", "kl_penalty", "kl_controller", "rollout", "template")
-ComponentKind = Literal["verifier", "normalizer", "kl_penalty", "kl_controller", "rollout", "template"]
+COMPONENT_KINDS = ("verifier", "normalizer", "policy_loss", "kl_penalty", "kl_controller", "rollout", "template")
+ComponentKind = Literal["verifier", "normalizer", "policy_loss", "kl_penalty", "kl_controller", "rollout", "template"]
 
 
 @runtime_checkable
@@ -102,6 +102,53 @@ class TokenAdvantageEstimator(Protocol):
     def aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor: ...
 
 
+@dataclass(frozen=True)
+class PolicyLossOutput:
+    """What a :class:`PolicyLoss` returns for a micro-batch.
+
+    Attributes:
+        per_token_loss: ``B x T`` (or ``B x 1`` for a sequence-level loss), before masking and aggregation.
+        ratio: the importance ratio π_θ / π_old the loss used (``B x T`` or ``B x 1``, before any truncation); the
+            trainer uses it for the KL bias correction (``use_bias_correction_kl``) and the ``approx_kl`` metric.
+        clipped_low / clipped_high: for losses that clip the ratio, where they did (bool, same shape as ``ratio``):
+            logged as TRL's ``clip_ratio/*`` metrics.
+        metrics: further per-token (or per-sequence) values logged as their masked mean over all processes.
+    """
+
+    per_token_loss: torch.Tensor
+    ratio: torch.Tensor
+    clipped_low: torch.Tensor | None = None
+    clipped_high: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class PolicyLoss(Protocol):
+    """The per-token policy objective (PPO clip, CISPO, SAPO, ...), before masking and aggregation.
+
+    ``__call__(logps, old_logps, advantages, mask, importance_sampling_ratio)``: ``logps`` are the current policy's
+    log-probs of the completion tokens (``B x T``, with gradient), ``old_logps`` π_old's (no gradient),
+    ``advantages`` ``B x 1`` (GRPO family) or ``B x T`` (PPO), ``mask`` ``B x T``, and
+    ``importance_sampling_ratio`` the rollout's per-token or per-sequence correction π_old / π_behaviour (vLLM,
+    off-policy rollouts), or ``None``. Returns a :class:`PolicyLossOutput`.
+
+    The trainer then applies TRL's off-policy and entropy masks, multiplies by ``importance_sampling_ratio`` (unless
+    the loss sets ``uses_importance_sampling_ratio = True``, i.e. it folded the ratio in itself), adds the KL term
+    and hands the result to the normalizer's ``aggregate``. Hyper-parameters (clip ranges, temperatures) are factory
+    arguments; the trainer passes the config's ``epsilon``, ``epsilon_high``, ``delta``, ``importance_sampling_level``
+    and the ``sapo_*`` / ``vespo_*`` options to factories that accept them, unless ``policy_loss_kwargs`` sets them.
+    """
+
+    def __call__(
+        self,
+        logps: torch.Tensor,
+        old_logps: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        importance_sampling_ratio: torch.Tensor | None,
+    ) -> PolicyLossOutput: ...
+
+
 @runtime_checkable
 class KLController(Protocol):
     """Owns the KL coefficient β. ``update(observed_kl, n_steps)`` is called once per optimizer step with the mean
@@ -157,21 +204,66 @@ class RolloutStrategy(Protocol):
     (lists of token-id lists) and ``logprobs`` (per-token behaviour log-probs, or ``None``); other keys are forwarded
     to the verifiers as columns.
 
-    Optional methods:
-        ``validate(trainer)``: called once the trainer is built; raise to refuse a setup the strategy cannot serve.
-        ``importance_weights(old_logps, behaviour_logps, mask) -> (weights, stats)``: for off-policy strategies,
-        the per-token (B x T) or per-sequence (B x 1) weights π_old / π_behaviour the loss is multiplied by, and a
-        dict of scalar statistics logged as ``rollout/<key>``.
-        ``keep_groups(grouped_rewards) -> bool tensor`` with ``max_resamples`` and ``draw(count, population,
-        process_index) -> list[int]``: a group filter (DAPO dynamic sampling). In training, the trainer replaces
-        this process's groups that ``keep_groups`` rejects with groups of fresh prompts (data set rows from
-        ``draw``), for at most ``max_resamples`` extra rounds, then drops what is still rejected from the loss.
+    Optional members (protocols below): :class:`ValidatesSetup`, :class:`ImportanceWeighting` (off-policy
+    strategies), :class:`GroupFilter` (DAPO's dynamic sampling), :class:`Stateful`.
     """
 
     replaces_generation: bool
     off_policy: bool
 
     def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, Any]: ...
+
+
+# ---------------------------------------------------------------------------------------------- optional members
+# A component may implement any of these besides its kind's protocol; the trainer checks with isinstance.
+
+
+@runtime_checkable
+class ValidatesSetup(Protocol):
+    """``validate(trainer)``: called once the trainer is built; raise to refuse a setup the component cannot serve
+    (e.g. a rollout strategy that cannot work with TRL's vLLM modes)."""
+
+    def validate(self, trainer: Any) -> None: ...
+
+
+@runtime_checkable
+class ImportanceWeighting(Protocol):
+    """For off-policy rollout strategies: ``importance_weights(old_logps, behaviour_logps, mask) -> (weights,
+    stats)``, the per-token (B x T) or per-sequence (B x 1) weights π_old / π_behaviour the policy loss is corrected
+    with, and scalar statistics logged as ``rollout/<key>``."""
+
+    def importance_weights(
+        self, old_logps: torch.Tensor, behaviour_logps: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@runtime_checkable
+class GroupFilter(Protocol):
+    """A rollout strategy that filters groups (DAPO's dynamic sampling): in training, ``refill(batch, ctx)``
+    receives the scored batch (:class:`zrl_plugins.scored_batch.ScoredBatch`) and a
+    :class:`zrl_plugins.scored_batch.RefillContext` (``score_more`` to generate and score fresh rows — collective,
+    so every process must make the same calls — ``group_rewards``, ``any_process``, the data set) and returns the
+    batch to train on and scalar statistics logged as ``rollout/<key>``. ``ScoredBatch.replace_groups`` and
+    ``drop_groups`` do the row surgery."""
+
+    def refill(self, batch: Any, ctx: Any) -> tuple[Any, dict[str, float]]: ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """``state_dict()`` / ``load_state_dict(state)``: the component's state is saved in checkpoints and restored on
+    resume (a KL controller's β, running statistics, draw counters)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class NeedsColumns(Protocol):
+    """A verifier's ``required_columns``: data set columns it reads (e.g. the gold answer), checked before training."""
+
+    required_columns: Sequence[str]
 
 
 @runtime_checkable

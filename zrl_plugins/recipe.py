@@ -85,6 +85,11 @@ class RecipeArguments:
         default=None,
         metadata={"help": "Generation budget of the before/after evaluation (default: max_completion_length)."},
     )
+    split_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of the train / held-out split of generated tasks (default: the training `seed`); "
+                  "seeded ablations keep one split for every seed."},
+    )  # fmt: skip
     preset: str | None = field(
         default=None,
         metadata={"help": "`cpu-demo`: load the method's <method>_cpu_demo.yaml (`zrl recipes` lists them; before "
@@ -276,7 +281,7 @@ def prepare(
     for kind, names in selected.items():  # an unknown name fails now, with the installed list, not after loading
         for name in names:
             manager.entry(kind, name)
-    train_rows, eval_rows = task_rows(recipe, config.seed)
+    train_rows, eval_rows = task_rows(recipe, config.seed if recipe.split_seed is None else recipe.split_seed)
     verifier = manager.load_component(
         "verifier", config.verifiers[0], **config.verifier_kwargs.get(config.verifiers[0], {})
     )

@@ -49,10 +49,19 @@ from trl.trainer.utils import get_callable_name, is_async_callable, nanmax, nanm
 
 from .config import ZRLConfig
 from .errors import ComponentContractError, ConfigError, DataError, PluginError
-from .group_filter import ROW_KEYS, swap_rows
 from .numerics import NumericalInstabilityError, SkipGuard
+from .ops import nanstd
 from .plugins import ZRLPluginManager, get_plugin_manager
-from .protocols import LossContext
+from .protocols import (
+    GroupFilter,
+    ImportanceWeighting,
+    LossContext,
+    NeedsColumns,
+    PolicyLossOutput,
+    Stateful,
+    ValidatesSetup,
+)
+from .scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
 from .verifier_guard import NamedVerifier
 
 logger = logging.getLogger(__name__)
@@ -68,7 +77,6 @@ class CompletionForward:
     values: torch.Tensor | None = None  # V(s_t) of a PPO critic computed in the same pass
 
 
-CLIPPED_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
 STATE_FILE = "zrl_state_{rank}.pt"
 
 
@@ -76,10 +84,10 @@ class _ObservedLog(Trainer):
     """Sits between ``GRPOTrainer`` and ``Trainer`` in the MRO so observers see TRL's merged metrics."""
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        self._zrl_observe_log(logs)
+        self._observe_log(logs)
         super().log(logs, start_time)
 
-    def _zrl_observe_log(self, logs: dict[str, float]) -> None:  # overridden below
+    def _observe_log(self, logs: dict[str, float]) -> None:  # overridden below
         pass
 
 
@@ -136,6 +144,9 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             "normalizer", args.normalizer, args.normalizer_kwargs, max_completion_length=args.max_completion_length
         )
         self._check_normalizer(args.normalizer)
+        self.policy_loss = self._build(
+            "policy_loss", args.policy_loss, args.policy_loss_kwargs, **self._policy_loss_defaults(args)
+        )
         self.kl_penalty = self._build("kl_penalty", args.kl_penalty, args.kl_penalty_kwargs, **self._kl_defaults(args))
         self.rollout_strategy = self._build("rollout", args.rollout, args.rollout_kwargs)
         # TRL loads (and calls) a reference model iff beta != 0; make that follow the KL penalty.
@@ -165,33 +176,47 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
         self._kl_window = torch.zeros(2)  # (sum of observed KL · tokens, tokens) since the last optimizer step
         self._nonfinite = SkipGuard(args.nonfinite_policy, args.max_consecutive_skips)
-        self._zrl_rewards_per_func: torch.Tensor | None = None
-        self._zrl_truncated: torch.Tensor | None = None
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
-        validate = getattr(self.rollout_strategy, "validate", None)
-        if validate is not None:
-            validate(self)  # e.g. a strategy that cannot work with TRL's vLLM modes refuses them here
+        if isinstance(self.rollout_strategy, ValidatesSetup):
+            self.rollout_strategy.validate(self)  # e.g. a strategy that cannot work with TRL's vLLM modes refuses
         if self.train_dataset is not None:
             self._check_training_data(self.train_dataset)
 
     # ------------------------------------------------------------------------------------------------ construction
     @staticmethod
     def _check_supported(args: ZRLConfig) -> None:
-        if args.loss_type not in CLIPPED_LOSS_TYPES:
-            raise ValueError(
-                f"loss_type={args.loss_type!r} changes the policy surrogate, which ZRLGRPOTrainer does not support; "
-                f"use one of {CLIPPED_LOSS_TYPES} (all give the PPO-clipped surrogate here) and choose the loss "
-                "aggregation with `normalizer`."
-            )
-        if args.multi_objective_aggregation != "sum_then_normalize":
-            raise ValueError(
-                "multi_objective_aggregation must be 'sum_then_normalize' with ZRLGRPOTrainer: the normalizer receives "
-                "the weighted sum of the verifier rewards."
-            )
-        if args.use_adaptive_entropy:
-            raise ValueError("use_adaptive_entropy is not supported by ZRLGRPOTrainer; use a fixed entropy_coef.")
         if args.max_completion_length is None or args.max_completion_length < 1:
             raise ConfigError(f"max_completion_length must be at least 1, got {args.max_completion_length}")
+
+    @staticmethod
+    def _policy_loss_defaults(args: ZRLConfig) -> dict[str, Any]:
+        """The config's options a policy loss factory gets unless ``policy_loss_kwargs`` sets them (TRL's meaning:
+        ``epsilon_high`` unset = ``epsilon``)."""
+        defaults: dict[str, Any] = {
+            "epsilon_low": args.epsilon,
+            "epsilon_high": args.epsilon if args.epsilon_high is None else args.epsilon_high,
+            "delta": args.delta,
+            "sapo_temperature_pos": args.sapo_temperature_pos,
+            "sapo_temperature_neg": args.sapo_temperature_neg,
+            "vespo_k_pos": args.vespo_k_pos,
+            "vespo_lambda_pos": args.vespo_lambda_pos,
+            "vespo_k_neg": args.vespo_k_neg,
+            "vespo_lambda_neg": args.vespo_lambda_neg,
+        }
+        if args.importance_sampling_level is not None:
+            defaults["importance_sampling_level"] = args.importance_sampling_level
+        return defaults
+
+    def _call(self, kind: str, name: str, method: str, function: Callable[..., Any], *args: Any) -> Any:
+        """Call a component's method; an exception it raises becomes a :class:`PluginError` naming the plugin, the
+        component and the method (zrl's own contract and numerics errors pass through)."""
+        try:
+            return function(*args)
+        except (ComponentContractError, NumericalInstabilityError, PluginError):
+            raise
+        except Exception as exc:
+            entry = self.zrl_pm.entry(kind, name)
+            raise PluginError(entry.plugin, f"{kind} {name!r}.{method}", exc, entry.distribution) from exc
 
     def _kl_defaults(self, args: ZRLConfig) -> dict[str, Any]:
         """Keyword arguments the KL penalty gets unless ``kl_penalty_kwargs`` sets them."""
@@ -216,7 +241,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             raise DataError("train_dataset is empty: nothing to train on.")
         columns = set(dataset.column_names or [])
         for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
-            needed = getattr(getattr(func, "verifier", func), "required_columns", ())
+            verifier = func.verifier if isinstance(func, NamedVerifier) else func
+            needed = verifier.required_columns if isinstance(verifier, NeedsColumns) else ()
             missing = [c for c in needed if c not in columns]
             if missing:
                 raise DataError(
@@ -224,8 +250,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                     f"columns are {sorted(columns)}. Rename the column or set the verifier's gold_column."
                 )
         context = getattr(self.model.config, "max_position_embeddings", None)
-        if context is None or "prompt" not in columns:
-            return
+        if context is None or "prompt" not in columns or self.environment_factories is not None:
+            return  # with environments, each prompt is rendered with its environment's tools only at batch time
         rows = min(len(dataset), sample)
         prompt_ids, _, _ = self._tokenize_prompts([dataset[i]["prompt"] for i in range(rows)])
         longest = max(range(rows), key=lambda i: len(prompt_ids[i]))
@@ -254,111 +280,90 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             raise RuntimeError("TRL would not name the verifier after its component")
         return wrapped
 
-    # ------------------------------------------------------------------------------------------------ rewards
+    # ------------------------------------------------------------------------------------------------ rollout pipeline
+    def _generate_and_score_completions(self, inputs):
+        """score → group filter → reward shaping → advantages → observers, over one :class:`ScoredBatch` value."""
+        batch = self._score(inputs)
+        if batch.mode == "train" and isinstance(self.rollout_strategy, GroupFilter):
+            batch = self._filter_groups(batch)
+        rewards_per_func = gather(batch.rewards_per_func)  # group statistics are taken over the global batch
+        rewards = self._shaped_rewards(rewards_per_func, gather(batch.truncated), batch.group_size)
+        mask = batch.output["completion_mask"] * batch.output.get("tool_mask", 1)
+        rewards = self._assign_advantages(batch.output, rewards, mask, batch.mode, batch.group_size)
+        if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
+            self._notify_rollout_batch(batch, rewards, rewards_per_func)
+        return batch.output
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # TRL's own definition of truncation (as in its `completions/clipped_ratio`): no EOS (or pad) at the end
         eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
         truncated = [not ids or ids[-1] not in eos_and_pad for ids in completion_ids_list]
-        for row, is_truncated in zip(inputs, truncated, strict=True):
-            row["completion_truncated"] = is_truncated  # a column every verifier receives
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._zrl_rewards_per_func = rewards_per_func  # global (gathered) matrix, rows grouped by prompt
-        self._zrl_truncated = gather(torch.tensor(truncated, device=rewards_per_func.device))
+        # verifiers receive the column; the caller's rows stay as they were (copies, not the rows, gain it)
+        rows = [{**row, "completion_truncated": t} for row, t in zip(inputs, truncated, strict=True)]
+        rewards_per_func = super()._calculate_rewards(rows, prompts, completions, completion_ids_list)
+        report_scores(rewards_per_func, truncated)
         return rewards_per_func
 
-    def _global_rewards(self) -> torch.Tensor:
-        """Weighted sum of the reward functions per completion, NaN where every function said None (as TRL)."""
-        rewards_per_func = self._zrl_rewards_per_func
-        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
-        rewards = (rewards_per_func * weights).nansum(dim=1)
-        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-        if self.args.truncated_reward is not None:
-            rewards[self._zrl_truncated] = self.args.truncated_reward
-        return rewards
-
-    def _generate_and_score_completions(self, inputs):
-        output = self._score_rollout(inputs)
-        mode = "train" if self.model.training else "eval"
-        group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        if mode == "train" and callable(getattr(self.rollout_strategy, "keep_groups", None)):
-            output, inputs = self._refill_groups(inputs, output, group_size)
-        mask = output["completion_mask"] * output.get("tool_mask", 1)
-        rewards = self._global_rewards()
-        rewards = self._assign_advantages(output, rewards, mask, mode, group_size)
-        if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
-            self._notify_rollout_batch(inputs, output, rewards, mode)
-        return output
-
-    def _score_rollout(self, inputs):
-        """TRL's generation and scoring, plus π_old log-probs and importance weights for off-policy strategies."""
-        output = super()._generate_and_score_completions(inputs)
+    def _score(self, inputs: list[dict[str, Any]]) -> ScoredBatch:
+        """TRL's generation and scoring of this process's rows, plus π_old log-probs and importance weights for
+        off-policy strategies."""
+        with capturing_scores() as scores:
+            output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         mask = output["completion_mask"] * output.get("tool_mask", 1)
-        if self.rollout_strategy.off_policy and "old_per_token_logps" not in output:
+        strategy = self.rollout_strategy
+        if strategy.off_policy and "old_per_token_logps" not in output:
             output["old_per_token_logps"] = self._policy_logps(output)
-        weigh = getattr(self.rollout_strategy, "importance_weights", None)
-        if self.rollout_strategy.off_policy and weigh is not None and "sampling_per_token_logps" in output:
-            weights, stats = weigh(output["old_per_token_logps"], output["sampling_per_token_logps"], mask)
+        if strategy.off_policy and isinstance(strategy, ImportanceWeighting) and "sampling_per_token_logps" in output:
+            old, behaviour = output["old_per_token_logps"], output["sampling_per_token_logps"]
+            weigh = strategy.importance_weights
+            weights, stats = self._call("rollout", self.args.rollout, "importance_weights", weigh, old, behaviour, mask)
             output["importance_sampling_ratio"] = weights  # the loss multiplies per-token losses by it, as for vLLM
             self._log_rollout_stats(stats, mode)
-        return output
-
-    def _refill_groups(
-        self, inputs: list[dict[str, Any]], output: dict[str, Any], group_size: int
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Group filtering (see ``RolloutStrategy.keep_groups``): replace rejected groups with groups of fresh
-        prompts for up to ``max_resamples`` rounds, then mask what is still rejected out of the loss and statistics.
-        Every process runs the same number of rounds (generation and scoring gather across processes)."""
-        strategy = self.rollout_strategy
-        rows = len(output["prompt_ids"])
         local = self._process_slice(output)
+        device = scores.rewards_per_func.device
+        truncated = torch.tensor(scores.truncated, dtype=torch.bool, device=device)
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        return ScoredBatch(inputs=list(inputs), output=output, rewards_per_func=scores.rewards_per_func[local],
+                           truncated=truncated, mode=mode, group_size=group_size)  # fmt: skip
 
-        def local_scores() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            """This process's rows of the batch just scored (TRL left its global matrices on self), and which of
-            its groups the strategy keeps."""
-            per_func = self._zrl_rewards_per_func[local].clone()
-            grouped = self._global_rewards()[local].view(-1, group_size)
-            keep = strategy.keep_groups(grouped).to(per_func.device).bool()
-            return per_func, self._zrl_truncated[local].clone(), keep
+    def _filter_groups(self, batch: ScoredBatch) -> ScoredBatch:
+        """Hand the batch to the rollout strategy's group filter (DAPO dynamic sampling), with the core's means to
+        score more rows; then recount the loss tokens over all processes."""
 
-        per_func, truncated, keep = local_scores()
-        initially_kept = keep.float().mean()
-        rounds = 0
-        device = self.accelerator.device
-        while rounds < strategy.max_resamples:
-            if self.accelerator.reduce(torch.tensor([float((~keep).sum())], device=device), reduction="sum") == 0:
-                break
-            rounds += 1
-            picks = strategy.draw(rows // group_size, len(self.train_dataset), self.accelerator.process_index)
-            fresh_inputs = [self.train_dataset[i] for i in picks for _ in range(group_size)]
-            fresh = self._score_rollout(fresh_inputs)
-            fresh_per_func, fresh_truncated, fresh_keep = local_scores()
-            order = torch.arange(rows, device=per_func.device)
-            take = torch.zeros(rows, dtype=torch.bool, device=per_func.device)
-            for target, source in zip((~keep).nonzero().flatten().tolist(), fresh_keep.nonzero().flatten().tolist()):
-                order[target * group_size : (target + 1) * group_size] = torch.arange(
-                    source * group_size, (source + 1) * group_size, device=order.device
-                )
-                take[target * group_size : (target + 1) * group_size] = True
-                keep[target] = True
-            output = swap_rows(output, {k: v[order] for k, v in fresh.items() if k in ROW_KEYS}, take)
-            inputs = [fresh_inputs[j] if t else row for row, j, t in zip(inputs, order.tolist(), take.tolist())]
-            per_func = torch.where(take.unsqueeze(1), fresh_per_func[order], per_func)
-            truncated = torch.where(take, fresh_truncated[order], truncated)
+        def any_process(flag: bool) -> bool:
+            return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.accelerator.device)) > 0)
 
-        dropped = (~keep).repeat_interleave(group_size)
-        per_func[dropped] = torch.nan  # unscorable: advantage 0 and left out of every statistic
-        truncated[dropped] = False
-        output["completion_mask"] = output["completion_mask"] * (~dropped).unsqueeze(1).to(output["completion_mask"])
-        self._zrl_rewards_per_func, self._zrl_truncated = gather(per_func), gather(truncated)
-        loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
-        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-        self._log_rollout_stats(
-            {"resample_rounds_mean": float(rounds), "kept_groups_initial": initially_kept.item(),
-             "kept_groups_final": keep.float().mean().item()},
-            "train",
-        )  # fmt: skip
-        return output, inputs
+        def group_rewards(scored: ScoredBatch) -> torch.Tensor:
+            return self._shaped_rewards(scored.rewards_per_func, scored.truncated, scored.group_size).view(
+                -1, scored.group_size
+            )
+
+        ctx = RefillContext(score_more=self._score, group_rewards=group_rewards, any_process=any_process,
+                            dataset=self.train_dataset, process_index=self.accelerator.process_index)  # fmt: skip
+        strategy = self.rollout_strategy
+        batch, stats = self._call("rollout", self.args.rollout, "refill", strategy.refill, batch, ctx)
+        loss_mask = batch.output["completion_mask"] * batch.output.get("tool_mask", 1)
+        batch.output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        self._log_rollout_stats(stats, "train")
+        return batch
+
+    def _shaped_rewards(self, rewards_per_func: torch.Tensor, truncated: torch.Tensor, group_size: int) -> torch.Tensor:
+        """One reward per completion from the reward functions, as TRL combines them: weighted sum
+        (``sum_then_normalize``) or weighted sum of each function's group-normalized rewards (``normalize_then_sum``);
+        NaN where every function said None; then Dr. GRPO's truncation rule (``truncated_reward``)."""
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        unscorable = torch.isnan(rewards_per_func).all(dim=1)
+        if self.args.multi_objective_aggregation == "normalize_then_sum":
+            grouped = rewards_per_func.view(-1, group_size, rewards_per_func.size(1))
+            mean = torch.nanmean(grouped, dim=1, keepdim=True)
+            std = nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
+            rewards_per_func = ((grouped - mean) / (std + 1e-4)).view(-1, rewards_per_func.size(1))
+        rewards = (rewards_per_func * weights).nansum(dim=1)
+        rewards[unscorable] = torch.nan
+        if self.args.truncated_reward is not None:
+            rewards[truncated] = self.args.truncated_reward
+        return rewards
 
     def _process_slice(self, output: dict[str, Any]) -> slice:
         """This process's rows of a gathered (global) per-completion tensor."""
@@ -387,7 +392,10 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             sequence_kl = gather(self._reward_placed_kl(output, mask, mode).sum(-1))
             rewards = rewards - self.kl_penalty.controller.beta * sequence_kl
 
-        advantages = self._normalized_advantages(rewards, group_size)
+        if mode == "eval" and group_size < 2:  # a group of one has no relative advantage (TRL's are 0 too)
+            advantages = torch.zeros_like(rewards)
+        else:
+            advantages = self._normalized_advantages(rewards, group_size)
         output["advantages"] = advantages[self._process_slice(output)]
         self._replace_logged_advantages(advantages)
         return rewards
@@ -419,31 +427,28 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             value = column.min() if "min" in name else column.max() if "max" in name else column.mean()
             self._metrics[mode][f"rollout/{name}"].append(value.item())
 
-    def _notify_rollout_batch(self, inputs, output, rewards: torch.Tensor, mode: str) -> None:
+    def _notify_rollout_batch(self, batch: ScoredBatch, rewards: torch.Tensor, rewards_per_func: torch.Tensor) -> None:
+        output = batch.output
         self.zrl_pm.call_observer(
             "zrl_on_rollout_batch",
             trainer=self,
             batch={
-                "prompts": [x.get("prompt") for x in inputs],
+                "prompts": [x.get("prompt") for x in batch.inputs],
                 "completions": self.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True),
                 "rewards": rewards.detach(),
-                "rewards_per_func": self._zrl_rewards_per_func.detach(),
+                "rewards_per_func": rewards_per_func.detach(),
                 "reward_func_names": list(self.reward_func_names),
                 "advantages": output["advantages"].detach(),
                 "completion_ids": output["completion_ids"],
                 "completion_mask": output["completion_mask"],
-                "mode": mode,
+                "mode": batch.mode,
                 "step": self.state.global_step,
             },
         )
 
     def _normalized_advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         name = self.args.normalizer
-        try:
-            advantages = self.normalizer.advantages(rewards, group_size)
-        except Exception as exc:
-            entry = self.zrl_pm.entry("normalizer", name)
-            raise PluginError(entry.plugin, f"normalizer {name!r}.advantages", exc, entry.distribution) from exc
+        advantages = self._call("normalizer", name, "advantages", self.normalizer.advantages, rewards, group_size)
         if not isinstance(advantages, torch.Tensor) or advantages.shape != rewards.shape:
             shape = tuple(advantages.shape) if isinstance(advantages, torch.Tensor) else type(advantages).__name__
             raise ComponentContractError(
@@ -526,68 +531,98 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         return CompletionForward(logps=logps, entropies=entropies, aux_loss=aux_loss)
 
     def _policy_objective(self, forward: CompletionForward, inputs: dict[str, Any], mode: str) -> torch.Tensor:
-        """The clipped policy surrogate with the KL and bonus terms, aggregated by the normalizer."""
-        per_token_logps, entropies, aux_loss = forward.logps, forward.entropies, forward.aux_loss
-        completion_mask = inputs["completion_mask"]
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        """Policy loss (the component) → TRL's masks and importance correction → KL term → aggregation (the
+        normalizer) → entropy bonus and router aux loss, in TRL's order."""
+        mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
         advantages = inputs["advantages"]
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)
-        old_per_token_logps = inputs.get("old_per_token_logps")
-        if old_per_token_logps is None:
-            old_per_token_logps = per_token_logps.detach()
+        old_logps = inputs.get("old_per_token_logps")
+        if old_logps is None:
+            old_logps = forward.logps.detach()
+        sampling_ratio = inputs.get("importance_sampling_ratio")
+        out = self._call("policy_loss", self.args.policy_loss, "__call__", self.policy_loss, forward.logps, old_logps,
+                         advantages, mask, sampling_ratio)  # fmt: skip
+        if not isinstance(out, PolicyLossOutput):
+            raise ComponentContractError(
+                f"policy_loss {self.args.policy_loss!r} must return a PolicyLossOutput, got {type(out).__name__}"
+            )
+        per_token_loss, entropy_mask = self._masked(out.per_token_loss, forward, inputs, advantages, mask, old_logps)
+        if sampling_ratio is not None and not getattr(self.policy_loss, "uses_importance_sampling_ratio", False):
+            per_token_loss = per_token_loss * sampling_ratio
+        per_token_kl = self._kl_term(forward.logps, inputs, out.ratio)
+        if per_token_kl is not None:
+            per_token_loss = per_token_loss + self.kl_penalty.controller.beta * per_token_kl
 
-        log_ratio = per_token_logps - old_per_token_logps
-        if self.importance_sampling_level == "token":
-            log_importance_weights = log_ratio
-        else:  # "sequence" (GSPO)
-            log_importance_weights = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
-        coef_1 = torch.exp(log_importance_weights)
-        ratio = coef_1  # the KL bias correction uses the ratio before the two-sided `delta` clip, as TRL does
-        coef_2 = torch.clamp(coef_1, 1 - self.epsilon_low, 1 + self.epsilon_high)
-        if self.args.delta is not None:
-            coef_1 = torch.clamp(coef_1, max=self.args.delta)
-        per_token_loss = -torch.min(coef_1 * advantages, coef_2 * advantages)
+        ctx = self._loss_context(inputs, mode)
+        loss = self._aggregate(per_token_loss, mask, ctx)
+        loss = loss + self._bonus_terms(loss.detach(), forward, mask, entropy_mask, ctx, mode)
+        self._log_loss_metrics(mode, mask, forward.entropies, per_token_kl, out, advantages)
+        return loss
 
+    def _masked(self, per_token_loss, forward, inputs, advantages, mask, old_logps):
+        """TRL's off-policy sequence mask (DeepSeek-V3.2) and high-entropy token mask; returns the masked loss and
+        the entropy mask (or ``None``)."""
         if self.off_policy_mask_threshold is not None:
             per_token_loss = per_token_loss * self.get_off_policy_mask(
                 advantages=advantages,
-                per_token_logps=per_token_logps,
-                sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_per_token_logps),
+                per_token_logps=forward.logps,
+                sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_logps),
                 mask=mask,
                 off_policy_threshold=self.off_policy_mask_threshold,
             )
         entropy_mask = None
         if self.top_entropy_quantile < 1.0:
-            entropy_mask = self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+            entropy_mask = self.get_high_entropy_mask(forward.entropies, mask, 1 - self.top_entropy_quantile)
             per_token_loss = per_token_loss * entropy_mask
-        if "importance_sampling_ratio" in inputs:
-            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+        return per_token_loss, entropy_mask
 
-        kl = self.kl_penalty
-        per_token_kl = None
-        if kl.placement == "loss" and self.beta != 0.0:
-            per_token_kl = kl.per_token(per_token_logps, inputs["ref_per_token_logps"])
-            if self.args.use_bias_correction_kl:
-                per_token_kl = per_token_kl * ratio
-            per_token_loss = per_token_loss + kl.controller.beta * per_token_kl
+    def _kl_term(self, logps: torch.Tensor, inputs: dict[str, Any], ratio: torch.Tensor) -> torch.Tensor | None:
+        """β-free per-token KL of a penalty placed in the loss (bias-corrected by the importance ratio when asked)."""
+        if self.kl_penalty.placement != "loss" or self.beta == 0.0:
+            return None
+        per_token_kl = self.kl_penalty.per_token(logps, inputs["ref_per_token_logps"])
+        return per_token_kl * ratio if self.args.use_bias_correction_kl else per_token_kl
 
-        ctx = self._loss_context(inputs, mode)
-        loss = self._aggregate(per_token_loss, mask, ctx)
-        policy_loss = loss.detach()
-
-        accumulation = ctx.gradient_accumulation_steps
-        if self.entropy_coef:
+    def _bonus_terms(self, policy_loss, forward, mask, entropy_mask, ctx: LossContext, mode: str) -> torch.Tensor:
+        """TRL's entropy bonus (static, or adaptive with its controller) and MoE router aux loss, scaled only for
+        gradient accumulation."""
+        bonus = torch.zeros((), device=policy_loss.device)
+        if self._entropy_bonus_enabled:
             effective_mask = mask if entropy_mask is None else mask * entropy_mask
-            entropy = (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0)
-            loss = loss - self.entropy_coef * entropy / accumulation
+            entropy = (forward.entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0)
+            if self.use_adaptive_entropy:
+                coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
+            else:
+                coef = self.entropy_coef
+            bonus = bonus - coef * entropy / ctx.gradient_accumulation_steps
             self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
+            if self.use_adaptive_entropy and mode == "train":
+                self._update_entropy_controller(forward.entropies, effective_mask)
+            if mode == "train" and self.accelerator.sync_gradients:
+                self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
         if self.aux_loss_enabled:
-            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+            bonus = bonus + self.router_aux_loss_coef * forward.aux_loss / ctx.gradient_accumulation_steps
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(forward.aux_loss).mean().item())
+        return bonus
 
-        self._log_loss_metrics(mode, mask, entropies, per_token_kl, coef_1, advantages)
-        return loss
+    def _update_entropy_controller(self, entropies: torch.Tensor, mask: torch.Tensor) -> None:
+        """TRL's adaptive entropy controller: window-global token-mean entropy at each optimizer step moves the
+        coefficient by ``entropy_coef_delta`` towards ``entropy_target``, within [min, max]."""
+        stats = torch.stack([(entropies * mask).sum(), mask.sum()]).detach()
+        window = self._entropy_window_stats
+        self._entropy_window_stats = stats if window is None else window + stats
+        if not self.accelerator.sync_gradients:
+            return
+        totals = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
+        world_entropy = (totals[0] / totals[1].clamp(min=1.0)).item()
+        args = self.args
+        if world_entropy <= args.entropy_target:
+            self.entropy_coef = min(self.entropy_coef + args.entropy_coef_delta, args.entropy_coef_max)
+        else:
+            self.entropy_coef = max(self.entropy_coef - args.entropy_coef_delta, args.entropy_coef_min)
+        self._last_world_entropy = world_entropy
+        self._entropy_window_stats = None
 
     def _loss_context(self, inputs: dict[str, Any], mode: str) -> LossContext:
         return LossContext(
@@ -601,11 +636,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
     def _aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         name = self.args.normalizer
-        try:
-            loss = self.normalizer.aggregate(per_token_loss, mask, ctx)
-        except Exception as exc:
-            entry = self.zrl_pm.entry("normalizer", name)
-            raise PluginError(entry.plugin, f"normalizer {name!r}.aggregate", exc, entry.distribution) from exc
+        loss = self._call("normalizer", name, "aggregate", self.normalizer.aggregate, per_token_loss, mask, ctx)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ComponentContractError(
                 f"normalizer {name!r}.aggregate must return a scalar tensor, got "
@@ -619,7 +650,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             )  # non-finite per-token losses are the step's numerics, handled by the trainer's skip guard
         return loss.reshape(())
 
-    def _log_loss_metrics(self, mode, mask, entropies, per_token_kl, coef_1, advantages) -> None:
+    def _log_loss_metrics(self, mode, mask, entropies, per_token_kl, out: PolicyLossOutput, advantages) -> None:
         def masked_seq_mean(x: torch.Tensor) -> torch.Tensor:
             if x.shape[1] == 1:
                 return x.squeeze(1)
@@ -633,19 +664,17 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             metrics["kl"].append(global_masked_mean(per_token_kl.detach()))
             self._observe_kl((per_token_kl.detach() * mask).sum(), mask.sum(), mode)
         metrics["entropy"].append(global_masked_mean(entropies))
-        log_ratio = torch.log(coef_1.detach().clamp(min=1e-12))
-        metrics["approx_kl"].append(global_masked_mean((coef_1.detach() - 1) - log_ratio))  # vs π_old
-        is_low_clipped = (coef_1 < 1 - self.epsilon_low) & (advantages < 0)
-        is_high_clipped = (coef_1 > 1 + self.epsilon_high) & (advantages > 0)
-        metrics["clip_ratio/low_mean"].append(global_masked_mean(is_low_clipped.float()))
-        metrics["clip_ratio/high_mean"].append(global_masked_mean(is_high_clipped.float()))
-        metrics["clip_ratio/region_mean"].append(global_masked_mean((is_low_clipped | is_high_clipped).float()))
-        metrics["clip_ratio/low_min"].append(
-            nanmin(self.accelerator.gather(masked_seq_mean(is_low_clipped.float()))).item()
-        )
-        metrics["clip_ratio/high_max"].append(
-            nanmax(self.accelerator.gather(masked_seq_mean(is_high_clipped.float()))).item()
-        )
+        ratio = out.ratio.detach()
+        metrics["approx_kl"].append(global_masked_mean((ratio - 1) - torch.log(ratio.clamp(min=1e-12))))  # vs π_old
+        if out.clipped_low is not None and out.clipped_high is not None:
+            low, high = out.clipped_low.float(), out.clipped_high.float()
+            metrics["clip_ratio/low_mean"].append(global_masked_mean(low))
+            metrics["clip_ratio/high_mean"].append(global_masked_mean(high))
+            metrics["clip_ratio/region_mean"].append(global_masked_mean(((low + high) > 0).float()))
+            metrics["clip_ratio/low_min"].append(nanmin(self.accelerator.gather(masked_seq_mean(low))).item())
+            metrics["clip_ratio/high_max"].append(nanmax(self.accelerator.gather(masked_seq_mean(high))).item())
+        for name, value in out.metrics.items():
+            metrics[name].append(global_masked_mean(value.detach().float()))
         if mode == "train" and self.accelerator.sync_gradients:
             self._update_kl_controller()
             metrics["kl_coef"].append(self.kl_penalty.controller.beta)
@@ -700,7 +729,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         return scheduler
 
     # ------------------------------------------------------------------------------------------------ observers
-    def _zrl_observe_log(self, logs: dict[str, float]) -> None:
+    def _observe_log(self, logs: dict[str, float]) -> None:
         self.zrl_pm.call_observer("zrl_on_log", trainer=self, logs=logs)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
@@ -716,9 +745,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         return {
             k: v
             for k, v in components.items()
-            if callable(getattr(v, "state_dict", None))
-            and callable(getattr(v, "load_state_dict", None))
-            and not isinstance(v, torch.nn.Module)
+            if isinstance(v, Stateful) and not isinstance(v, torch.nn.Module)
         }
 
     def _save_checkpoint(self, model, trial):

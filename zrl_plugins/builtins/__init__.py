@@ -9,6 +9,7 @@ from ..hookspecs import hookimpl
 from .estimators import GAEEstimator, ReinforcePlusPlusEstimator
 from .kl import FixedKLController, K3KLPenalty, NoKLPenalty
 from .normalizers import GRPONormalizer
+from .policy_losses import ClipLoss
 from .rollouts import DefaultRollout
 from .templates import TEMPLATES
 from .verifiers import CountdownVerifier, LastNumberVerifier
@@ -27,6 +28,11 @@ def zrl_register_normalizers(register: Register) -> None:
     register("grpo", GRPONormalizer)
     register("gae", GAEEstimator)  # per-token estimators of ZRLPPOTrainer
     register("reinforce_pp", ReinforcePlusPlusEstimator)
+
+
+@hookimpl
+def zrl_register_policy_losses(register: Register) -> None:
+    register("clip", ClipLoss)
 
 
 @hookimpl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import group_view, nanstd, sequence_mean_aggregate
+from ..ops import aggregate, check_aggregation, group_view, nanstd
 from ..protocols import LossContext
 
 
@@ -19,10 +19,15 @@ class GRPONormalizer:
 
     Args:
         delta: δ added to the standard deviation.
+        aggregation: another loss aggregation by name (``zrl_plugins.ops.aggregate``: ``token_mean`` gives TRL's
+            ``scale_rewards="group"`` + ``loss_type="dapo"``, TRL's default), as verl's ``loss_agg_mode``.
+        max_completion_length: passed by the trainer (L_max of the ``constant`` aggregation).
     """
 
-    def __init__(self, delta: float = 1e-4):
+    def __init__(self, delta: float = 1e-4, aggregation: str | None = None, max_completion_length: int | None = None):
         self.delta = delta
+        self.aggregation = check_aggregation(aggregation) or "sequence_mean"
+        self.max_completion_length = max_completion_length
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         grouped = group_view(rewards, group_size, "grpo")
@@ -32,4 +37,4 @@ class GRPONormalizer:
         return torch.nan_to_num(advantages, nan=0.0).view(-1)
 
     def aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        return sequence_mean_aggregate(per_token_loss, mask, ctx)
+        return aggregate(self.aggregation, per_token_loss, mask, ctx, self.max_completion_length)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 TINY = ["--model_name_or_path", "tiny", "--use_cpu", "--bf16", "false", "--report_to", "none",
         "--per_device_train_batch_size", "8", "--num_generations", "4", "--max_completion_length", "8",
@@ -33,7 +35,7 @@ def test_ablation_smoke(tmp_path):
             assert 0.0 <= row["accuracy"] <= 1.0
             assert row["length_correct"] is not None or row["length_incorrect"] is not None
         assert 0.0 <= report["summary"][value]["held_out_after"] <= 1.0
-        assert (tmp_path / f"normalizer={value}").is_dir()
+        assert (tmp_path / f"normalizer={value}" / f"seed={report['seeds'][0]}").is_dir()
     # the same held-out rows, model and verifier for both values: one "before" serves both
     assert report["summary"]["grpo"]["held_out_before"] == report["summary"]["dr_grpo"]["held_out_before"]
     png = (tmp_path / "ablation.png").read_bytes()
@@ -63,3 +65,27 @@ def test_sweep_must_name_a_config_field(tmp_path):
     result = _ablate("--sweep", "normaliser=grpo", *TINY, "--output_dir", str(tmp_path), timeout=300)
     assert result.returncode != 0
     assert "--sweep must be FIELD=v1,v2,... with FIELD a field of ZRLConfig, RecipeArguments or" in result.stderr
+
+
+def test_seeds_give_per_step_intervals(tmp_path):
+    result = _ablate("--sweep", "normalizer=grpo,dr_grpo", "--seeds", "0,1", *TINY, "--max_steps", "2",
+                     "--n_eval", "4", "--output_dir", str(tmp_path))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "ablation.json").read_text())
+    assert report["seeds"] == [0, 1] and "interval" in report
+    for value in ("grpo", "dr_grpo"):
+        by_seed = report["per_step_by_seed"][value]
+        assert sorted(by_seed) == ["0", "1"]  # JSON keys
+        for step, row in enumerate(report["per_step"][value], start=1):
+            rewards = [by_seed[s][step - 1]["reward"] for s in ("0", "1")]
+            assert row["step"] == step and row["seeds"] == 2
+            assert row["reward"] == pytest.approx(sum(rewards) / 2)
+            low, high = row["reward_ci"]
+            assert low <= row["reward"] <= high  # a t interval over 2 seeds: mean ± 12.706 · sd / √2
+            assert high - row["reward"] == pytest.approx(12.706 * abs(rewards[0] - rewards[1]) / 2**0.5 / 2**0.5)
+        low, high = report["summary"][value]["held_out_after_ci"]
+        assert low <= report["summary"][value]["held_out_after"] <= high
+    assert "[" in result.stdout and "over seeds" in result.stdout  # the final table carries the intervals
+    # one data split for every seed: the held-out rows (hence the "before" accuracy) are the same
+    befores = [b for v in report["held_out_by_seed"].values() for b, _ in v.values()]
+    assert len(set(befores)) == 1

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from datasets import Dataset
-from zrl_rollouts.nested import choose_layers, importance_weights
+from zrl_rollouts.nested import blocks, choose_layers, importance_weights, late_block, sampling_quality
 
 from zrl_plugins import PluginError, ZRLConfig, ZRLGRPOTrainer, load_component
 from zrl_plugins.builtins.rollouts import generate_with_trl
@@ -105,8 +105,9 @@ def test_importance_weight_arithmetic():
     weights, stats = importance_weights(old, behaviour, mask, "token_tis", clip=1.5)
     torch.testing.assert_close(weights[:, :2], torch.tensor([[1.5, 0.5]]))
     assert stats == pytest.approx(
-        {"is_weight_mean": 1.25, "is_weight_min": 0.5, "is_weight_max": 2.0, "is_truncated_fraction": 0.5}
-    )
+        {"is_weight_mean": 1.25, "is_weight_min": 0.5, "is_weight_max": 2.0, "is_truncated_fraction": 0.5,
+         "behaviour_kl": 0.0, "ess": 1.0}  # log-ratios +log 2 and −log 2: mean 0; one sequence: ESS/N = 1
+    )  # fmt: skip
     # sequence weight: geometric mean of the token ratios, sqrt(2 · 0.5) = 1
     weights, stats = importance_weights(old, behaviour, mask, "seq_tis", clip=1.5)
     assert weights.shape == (1, 1) and weights.item() == pytest.approx(1.0)
@@ -147,3 +148,46 @@ def test_bad_options_and_vllm_are_refused(four_layers, tmp_path):
         nested.validate(SimpleNamespace(use_vllm=True))
     with pytest.raises(ValueError, match="layer 3 cannot be skipped"):
         trainer_for(four_layers, tmp_path, rollout="nested", rollout_kwargs={"layers": [3]})
+
+
+def test_behaviour_kl_and_effective_sample_size_by_hand():
+    old = torch.log(torch.tensor([[0.5, 0.4], [0.3, 0.3]]))
+    behaviour = torch.log(torch.tensor([[0.25, 0.4], [0.3, 0.3]]))
+    stats = sampling_quality(old, behaviour, torch.ones(2, 2))
+    # sequence weights Π π_old/π_b = 2 and 1: ESS/N = (2 + 1)² / (2 · (4 + 1)) = 0.9; KL = −mean(log ratio) = −log 2 / 4
+    assert stats["ess"] == pytest.approx(0.9) and stats["behaviour_kl"] == pytest.approx(-math.log(2) / 4)
+
+
+def test_block_and_candidate_layers():
+    assert late_block(30, 2 / 30) == [26, 27] and late_block(30, 4 / 30) == [24, 25, 26, 27]
+    assert late_block(4, 0.25) == [1]
+    assert blocks(6, 2) == [[1, 2], [2, 3], [3, 4]]
+
+
+@pytest.mark.parametrize("identity", [1, 2])
+def test_calibration_skips_the_layer_that_changes_the_model_least(identity, four_layers, tmp_path):
+    """A layer whose residual branches output zero is the identity: skipping it changes nothing, and calibration
+    must find it (with a budget of one layer, skip_ratio 0.25 of 4)."""
+    trainer = trainer_for(four_layers, tmp_path, rollout="nested", rollout_kwargs={"selection": "calibrated"})
+    layer = trainer.model.model.layers[identity]
+    with torch.no_grad():
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+    strategy = trainer.rollout_strategy
+    prompts = [DATA[i]["prompt"] for i in range(4)]
+    assert strategy.choose(trainer.model, prompts, trainer) == [identity]
+    assert strategy.calibration_kl["chosen"] == pytest.approx(0.0, abs=1e-6)
+    other = 3 - identity  # layers 1 and 2 are the candidates
+    assert strategy.calibration_kl["best_block"] == pytest.approx(0.0, abs=1e-6)  # blocks of one = single layers
+    state = strategy.state_dict()
+    assert state["calibrated"] == [identity] and other not in state["calibrated"]
+
+
+def test_nested_logs_behaviour_kl_and_ess_and_warns_once(four_layers, tmp_path):
+    trainer = trainer_for(four_layers, tmp_path, rollout="nested",
+                          rollout_kwargs={"selection": "block", "ess_warning": 1.01})  # fmt: skip
+    with pytest.warns(UserWarning, match="effective sample size") as caught:
+        trainer.train()
+    assert sum("effective sample size" in str(w.message) for w in caught) == 1
+    log = next(h for h in trainer.state.log_history if "loss" in h)
+    assert 0.0 < log["rollout/ess"] <= 1.0 and math.isfinite(log["rollout/behaviour_kl"])

@@ -2,9 +2,11 @@
 replaced by groups of freshly sampled prompts until the batch is full or ``max_resamples`` rounds were spent, and
 whatever stays uninformative is dropped from the loss (masked, and left out of the reward statistics).
 
-It wraps any other rollout strategy (``inner``), which still produces the completions; the trainer does the
-re-sampling and the row surgery (``zrl_plugins.group_filter``) because only it can score completions. Each round
-generates a whole batch of new prompts per process, as verl's DAPO does with its generation batches.
+It wraps any other rollout strategy (``inner``), which still produces the completions. It implements the core's
+:class:`~zrl_plugins.protocols.GroupFilter` whole: the trainer hands it the scored batch and a ``score_more``
+callable (only the trainer can generate and score); the loop, the draws and the decisions are here, the row surgery
+is ``ScoredBatch.replace_groups`` / ``drop_groups``. Each round generates a whole batch of new prompts per process,
+as verl's DAPO does with its generation batches.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 
 from zrl_plugins.errors import ConfigError
 from zrl_plugins.group_filter import uninformative_groups
+from zrl_plugins.protocols import ValidatesSetup
+from zrl_plugins.scored_batch import RefillContext, ScoredBatch
 
 
 class DynamicSampling:
@@ -69,9 +73,29 @@ class DynamicSampling:
                 f"dynamic_sampling swaps whole groups within a process: per_device_train_batch_size x "
                 f"steps_per_generation ({rows}) must be a multiple of num_generations ({args.num_generations})"
             )
-        validate = getattr(self.inner, "validate", None)
-        if validate is not None:
-            validate(trainer)
+        if isinstance(self.inner, ValidatesSetup):
+            self.inner.validate(trainer)
+
+    def refill(self, batch: ScoredBatch, ctx: RefillContext) -> tuple[ScoredBatch, dict[str, float]]:
+        """DAPO's loop: replace this process's uninformative groups with groups of fresh prompts for up to
+        ``max_resamples`` rounds — every process runs the same number of rounds, since generation and scoring are
+        collective — then leave what is still uninformative out of the loss and the statistics."""
+        keep = self.keep_groups(ctx.group_rewards(batch)).cpu()
+        initially_kept = keep.float().mean().item()
+        rounds = 0
+        while rounds < self.max_resamples and ctx.any_process(not bool(keep.all())):
+            rounds += 1
+            picks = self.draw(batch.groups, len(ctx.dataset), ctx.process_index)
+            fresh = ctx.score_more([ctx.dataset[i] for i in picks for _ in range(batch.group_size)])
+            fresh_keep = self.keep_groups(ctx.group_rewards(fresh)).cpu()
+            targets = (~keep).nonzero().flatten().tolist()
+            sources = fresh_keep.nonzero().flatten().tolist()[: len(targets)]
+            batch = batch.replace_groups(fresh, targets[: len(sources)], sources)
+            keep[targets[: len(sources)]] = True
+        batch = batch.drop_groups(keep)
+        stats = {"resample_rounds_mean": float(rounds), "kept_groups_initial": initially_kept,
+                 "kept_groups_final": keep.float().mean().item()}  # fmt: skip
+        return batch, stats
 
     def keep_groups(self, grouped_rewards: torch.Tensor) -> torch.Tensor:
         """One bool per group (rows of ``grouped_rewards``): keep it, i.e. its rewards are not all equal."""
