@@ -4,7 +4,7 @@ the training set), never on the held-out problems the demo reports.
 python -m bench.demo_tuning                       # every variant below, one after another (~10 min each on 2 cores)
 python -m bench.demo_tuning --only lr5e-5,lr1e-4
 
-Each variant is one ``python -m zrl_plugins.demo --evaluate_on validation ...`` run in its own process; the table
+Each variant is one ``python -m zrl_plugins.apps.demo --evaluate_on validation ...`` run in its own process; the table
 gives greedy validation accuracy before → after (95 % Wilson intervals), seconds per step and wall minutes.
 Writes ``bench/results/demo_tuning.json`` and ``.md``.
 """
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
         results = json.loads(previous.read_text()).get("variants", {})
     for name in names:
         out = Path(tempfile.mkdtemp(prefix=f"demo-{name}-"))
-        command = [sys.executable, "-m", "zrl_plugins.demo", "--evaluate_on", "validation", "--n_validation",
+        command = [sys.executable, "-m", "zrl_plugins.apps.demo", "--evaluate_on", "validation", "--n_validation",
                    str(args.n_validation), "--max_steps", str(args.max_steps), "--output_dir", str(out),
                    *VARIANTS[name]]  # fmt: skip
         print(f"[demo_tuning] {name}: {' '.join(command[3:])}", flush=True)

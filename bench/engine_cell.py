@@ -88,16 +88,16 @@ def main(argv: list[str] | None = None) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.engine == "fsdp2" and device == "cpu":
-        from zrl_plugins.testing import force_fsdp_on_cpu
+        from zrl_plugins.apps.testing import force_fsdp_on_cpu
 
         force_fsdp_on_cpu()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from transformers import TrainerCallback
 
-    from zrl_plugins.critic import is_critic_key
-    from zrl_plugins.distributed import shutdown_distributed
-    from zrl_plugins.model_loading import parameter_counts
-    from zrl_plugins.recipe import prepare
+    from zrl_plugins.apps.distributed import shutdown_distributed
+    from zrl_plugins.apps.model_loading import parameter_counts
+    from zrl_plugins.apps.recipe import prepare
+    from zrl_plugins.trainers.critic import is_critic_key
 
     workdir = Path(args.workdir)
     method, _ = RECIPES[args.recipe]

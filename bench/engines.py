@@ -71,7 +71,7 @@ def launch_command(engine: str, recipe: str, phase: str, workdir: Path, model: s
         launch += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                    "--dynamo_backend", "no"]  # fmt: skip
         if engine == "fsdp2":
-            from zrl_plugins.testing import FSDP2_CPU_ENV
+            from zrl_plugins.apps.testing import FSDP2_CPU_ENV
 
             env.update(FSDP2_CPU_ENV)
         env["OMP_NUM_THREADS"] = "1"
@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     tag = name.split()[-1].split("-")[0].lower() if device == "cuda" else "cpu"  # "NVIDIA H200" -> h200
     root = Path(args.workdir or tempfile.mkdtemp(prefix="zrl-engines-"))
-    from zrl_plugins.models import resolve_model
+    from zrl_plugins.apps.models import resolve_model
 
     resolve_model(args.model, root / "models")  # built once, before cells that share it start
 

@@ -18,7 +18,7 @@ def main() -> None:
 
     from bench.common import write_results
     from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-    from zrl_plugins.testing import build_tiny_model, compare_with_trl
+    from zrl_plugins.apps.testing import build_tiny_model, compare_with_trl
 
     assert torch.cuda.is_available(), "needs a GPU"
     workdir = tempfile.mkdtemp()

@@ -18,7 +18,7 @@ import json, os, resource, sys
 os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
 from datasets import Dataset
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-from zrl_plugins.data import addition_splits
+from zrl_plugins.apps.data import addition_splits
 model, kl, out, chat = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "chat"
 rows, _ = addition_splits(n_eval=10, chat=chat)  # the tiny model has no chat template
 args = ZRLConfig(output_dir=out, verifiers=["last_number"], kl_penalty=kl, beta=0.0 if kl == "none" else 0.04,
@@ -40,7 +40,7 @@ def main() -> None:
     import tempfile
 
     from bench.common import write_results
-    from zrl_plugins.models import resolve_model
+    from zrl_plugins.apps.models import resolve_model
 
     workdir = tempfile.mkdtemp(prefix="zrl-kl-memory-")
     model = resolve_model(args.model, workdir)

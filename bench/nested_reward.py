@@ -29,8 +29,8 @@ def main() -> None:
 
     from bench.common import write_results
     from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-    from zrl_plugins.data import addition_splits
-    from zrl_plugins.models import smollm2_path
+    from zrl_plugins.apps.data import addition_splits
+    from zrl_plugins.apps.models import smollm2_path
 
     model = smollm2_path()
     train, _ = addition_splits(n_eval=50)

@@ -32,7 +32,7 @@ def main() -> None:
     from zrl_rollouts.nested import choose_layers, skipped_layers
 
     from bench.common import write_results
-    from zrl_plugins.models import resolve_model
+    from zrl_plugins.apps.models import resolve_model
 
     path = resolve_model(args.model, tempfile.mkdtemp())
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32

@@ -49,10 +49,10 @@ def speed_and_accuracy(budgets: list[int], rounds: int) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from zrl_rollouts.nested import NestedRollout, skipped_layers
 
-    from zrl_plugins.data import addition_splits
-    from zrl_plugins.evaluation import greedy_accuracy
-    from zrl_plugins.models import smollm2_path
-    from zrl_plugins.plugins import get_plugin_manager
+    from zrl_plugins.apps.data import addition_splits
+    from zrl_plugins.apps.evaluation import greedy_accuracy
+    from zrl_plugins.apps.models import smollm2_path
+    from zrl_plugins.framework.plugins import get_plugin_manager
 
     path = smollm2_path()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

@@ -42,8 +42,8 @@ def main() -> None:
 
     from bench.common import StepTimer, median, write_results
     from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-    from zrl_plugins.data import addition_splits
-    from zrl_plugins.models import resolve_model
+    from zrl_plugins.apps.data import addition_splits
+    from zrl_plugins.apps.models import resolve_model
 
     workdir = tempfile.mkdtemp(prefix="zrl-bench-")
     model_path, shape = resolve_model(args.model, workdir), SHAPES[args.model]

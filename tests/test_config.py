@@ -67,8 +67,8 @@ def test_verifier_kwargs_for_an_unselected_verifier_is_an_error():
 
 
 def test_unknown_keys_get_a_close_match(tmp_path):
-    from zrl_plugins.config import parse_config
-    from zrl_plugins.errors import ConfigError
+    from zrl_plugins.framework.errors import ConfigError
+    from zrl_plugins.trainers.config import parse_config
 
     yaml_file = tmp_path / "typo.yaml"
     yaml_file.write_text("normaliser: dr_grpo\nlearning_rate: 1.0e-5\n")
@@ -79,8 +79,8 @@ def test_unknown_keys_get_a_close_match(tmp_path):
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path):
-    from zrl_plugins.config import parse_config
-    from zrl_plugins.errors import ConfigError
+    from zrl_plugins.framework.errors import ConfigError
+    from zrl_plugins.trainers.config import parse_config
 
     yaml_file = tmp_path / "broken.yaml"
     yaml_file.write_text("normalizer: [dr_grpo\n  beta: 1\n")
@@ -89,7 +89,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
 
 
 def test_parse_config_returns_the_dataclasses():
-    from zrl_plugins.config import parse_config
+    from zrl_plugins.trainers.config import parse_config
 
     (config,) = parse_config([ZRLConfig], [*BASE, "--normalizer", "grpo"])
     assert isinstance(config, ZRLConfig) and config.normalizer == "grpo"

@@ -16,7 +16,7 @@ from bench import engines
     ("engine", "recipe"), [("zero3", "ppo_max"), ("zero3", "nested_reft"), ("fsdp2", "ppo_max_shared")]
 )
 def test_cell_trains_changes_weights_and_resumes_exactly(engine, recipe, tmp_path):
-    from zrl_plugins.models import resolve_model
+    from zrl_plugins.apps.models import resolve_model
 
     resolve_model("small", tmp_path / "models")
     record = engines.run_cell(engine, recipe, tmp_path, "small", 2, "cpu", 1, timeout=400)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from zrl_plugins.apps.testing import launch_two_cpu_processes
 from zrl_plugins.builtins.normalizers import GRPONormalizer
-from zrl_plugins.testing import launch_two_cpu_processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "global_groups.py"
 

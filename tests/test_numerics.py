@@ -11,9 +11,9 @@ import torch
 
 from tests.conftest import char_count_reward, tiny_config
 from zrl_plugins import ZRLGRPOTrainer
-from zrl_plugins.errors import ComponentContractError
-from zrl_plugins.numerics import NumericalInstabilityError, SkipGuard
-from zrl_plugins.testing import launch_two_cpu_processes
+from zrl_plugins.apps.testing import launch_two_cpu_processes
+from zrl_plugins.framework.errors import ComponentContractError
+from zrl_plugins.trainers.numerics import NumericalInstabilityError, SkipGuard
 
 
 def test_guard_counts_skips_and_stops_a_streak():
@@ -129,7 +129,7 @@ def test_a_normalizer_that_makes_nan_from_finite_losses_is_still_a_contract_erro
                                                                                   arithmetic_dataset):  # fmt: skip
     from zrl_plugins import hookimpl
     from zrl_plugins.builtins.normalizers import GRPONormalizer
-    from zrl_plugins.plugins import ZRLPluginManager
+    from zrl_plugins.framework.plugins import ZRLPluginManager
 
     class NaNAggregate(GRPONormalizer):
         def aggregate(self, per_token_loss, mask, ctx):

@@ -31,7 +31,7 @@ def test_wheel_ships_recipes_and_zrl_train_runs_from_it(tmp_path):
     work.mkdir()
 
     def zrl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "zrl_plugins.cli", *args], cwd=work, env=env,
+        return subprocess.run([sys.executable, "-m", "zrl_plugins.apps.cli", *args], cwd=work, env=env,
                               capture_output=True, text=True, timeout=600)  # fmt: skip
 
     listed = zrl("recipes", "--json")

@@ -9,9 +9,14 @@ import pluggy
 import pytest
 
 from zrl_plugins import hookimpl
-from zrl_plugins.cli import main as cli_main
-from zrl_plugins.errors import ComponentContractError, DuplicateComponentError, PluginError, UnknownComponentError
-from zrl_plugins.plugins import ZRLPluginManager
+from zrl_plugins.apps.cli import main as cli_main
+from zrl_plugins.framework.errors import (
+    ComponentContractError,
+    DuplicateComponentError,
+    PluginError,
+    UnknownComponentError,
+)
+from zrl_plugins.framework.plugins import ZRLPluginManager
 
 
 class TwoComponents:
@@ -195,7 +200,7 @@ def test_entry_points_are_loaded_and_a_broken_one_is_skipped(monkeypatch, tmp_pa
     with pytest.raises(UnknownComponentError, match="Broken plugins that could not be loaded: broken"):
         pm.entry("verifier", "from_the_broken_one")
 
-    import zrl_plugins.plugins as plugins_module
+    import zrl_plugins.framework.plugins as plugins_module
 
     monkeypatch.setattr(plugins_module, "_manager", pm)
     assert cli_main(["plugins"]) == 0
@@ -278,7 +283,7 @@ def test_components_built_inside_components_use_the_callers_manager(tmp_path, ti
     from zrl_plugins import ZRLGRPOTrainer, hookimpl
     from zrl_plugins.builtins.kl import FixedKLController
     from zrl_plugins.builtins.rollouts import DefaultRollout
-    from zrl_plugins.plugins import ZRLPluginManager, get_plugin_manager
+    from zrl_plugins.framework.plugins import ZRLPluginManager, get_plugin_manager
 
     class Private:
         @hookimpl

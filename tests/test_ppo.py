@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
+from zrl_plugins.apps.testing import launch_two_cpu_processes
 from zrl_plugins.builtins.estimators import GAEEstimator, ReinforcePlusPlusEstimator, discounted_sum, gae
-from zrl_plugins.critic import clipped_value_loss, is_critic_key
-from zrl_plugins.errors import ConfigError
-from zrl_plugins.running_stats import RunningMoments
-from zrl_plugins.testing import launch_two_cpu_processes
+from zrl_plugins.framework.errors import ConfigError
+from zrl_plugins.trainers.critic import clipped_value_loss, is_critic_key
+from zrl_plugins.trainers.running_stats import RunningMoments
 
 
 # ---------------------------------------------------------------------------------------------------- arithmetic
@@ -145,7 +145,7 @@ def test_ppo_updates_the_actor_after_warmup_and_rewards_reach_the_last_token(
     tmp_path, tiny_model_path, arithmetic_dataset
 ):
     from zrl_plugins import ZRLPPOTrainer, hookimpl
-    from zrl_plugins.plugins import ZRLPluginManager
+    from zrl_plugins.framework.plugins import ZRLPluginManager
 
     seen = {}
 
@@ -249,7 +249,7 @@ def test_two_processes_keep_one_critic(tiny_model_path, tmp_path):
 
 def test_shared_critic_is_a_head_on_the_policy_backbone(tmp_path, tiny_model_path, arithmetic_dataset):
     from zrl_plugins import ZRLPPOTrainer
-    from zrl_plugins.critic import ValueHead
+    from zrl_plugins.trainers.critic import ValueHead
 
     args = _ppo_config(tmp_path, max_steps=2, critic_mode="shared", vf_coef=0.5, learning_rate=0.0)
     trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
@@ -277,8 +277,8 @@ def test_a_critic_inside_the_policy_gives_the_loss_and_gradients_of_separate_mod
     import copy
 
     from zrl_plugins import ZRLPPOTrainer
-    from zrl_plugins.critic import detached_value_model
-    from zrl_plugins.testing import perturbed_batch
+    from zrl_plugins.apps.testing import perturbed_batch
+    from zrl_plugins.trainers.critic import detached_value_model
 
     args = _ppo_config(tmp_path, critic_mode=critic_mode, vf_coef=0.7, cliprange_value=0.05, beta=0.0,
                        reward_scaling="none")  # fmt: skip

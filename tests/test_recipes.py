@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zrl_plugins.errors import ConfigError, DataError
+from zrl_plugins.framework.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("simplerl_zoo", "dr_grpo", "lite_ppo", "ppo_max", "nested_reft")
@@ -20,7 +20,7 @@ TINY_OVERRIDES = ["--model_name_or_path", "tiny", "--max_steps", "2", "--n_eval"
 # ---------------------------------------------------------------------------------------------------- recipes
 @pytest.mark.parametrize("method", RECIPES)
 def test_each_recipe_runs_two_steps_with_its_cpu_demo_preset(method, tmp_path):
-    from zrl_plugins.recipe import run
+    from zrl_plugins.apps.recipe import run
 
     summary = run(method, ["--preset", "cpu-demo", *TINY_OVERRIDES, "--output_dir", str(tmp_path)])
     steps = [h for h in summary["log_history"] if "loss" in h]
@@ -55,7 +55,7 @@ def test_lora_from_a_recipe_trains_adapters_only(tmp_path):
     from safetensors.torch import load_file
 
     from zrl_plugins import hookimpl
-    from zrl_plugins.recipe import run
+    from zrl_plugins.apps.recipe import run
 
     class DigitsPlugin:  # a reward the random model earns unevenly, so the adapters get a gradient
         @hookimpl
@@ -80,7 +80,12 @@ def test_lora_from_a_recipe_trains_adapters_only(tmp_path):
 def test_model_flags_resolve_and_refuse_before_loading(monkeypatch):
     import types
 
-    from zrl_plugins.model_loading import RecipeModelConfig, check_model_flags, keeps_fp32_master_weights, resolve_dtype
+    from zrl_plugins.apps.model_loading import (
+        RecipeModelConfig,
+        check_model_flags,
+        keeps_fp32_master_weights,
+        resolve_dtype,
+    )
 
     cpu = types.SimpleNamespace(use_cpu=True, bf16=False, fp16=False, deepspeed_plugin=None, fsdp=None)
     gpu = types.SimpleNamespace(use_cpu=False, bf16=True, fp16=False, deepspeed_plugin=None, fsdp=None)
@@ -104,7 +109,7 @@ def test_model_flags_resolve_and_refuse_before_loading(monkeypatch):
 
 
 def test_one_flag_ablation_and_unknown_preset(tmp_path):
-    from zrl_plugins.recipe import expand_preset, run
+    from zrl_plugins.apps.recipe import expand_preset, run
 
     summary = run("simplerl_zoo", ["--preset", "cpu-demo", *TINY_OVERRIDES, "--max_steps", "1", "--n_eval", "0",
                                    "--normalizer", "dr_grpo", "--output_dir", str(tmp_path)])  # fmt: skip
@@ -116,14 +121,14 @@ def test_one_flag_ablation_and_unknown_preset(tmp_path):
 
 @pytest.mark.parametrize("method", RECIPES)
 def test_paper_configs_parse_into_the_method_config(method):
-    from zrl_plugins.config import parse_config
-    from zrl_plugins.recipe import METHODS, RecipeArguments
+    from zrl_plugins.apps.recipe import METHODS, RecipeArguments
+    from zrl_plugins.trainers.config import parse_config
 
     if METHODS[method] == "ppo":
-        from zrl_plugins.ppo_config import ZRLPPOConfig as Config
+        from zrl_plugins.trainers.ppo_config import ZRLPPOConfig as Config
     else:
-        from zrl_plugins.config import ZRLConfig as Config
-    from zrl_plugins.model_loading import RecipeModelConfig
+        from zrl_plugins.trainers.config import ZRLConfig as Config
+    from zrl_plugins.apps.model_loading import RecipeModelConfig
 
     paper = str(ROOT / "recipes" / f"{method}.yaml")
     recipe, config, model = parse_config(
@@ -180,7 +185,7 @@ def test_templates_render():
 # ---------------------------------------------------------------------------------------------------- tasks
 def test_generated_tasks_are_deterministic_and_verify_with_math_correct():
     from zrl_plugins import load_component
-    from zrl_plugins.tasks import countdown, word_problems
+    from zrl_plugins.apps.tasks import countdown, word_problems
 
     assert word_problems(20, steps=3, seed=1) == word_problems(20, steps=3, seed=1)
     assert word_problems(20, steps=3, seed=1) != word_problems(20, steps=3, seed=2)
@@ -220,7 +225,7 @@ def test_countdown_verifier_rules():
 def test_loaders_on_local_files(tmp_path):
     import pandas as pd
 
-    from zrl_plugins.loaders import load_math_records
+    from zrl_plugins.apps.loaders import load_math_records
 
     gsm = tmp_path / "gsm.jsonl"
     gsm.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": f"work...\n#### {i},000"}) for i in range(3)))
@@ -254,7 +259,7 @@ def test_loaders_on_local_files(tmp_path):
 # ---------------------------------------------------------------------------------------------------- evaluation
 def test_eval_metrics_on_canned_completions():
     from zrl_plugins import load_component
-    from zrl_plugins.evaluation import summarize_scores
+    from zrl_plugins.apps.evaluation import summarize_scores
 
     verifier = load_component("verifier", "last_number")
     completions = ["4", "the sum is 7", "I think 10", "..."]
@@ -267,7 +272,7 @@ def test_eval_metrics_on_canned_completions():
 
 
 def test_zrl_eval_command(tmp_path, tiny_model_path, capsys):
-    from zrl_plugins.cli import main
+    from zrl_plugins.apps.cli import main
 
     assert main(["eval", "--model", tiny_model_path, "--n", "5", "--k", "2", "--max_new_tokens", "6",
                  "--template_kwargs", '{"chat": false}', "--output", str(tmp_path)]) == 0  # fmt: skip
@@ -296,15 +301,15 @@ LABELLED = [
 
 @pytest.mark.parametrize(("text", "expected"), LABELLED)
 def test_behaviour_rules_on_labelled_examples(text, expected):
-    from zrl_plugins.monitor import behaviours
+    from zrl_plugins.apps.monitor import behaviours
 
     assert {name for name, shown in behaviours(text).items() if shown} == expected
 
 
 def test_default_verifier_for_math_records_loads(tmp_path):
     """A GSM8K/MATH-style task with no verifier named gets math_correct with the template's extraction."""
-    from zrl_plugins.plugins import get_plugin_manager
-    from zrl_plugins.recipe import RecipeArguments, default_verifiers
+    from zrl_plugins.apps.recipe import RecipeArguments, default_verifiers
+    from zrl_plugins.framework.plugins import get_plugin_manager
 
     names, kwargs = default_verifiers(RecipeArguments(task=str(tmp_path / "math.jsonl")), "boxed",
                                       get_plugin_manager().names("verifier"))  # fmt: skip

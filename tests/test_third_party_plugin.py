@@ -43,7 +43,7 @@ def installed_plugin(tmp_path_factory):
 
 def test_pip_installed_plugin_is_listed(installed_plugin):
     out = subprocess.run(
-        [sys.executable, "-m", "zrl_plugins.cli", "plugins", "--json"],
+        [sys.executable, "-m", "zrl_plugins.apps.cli", "plugins", "--json"],
         env=installed_plugin, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     components = {(c["kind"], c["name"]): c for c in json.loads(out)["components"]}

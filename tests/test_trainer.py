@@ -12,7 +12,7 @@ from tests.conftest import char_count_reward, tiny_config
 from zrl_plugins import ComponentContractError, PluginError, UnknownComponentError, ZRLGRPOTrainer, hookimpl
 from zrl_plugins.builtins.kl import K3KLPenalty
 from zrl_plugins.builtins.normalizers import GRPONormalizer
-from zrl_plugins.plugins import ZRLPluginManager
+from zrl_plugins.framework.plugins import ZRLPluginManager
 
 
 class DoublingController:
@@ -352,7 +352,7 @@ def test_a_verifier_failing_on_some_rows_scores_the_others(tmp_path, tiny_model_
     trainer = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, verifiers=["flaky", "digits"], max_steps=1)
     trainer.model.train()
     inputs = [dict(arithmetic_dataset[i]) for i in range(2) for _ in range(4)]  # prompts about 0 and about 1
-    with caplog.at_level(logging.WARNING, logger="zrl_plugins.verifier_guard"):
+    with caplog.at_level(logging.WARNING, logger="zrl_plugins.framework.verifier_guard"):
         trainer._generate_and_score_completions(inputs)
     flaky = recorder.batches[-1]["rewards_per_func"][:, 0]
     assert torch.isnan(flaky[:4]).all() and not torch.isnan(flaky[4:]).any()  # only the bad rows are not scored
@@ -389,7 +389,7 @@ def test_a_hanging_verifier_times_out_and_training_goes_on(tmp_path, tiny_model_
 def test_empty_dataset(tmp_path, tiny_model_path, pm):
     from datasets import Dataset
 
-    from zrl_plugins.errors import DataError
+    from zrl_plugins.framework.errors import DataError
 
     empty = Dataset.from_dict({"prompt": [], "answer": []})
     with pytest.raises(DataError, match="train_dataset is empty"):
@@ -399,7 +399,7 @@ def test_empty_dataset(tmp_path, tiny_model_path, pm):
 def test_missing_gold_column(tmp_path, tiny_model_path, pm):
     from datasets import Dataset
 
-    from zrl_plugins.errors import DataError
+    from zrl_plugins.framework.errors import DataError
 
     data = Dataset.from_list([{"prompt": "What is 1 + 1?", "solution": "2"}] * 8)
     with pytest.raises(DataError, match=r"verifier 'last_number' needs the data set column\(s\) \['answer'\]"):
@@ -409,7 +409,7 @@ def test_missing_gold_column(tmp_path, tiny_model_path, pm):
 def test_prompt_longer_than_the_context(tmp_path, tiny_model_path, arithmetic_dataset, pm):
     from datasets import Dataset
 
-    from zrl_plugins.errors import DataError
+    from zrl_plugins.framework.errors import DataError
 
     rows = [dict(arithmetic_dataset[i]) for i in range(4)]
     rows[2]["prompt"] = "What is 1 + 1? " * 200  # far beyond the tiny model's 512 positions
@@ -418,7 +418,7 @@ def test_prompt_longer_than_the_context(tmp_path, tiny_model_path, arithmetic_da
 
 
 def test_completion_length_zero(tmp_path, tiny_model_path, arithmetic_dataset, pm):
-    from zrl_plugins.errors import ConfigError
+    from zrl_plugins.framework.errors import ConfigError
 
     with pytest.raises(ConfigError, match="max_completion_length must be at least 1, got 0"):
         _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, max_completion_length=0)

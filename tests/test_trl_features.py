@@ -13,7 +13,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from tests.conftest import TINY_TRAINING, char_count_reward
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-from zrl_plugins.testing import compare_with_trl
+from zrl_plugins.apps.testing import compare_with_trl
 
 
 def length_reward(prompts, completions, **kwargs):

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from .framework.errors import (
     ComponentContractError,
     DuplicateComponentError,
     PluginError,
     UnknownComponentError,
     ZRLError,
 )
-from .hookspecs import hookimpl, hookspec
-from .plugins import get_plugin_manager, load_component, reset_plugin_manager
-from .protocols import (
+from .framework.hookspecs import hookimpl, hookspec
+from .framework.plugins import get_plugin_manager, load_component, reset_plugin_manager
+from .framework.protocols import (
     KLController,
     KLPenalty,
     LossContext,
@@ -56,28 +56,28 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .config import ZRLConfig
-    from .ppo_config import ZRLPPOConfig
-    from .ppo_trainer import ZRLPPOTrainer
-    from .trainer import ZRLGRPOTrainer
+    from .trainers.config import ZRLConfig
+    from .trainers.grpo import ZRLGRPOTrainer
+    from .trainers.ppo import ZRLPPOTrainer
+    from .trainers.ppo_config import ZRLPPOConfig
 
 
 def __getattr__(name: str) -> Any:
     # TRL and transformers take seconds to import: plugin authors and `zrl plugins` should not pay for them.
     if name == "ZRLConfig":
-        from .config import ZRLConfig
+        from .trainers.config import ZRLConfig
 
         return ZRLConfig
     if name == "ZRLGRPOTrainer":
-        from .trainer import ZRLGRPOTrainer
+        from .trainers.grpo import ZRLGRPOTrainer
 
         return ZRLGRPOTrainer
     if name == "ZRLPPOConfig":
-        from .ppo_config import ZRLPPOConfig
+        from .trainers.ppo_config import ZRLPPOConfig
 
         return ZRLPPOConfig
     if name == "ZRLPPOTrainer":
-        from .ppo_trainer import ZRLPPOTrainer
+        from .trainers.ppo import ZRLPPOTrainer
 
         return ZRLPPOTrainer
     raise AttributeError(f"module 'zrl_plugins' has no attribute {name!r}")

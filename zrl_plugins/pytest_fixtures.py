@@ -1,18 +1,4 @@
-"""Pytest fixtures for plugin test suites (imported by their ``conftest.py``); needs pytest."""
+"""Moved to :mod:`zrl_plugins.apps.pytest_fixtures`; this module keeps existing imports working (plugins should use
+:mod:`zrl_plugins.sdk`)."""
 
-from __future__ import annotations
-
-import os
-
-import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    """A tiny random Llama and its offline-trained tokenizer, written once per test session."""
-    from zrl_plugins.testing import build_tiny_model
-
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama")))
+from .apps.pytest_fixtures import *  # noqa: F403

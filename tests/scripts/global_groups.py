@@ -10,8 +10,8 @@ import sys
 from datasets import Dataset
 
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, hookimpl
-from zrl_plugins.distributed import shutdown_distributed
-from zrl_plugins.plugins import ZRLPluginManager
+from zrl_plugins.apps.distributed import shutdown_distributed
+from zrl_plugins.framework.plugins import ZRLPluginManager
 
 model_path, out_dir = sys.argv[1], sys.argv[2]
 rank = int(os.environ.get("RANK", "0"))  # set by the launcher for each process

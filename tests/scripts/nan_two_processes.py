@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-from zrl_plugins.distributed import shutdown_distributed
+from zrl_plugins.apps.distributed import shutdown_distributed
 
 model_path, out_dir = sys.argv[1], sys.argv[2]
 rank = int(os.environ.get("RANK", "0"))

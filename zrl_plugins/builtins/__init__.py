@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..hookspecs import hookimpl
+from ..framework.hookspecs import hookimpl
 from .estimators import GAEEstimator, ReinforcePlusPlusEstimator
 from .kl import FixedKLController, K3KLPenalty, NoKLPenalty
 from .normalizers import GRPONormalizer

@@ -1,14 +1,14 @@
 """Per-token advantage estimators of the PPO trainer (docs/methods.md#ppo): ``gae`` (with a critic) and ``reinforce_pp``
 (REINFORCE++: discounted returns of the per-token rewards, no critic). Both are registered as normalizers and
-follow :class:`~zrl_plugins.protocols.TokenAdvantageEstimator`.
+follow :class:`~zrl_plugins.sdk.TokenAdvantageEstimator`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..ops import token_mean_aggregate
-from ..protocols import LossContext
+from ..framework.ops import token_mean_aggregate
+from ..framework.protocols import LossContext
 
 
 def discounted_sum(x: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..protocols import KLController
+from ..framework.protocols import KLController
 
 Placement = Literal["loss", "reward"]
 Estimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -54,7 +54,7 @@ class EstimatorKLPenalty:
         placement: ``"loss"`` adds β·aggregate(KL) to the loss (GRPO); ``"reward"`` subtracts β·KL from the reward
             (per token for PPO; summed into the sequence reward before normalization for GRPO).
         controller: a controller name (``fixed``, or ``adaptive`` from zrl-kl; see ``zrl plugins``) or a
-            :class:`~zrl_plugins.protocols.KLController` object.
+            :class:`~zrl_plugins.sdk.KLController` object.
         controller_kwargs: keyword arguments of the named controller (e.g. ``{"target_kl": 6, "horizon": 10000}``).
         plugin_manager: the manager that builds this penalty (passed by it), which also builds the named controller;
             default: the process-wide one.
@@ -75,7 +75,7 @@ class EstimatorKLPenalty:
         self.placement: Placement = placement
         if isinstance(controller, str):
             if plugin_manager is None:
-                from ..plugins import get_plugin_manager
+                from ..framework.plugins import get_plugin_manager
 
                 plugin_manager = get_plugin_manager()
             kwargs = controller_kwargs or {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import aggregate, check_aggregation, group_view, nanstd
-from ..protocols import LossContext
+from ..framework.ops import aggregate, check_aggregation, group_view, nanstd
+from ..framework.protocols import LossContext
 
 
 class GRPONormalizer:
@@ -19,7 +19,7 @@ class GRPONormalizer:
 
     Args:
         delta: δ added to the standard deviation.
-        aggregation: another loss aggregation by name (``zrl_plugins.ops.aggregate``: ``token_mean`` gives TRL's
+        aggregation: another loss aggregation by name (``zrl_plugins.sdk.aggregate``: ``token_mean`` gives TRL's
             ``scale_rewards="group"`` + ``loss_type="dapo"``, TRL's default), as verl's ``loss_agg_mode``.
         max_completion_length: passed by the trainer (L_max of the ``constant`` aggregation).
     """

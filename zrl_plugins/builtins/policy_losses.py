@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from ..protocols import PolicyLossOutput
+from ..framework.protocols import PolicyLossOutput
 
 Level = Literal["token", "sequence"]
 

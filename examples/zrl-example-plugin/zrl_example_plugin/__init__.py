@@ -2,8 +2,7 @@
 
 import torch
 
-from zrl_plugins import LossContext, hookimpl
-from zrl_plugins.ops import group_view, sequence_mean_aggregate
+from zrl_plugins.sdk import LossContext, group_view, hookimpl, sequence_mean_aggregate
 
 
 class ShortAnswer:

@@ -6,8 +6,7 @@ Every estimator takes the arguments of :class:`zrl_plugins.builtins.kl.Estimator
 
 from __future__ import annotations
 
-from zrl_plugins import hookimpl
-from zrl_plugins.builtins.kl import EstimatorKLPenalty
+from zrl_plugins.sdk import EstimatorKLPenalty, hookimpl
 
 from .controllers import AdaptiveKLController
 from .estimators import ESTIMATORS, abs_kl, k1, k2, low_var_kl

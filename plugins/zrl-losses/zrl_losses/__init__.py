@@ -6,7 +6,7 @@ selects both). Formulas and references are in each class's docstring and in docs
 
 from __future__ import annotations
 
-from zrl_plugins import hookimpl
+from zrl_plugins.sdk import hookimpl
 
 from .losses import CISPO, LUSPO, SAPO, VESPO, gamma_weights
 

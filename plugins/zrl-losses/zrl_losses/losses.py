@@ -8,8 +8,7 @@ import math
 
 import torch
 
-from zrl_plugins.builtins.policy_losses import ClipLoss, Level, log_importance_weights
-from zrl_plugins.protocols import PolicyLossOutput
+from zrl_plugins.sdk import ClipLoss, Level, PolicyLossOutput, log_importance_weights
 
 
 class CISPO:

@@ -1,6 +1,6 @@
 """zrl-math: math reward verifiers for zero-RL, registered through zrl's hooks."""
 
-from zrl_plugins import hookimpl
+from zrl_plugins.sdk import hookimpl
 
 from .extract import extract_answer
 from .grading import Grader, grade

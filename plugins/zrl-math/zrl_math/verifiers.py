@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from typing import Any, Literal
 
-from zrl_plugins.builtins.verifiers import completion_text
+from zrl_plugins.sdk import completion_text
 
 from .extract import EXTRACTION_MODES, ExtractionMode, boxed_contents, extract_answer
 from .grading import Grader

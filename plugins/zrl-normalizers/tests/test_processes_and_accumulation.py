@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zrl_plugins.testing import launch_two_cpu_processes
+from zrl_plugins.apps.testing import launch_two_cpu_processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "one_step_gradients.py"
 NORMALIZERS = ["grpo", "dr_grpo", "lite_ppo", "batch", "rloo", "none"]

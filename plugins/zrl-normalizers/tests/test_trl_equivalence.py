@@ -8,7 +8,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-from zrl_plugins.testing import compare_with_trl
+from zrl_plugins.apps.testing import compare_with_trl
 
 DATA = Dataset.from_list([{"prompt": f"What is {a} + {a + 1}?", "answer": str(2 * a + 1)} for a in range(16)])
 COMMON = dict(

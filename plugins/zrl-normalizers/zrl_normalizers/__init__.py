@@ -1,6 +1,6 @@
 """zrl-normalizers: dr_grpo, lite_ppo, batch, rloo and none, registered through zrl's hooks."""
 
-from zrl_plugins import hookimpl
+from zrl_plugins.sdk import hookimpl
 
 from .normalizers import RLOO, BatchNormalizer, DrGRPO, LitePPO, NoNormalization
 

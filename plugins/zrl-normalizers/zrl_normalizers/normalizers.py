@@ -11,8 +11,7 @@ from typing import Literal
 
 import torch
 
-from zrl_plugins import LossContext
-from zrl_plugins.ops import aggregate, check_aggregation, group_view, nanstd
+from zrl_plugins.sdk import LossContext, aggregate, check_aggregation, group_view, nanstd
 
 
 def _finite(advantages: torch.Tensor) -> torch.Tensor:
@@ -21,7 +20,7 @@ def _finite(advantages: torch.Tensor) -> torch.Tensor:
 
 class Aggregating:
     """The loss aggregation of a normalizer: its own by default, or another one by name (``aggregation=``, as verl's
-    ``loss_agg_mode``; see :func:`zrl_plugins.ops.aggregate`)."""
+    ``loss_agg_mode``; see :func:`zrl_plugins.framework.ops.aggregate`)."""
 
     default_aggregation = "token_mean"  # Σ ℓ m / Σ m over the generation batch (TRL's ``dapo``)
 

@@ -11,9 +11,9 @@ import torch
 from datasets import Dataset
 
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, hookimpl, load_component
-from zrl_plugins.errors import ConfigError
-from zrl_plugins.group_filter import swap_rows, uninformative_groups
-from zrl_plugins.plugins import ZRLPluginManager
+from zrl_plugins.framework.errors import ConfigError
+from zrl_plugins.framework.group_filter import swap_rows, uninformative_groups
+from zrl_plugins.framework.plugins import ZRLPluginManager
 
 # even a: every completion gets the same reward (no signal); odd a: rewards vary with the completion
 DATA = Dataset.from_list([{"prompt": f"What is {a} + 1?", "answer": str(a + 1), "a": a} for a in range(16)])

@@ -1,6 +1,6 @@
 """zrl-rollouts: rollout strategies registered through zrl's hooks (``nested``, ``dynamic_sampling``)."""
 
-from zrl_plugins import hookimpl
+from zrl_plugins.sdk import hookimpl
 
 from .dynamic_sampling import DynamicSampling
 from .nested import NestedRollout, choose_layers, importance_weights, skipped_layers

@@ -3,7 +3,7 @@ replaced by groups of freshly sampled prompts until the batch is full or ``max_r
 whatever stays uninformative is dropped from the loss (masked, and left out of the reward statistics).
 
 It wraps any other rollout strategy (``inner``), which still produces the completions. It implements the core's
-:class:`~zrl_plugins.protocols.GroupFilter` whole: the trainer hands it the scored batch and a ``score_more``
+:class:`~zrl_plugins.framework.protocols.GroupFilter` whole: the trainer hands it the scored batch and a ``score_more``
 callable (only the trainer can generate and score); the loop, the draws and the decisions are here, the row surgery
 is ``ScoredBatch.replace_groups`` / ``drop_groups``. Each round generates a whole batch of new prompts per process,
 as verl's DAPO does with its generation batches.
@@ -17,10 +17,7 @@ from typing import Any
 
 import torch
 
-from zrl_plugins.errors import ConfigError
-from zrl_plugins.group_filter import uninformative_groups
-from zrl_plugins.protocols import ValidatesSetup
-from zrl_plugins.scored_batch import RefillContext, ScoredBatch
+from zrl_plugins.sdk import ConfigError, RefillContext, ScoredBatch, ValidatesSetup, uninformative_groups
 
 
 class DynamicSampling:
@@ -49,7 +46,7 @@ class DynamicSampling:
         if max_resamples < 0:
             raise ValueError(f"max_resamples must be >= 0, got {max_resamples}")
         if plugin_manager is None:
-            from zrl_plugins.plugins import get_plugin_manager
+            from zrl_plugins.sdk import get_plugin_manager
 
             plugin_manager = get_plugin_manager()
         self.inner_name = inner

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from zrl_plugins.builtins.rollouts import generate_with_trl
+from zrl_plugins.sdk import generate_with_trl
 
 Correction = Literal["none", "token_tis", "seq_tis"]
 

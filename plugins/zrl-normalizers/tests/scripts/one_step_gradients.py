@@ -18,9 +18,9 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, hookimpl
+from zrl_plugins.apps.distributed import shutdown_distributed
 from zrl_plugins.builtins.normalizers import GRPONormalizer
-from zrl_plugins.distributed import shutdown_distributed
-from zrl_plugins.plugins import ZRLPluginManager
+from zrl_plugins.framework.plugins import ZRLPluginManager
 
 NORMALIZERS = ["grpo", "dr_grpo", "lite_ppo", "batch", "rloo", "none", "local_token_mean"]
 GROUP = 4

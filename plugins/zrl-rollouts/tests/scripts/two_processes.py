@@ -8,7 +8,7 @@ import sys
 from datasets import Dataset
 
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-from zrl_plugins.distributed import shutdown_distributed
+from zrl_plugins.apps.distributed import shutdown_distributed
 
 model_path, out_dir, rollout, rollout_kwargs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 rank = int(os.environ.get("RANK", "0"))

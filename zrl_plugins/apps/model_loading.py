@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from trl import ModelConfig
 
-from .errors import ConfigError
+from ..framework.errors import ConfigError
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 

@@ -82,7 +82,7 @@ class ScoredBatch:
 
 @dataclass
 class RefillContext:
-    """What the core gives a group-filtering rollout strategy (:class:`~zrl_plugins.protocols.GroupFilter`).
+    """What the core gives a group-filtering rollout strategy (:class:`~zrl_plugins.sdk.GroupFilter`).
 
     Attributes:
         score_more: generate and score completions for these data set rows (one per completion, grouped) on this

@@ -2,11 +2,11 @@
 
 * A verifier that raises on a batch is called again row by row: rows that still raise get ``None`` (not scored), a
   warning names the verifier and the row, and ``verifier/<name>/errors`` counts them. A verifier that fails on
-  every row of a batch is broken, not unlucky: that raises :class:`~zrl_plugins.errors.PluginError`.
+  every row of a batch is broken, not unlucky: that raises :class:`~zrl_plugins.sdk.PluginError`.
 * A call that does not return within ``timeout`` seconds gives ``None`` for its rows and counts in
   ``verifier/<name>/timeouts``; the stuck call is left behind in a daemon thread and training goes on.
 * A wrong number of rewards, or a reward that is not a finite number or ``None``, is a
-  :class:`~zrl_plugins.errors.ComponentContractError` naming the verifier.
+  :class:`~zrl_plugins.sdk.ComponentContractError` naming the verifier.
 """
 
 from __future__ import annotations

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from ..framework.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .plugins import ZRLPluginManager
+    from ..framework.plugins import ZRLPluginManager
 
-SOURCE_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"  # a checkout (and editable installs)
-PACKAGED_RECIPES_DIR = Path(__file__).resolve().parent / "recipe_files"  # a wheel (copied there by setup.py)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+SOURCE_RECIPES_DIR = PACKAGE_DIR.parent / "recipes"  # a checkout (and editable installs)
+PACKAGED_RECIPES_DIR = PACKAGE_DIR / "recipe_files"  # a wheel (copied there by setup.py)
 
 
 def recipes_dir() -> Path:
@@ -151,12 +152,12 @@ def trainer_family(method: str) -> tuple[type, type]:
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; methods: {sorted(METHODS)}")
     if METHODS[method] == "ppo":
-        from .ppo_config import ZRLPPOConfig
-        from .ppo_trainer import ZRLPPOTrainer
+        from ..trainers.ppo import ZRLPPOTrainer
+        from ..trainers.ppo_config import ZRLPPOConfig
 
         return ZRLPPOConfig, ZRLPPOTrainer
-    from .config import ZRLConfig
-    from .trainer import ZRLGRPOTrainer
+    from ..trainers.config import ZRLConfig
+    from ..trainers.grpo import ZRLGRPOTrainer
 
     return ZRLConfig, ZRLGRPOTrainer
 
@@ -192,7 +193,7 @@ class PreparedRun:
     def trainer(self, observers: Sequence[Any] = (), before: float | None = None) -> Any:
         """The method's trainer on the training rows (plus held-out rows when the config evaluates during training).
         TRL loads the policy (and its reference model) from ``model_path`` with the model flags; ``observers`` are
-        registered as plugins of this run. With held-out rows, a :class:`~zrl_plugins.held_out.HeldOutAccuracy`
+        registered as plugins of this run. With held-out rows, a :class:`~zrl_plugins.apps.held_out.HeldOutAccuracy`
         callback measures them when training starts (unless ``before`` is given) and ends."""
         from datasets import Dataset
 
@@ -222,7 +223,7 @@ def _printer(method: str):
 
 
 def held_out_results(trainer: Any) -> Any:
-    """The run's :class:`~zrl_plugins.held_out.HeldOutAccuracy` callback, or ``None``."""
+    """The run's :class:`~zrl_plugins.apps.held_out.HeldOutAccuracy` callback, or ``None``."""
     from .held_out import HeldOutAccuracy
 
     return next((c for c in trainer.callback_handler.callbacks if isinstance(c, HeldOutAccuracy)), None)
@@ -252,11 +253,11 @@ def prepare(
     ``model_workdir``, default the run's ``output_dir``). ``plugins`` are extra plugin objects registered for this
     run only (e.g. a verifier defined in the calling script)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from .config import parse_config
+    from ..framework.plugins import ZRLPluginManager
+    from ..trainers.config import parse_config
     from .model_loading import RecipeModelConfig, check_model_flags, model_init_kwargs
     from .models import RANDOM_MODELS, resolve_model
     from .monitor import BehaviourMonitor
-    from .plugins import ZRLPluginManager
     from .tasks import with_prompts
 
     config_class, trainer_class = trainer_family(method)
@@ -299,7 +300,7 @@ def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] =
     plugin objects for this run (see :func:`prepare`)."""
     from accelerate import PartialState
 
-    from .critic import is_critic_key
+    from ..trainers.critic import is_critic_key
     from .devices import describe
     from .model_loading import parameter_counts
     from .plots import plot_training

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ConfigError
+from ..framework.errors import ConfigError
 
 TRL_DEFAULTS = {"loss_type": "dapo", "scale_rewards": "group", "importance_sampling_level": "token"}
 LOSS_TYPES = {  # loss_type → (policy loss, aggregation)

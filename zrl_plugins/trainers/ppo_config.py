@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..framework.errors import ConfigError
 from .config import ZRLConfig
-from .errors import ConfigError
 
 REWARD_SCALING = ("none", "std", "mean_std")
 

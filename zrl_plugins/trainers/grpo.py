@@ -47,12 +47,10 @@ from transformers import Trainer
 from trl import GRPOTrainer
 from trl.trainer.utils import get_callable_name, is_async_callable, nanmax, nanmin
 
-from .config import ZRLConfig
-from .errors import ComponentContractError, ConfigError, DataError, PluginError
-from .numerics import NumericalInstabilityError, SkipGuard
-from .ops import nanstd
-from .plugins import ZRLPluginManager, get_plugin_manager
-from .protocols import (
+from ..framework.errors import ComponentContractError, ConfigError, DataError, PluginError
+from ..framework.ops import nanstd
+from ..framework.plugins import ZRLPluginManager, get_plugin_manager
+from ..framework.protocols import (
     GroupFilter,
     ImportanceWeighting,
     LossContext,
@@ -61,8 +59,10 @@ from .protocols import (
     Stateful,
     ValidatesSetup,
 )
-from .scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
-from .verifier_guard import NamedVerifier
+from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
+from ..framework.verifier_guard import NamedVerifier
+from .config import ZRLConfig
+from .numerics import NumericalInstabilityError, SkipGuard
 
 logger = logging.getLogger(__name__)
 
@@ -482,8 +482,9 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         return self._checked_loss(loss, mode)
 
     def _checked_loss(self, loss: torch.Tensor, mode: str) -> torch.Tensor:
-        """A non-finite training loss is a numerical fault of the step (see :mod:`zrl_plugins.numerics`): noted for
-        the optimizer-step decision. DeepSpeed steps inside its backward, so there every process stops at once."""
+        """A non-finite training loss is a numerical fault of the step (see :mod:`zrl_plugins.trainers.numerics`):
+        noted for the optimizer-step decision. DeepSpeed steps inside its backward, so there every process stops at
+        once."""
         if mode != "train":
             return loss
         if self.is_deepspeed_enabled:
@@ -701,7 +702,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
     # ------------------------------------------------------------------------------------------------ numerics
     def _get_grad_norm(self, model, grad_norm=None):
         """The Trainer asks for the step's gradient norm just before the optimizer step: the place to decide, on
-        every process together, whether the step is taken (:mod:`zrl_plugins.numerics`)."""
+        every process together, whether the step is taken (:mod:`zrl_plugins.trainers.numerics`)."""
         norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         finite = norm is None or math.isfinite(float(norm))
         if self._nonfinite.pending is None and not finite:

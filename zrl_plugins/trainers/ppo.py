@@ -3,11 +3,11 @@
 Generation, verifiers, the reference model, PEFT, gradient accumulation, multi-process gathering, logging and
 checkpoints are :class:`~zrl_plugins.ZRLGRPOTrainer`'s (hence TRL's). What changes:
 
-* advantages are per token, from a :class:`~zrl_plugins.protocols.TokenAdvantageEstimator` selected as the
+* advantages are per token, from a :class:`~zrl_plugins.sdk.TokenAdvantageEstimator` selected as the
   ``normalizer`` (``gae`` by default): per-token rewards are the (running-scaled, clipped) verifier score at the last
   completion token minus β·KL_t from the KL plugin (placement ``reward``);
 * a critic gives V_old at rollout time and is trained with the clipped value loss in the same backward pass as the
-  actor. It is attached to the policy as a child module (:mod:`zrl_plugins.critic`), so the engine the Trainer
+  actor. It is attached to the policy as a child module (:mod:`zrl_plugins.trainers.critic`), so the engine the Trainer
   prepares — DDP, DeepSpeed ZeRO-2/3 or FSDP2 — shards, reduces, optimizes and checkpoints actor and critic
   together: one optimizer with the critic's own parameter groups (own learning rate, same schedule; actor held at lr
   0 for ``critic_warmup_steps``). Outside DeepSpeed, actor and critic gradients are clipped to ``max_grad_norm``
@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..framework.errors import ComponentContractError, ConfigError
+from ..framework.ops import token_mean_aggregate
 from .critic import (
     ValueHead,
     attach_value_model,
@@ -45,11 +47,9 @@ from .critic import (
     values_in_forward,
     without_critic,
 )
-from .errors import ComponentContractError, ConfigError
-from .ops import token_mean_aggregate
+from .grpo import CompletionForward, ZRLGRPOTrainer
 from .ppo_config import ZRLPPOConfig
 from .running_stats import RunningMoments
-from .trainer import CompletionForward, ZRLGRPOTrainer
 
 CRITIC_DIR = "critic"
 
@@ -107,7 +107,7 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
     @property
     def critic(self) -> torch.nn.Module | None:
         """The value model attached to the policy: a token-classification critic (``separate``), a
-        :class:`~zrl_plugins.critic.ValueHead` (``shared``), or ``None`` for a critic-free estimator."""
+        :class:`~zrl_plugins.trainers.critic.ValueHead` (``shared``), or ``None`` for a critic-free estimator."""
         return value_model_of(self.model)
 
     @property

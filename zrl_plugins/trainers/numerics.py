@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ZRLError
+from ..framework.errors import ZRLError
 
 POLICIES = ("skip", "raise")
 

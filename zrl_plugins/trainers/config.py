@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from trl import GRPOConfig
 
-from .errors import ConfigError
+from ..framework.errors import ConfigError
 
 KWARGS_FIELDS = ("verifier_kwargs", "normalizer_kwargs", "policy_loss_kwargs", "kl_penalty_kwargs", "rollout_kwargs")
 
@@ -42,7 +42,7 @@ class ZRLConfig(GRPOConfig):
 
     Adds to ``GRPOConfig`` the components selected by name. TRL's ``loss_type``, ``scale_rewards`` and
     ``importance_sampling_level`` keep their meaning: they are translated into the ``normalizer`` (advantage formula
-    and aggregation) and the ``policy_loss`` (:mod:`zrl_plugins.trl_options`); ``kl_penalty`` decides the KL
+    and aggregation) and the ``policy_loss`` (:mod:`zrl_plugins.trainers.trl_options`); ``kl_penalty`` decides the KL
     estimator and placement, with ``beta`` as its initial coefficient.
     """
 

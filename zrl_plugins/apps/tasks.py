@@ -81,7 +81,7 @@ def countdown(n: int, numbers: int = 3, seed: int = 0, max_number: int = 25) -> 
 
 
 def with_prompts(rows: Sequence[dict[str, Any]], template: Any) -> list[dict[str, Any]]:
-    """Rows with a ``prompt`` built by ``template`` (a :class:`~zrl_plugins.protocols.PromptTemplate`)."""
+    """Rows with a ``prompt`` built by ``template`` (a :class:`~zrl_plugins.sdk.PromptTemplate`)."""
     return [{**row, "prompt": template(row["question"])} for row in rows]
 
 

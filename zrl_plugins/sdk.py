@@ -1,0 +1,107 @@
+"""The plugin SDK: everything a plugin distribution needs from zrl, in one import.
+
+    from zrl_plugins.sdk import hookimpl, LossContext, group_view, aggregate, PolicyLossOutput, ...
+
+Plugins import from here rather than from zrl's internals (``zrl_plugins.framework``, ``zrl_plugins.builtins``), which
+may move between versions; the names below are the supported surface. Importing it does not import TRL.
+"""
+
+from __future__ import annotations
+
+from .builtins.kl import EstimatorKLPenalty, FixedKLController, k3
+from .builtins.policy_losses import ClipLoss, Level, log_importance_weights
+from .builtins.rollouts import generate_with_trl
+from .builtins.verifiers import completion_text, last_number
+from .framework.errors import (
+    ComponentContractError,
+    ConfigError,
+    DataError,
+    DuplicateComponentError,
+    PluginError,
+    UnknownComponentError,
+    ZRLError,
+)
+from .framework.group_filter import uninformative_groups
+from .framework.hookspecs import hookimpl, hookspec
+from .framework.ops import (
+    AGGREGATIONS,
+    aggregate,
+    batch_token_mean_aggregate,
+    check_aggregation,
+    constant_length_aggregate,
+    group_view,
+    nanstd,
+    sequence_mean_aggregate,
+    sequence_sum_aggregate,
+    token_mean_aggregate,
+)
+from .framework.plugins import get_plugin_manager, load_component
+from .framework.protocols import (
+    GroupFilter,
+    ImportanceWeighting,
+    KLController,
+    KLPenalty,
+    LossContext,
+    NeedsColumns,
+    Normalizer,
+    PolicyLoss,
+    PolicyLossOutput,
+    PromptTemplate,
+    RolloutStrategy,
+    Stateful,
+    TokenAdvantageEstimator,
+    ValidatesSetup,
+    Verifier,
+)
+from .framework.scored_batch import RefillContext, ScoredBatch
+
+__all__ = [
+    "AGGREGATIONS",
+    "ClipLoss",
+    "ComponentContractError",
+    "ConfigError",
+    "DataError",
+    "DuplicateComponentError",
+    "EstimatorKLPenalty",
+    "FixedKLController",
+    "GroupFilter",
+    "ImportanceWeighting",
+    "KLController",
+    "KLPenalty",
+    "Level",
+    "LossContext",
+    "NeedsColumns",
+    "Normalizer",
+    "PluginError",
+    "PolicyLoss",
+    "PolicyLossOutput",
+    "PromptTemplate",
+    "RefillContext",
+    "RolloutStrategy",
+    "ScoredBatch",
+    "Stateful",
+    "TokenAdvantageEstimator",
+    "UnknownComponentError",
+    "ValidatesSetup",
+    "Verifier",
+    "ZRLError",
+    "aggregate",
+    "batch_token_mean_aggregate",
+    "check_aggregation",
+    "completion_text",
+    "constant_length_aggregate",
+    "generate_with_trl",
+    "get_plugin_manager",
+    "group_view",
+    "hookimpl",
+    "hookspec",
+    "k3",
+    "last_number",
+    "load_component",
+    "log_importance_weights",
+    "nanstd",
+    "sequence_mean_aggregate",
+    "sequence_sum_aggregate",
+    "token_mean_aggregate",
+    "uninformative_groups",
+]
