@@ -81,11 +81,19 @@ class StepRecorder:
 
 
 def parse_sweep(sweep: str, config_class: type) -> tuple[str, list[str]]:
-    """``FIELD=v1,v2`` → (FIELD, [v1, v2]); FIELD must be a field of the recipe's config, of RecipeArguments or of
+    """``FIELD=v1,v2`` → (FIELD, [v1, v2]); values that contain commas (JSON objects) as a JSON list:
+    ``FIELD=[{"a": 1, "b": 2}, {"a": 3}]``. FIELD must be a field of the recipe's config, of RecipeArguments or of
     the model flags (RecipeModelConfig)."""
     field_name, _, values_text = sweep.partition("=")
     known = {f.name for t in (config_class, RecipeArguments, RecipeModelConfig) for f in fields(t)}
-    values = [v for v in values_text.split(",") if v]
+    if values_text.lstrip().startswith("["):
+        try:
+            parsed = json.loads(values_text)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"--sweep {field_name}=[...] must be a JSON list: {error}") from None
+        values = [v if isinstance(v, str) else json.dumps(v) for v in parsed]
+    else:
+        values = [v for v in values_text.split(",") if v]
     if field_name not in known or not values:
         raise SystemExit(
             f"--sweep must be FIELD=v1,v2,... with FIELD a field of {config_class.__name__}, RecipeArguments or "

@@ -271,6 +271,25 @@ def test_eval_metrics_on_canned_completions():
                        "truncation_rate": 0.25, "pass@2": 0.75}  # fmt: skip
 
 
+def test_accuracy_counts_correct_answers_whatever_the_reward_shaping(tiny_model_path):
+    """Held-out accuracy is the fraction of completions scored >= 1 (correct): a format-aware reward's -0.5 / -1
+    penalties must not make it negative, nor partial credit count as a fraction of a correct answer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zrl_plugins.apps.evaluation import greedy_accuracy, is_correct
+
+    assert [is_correct(s) for s in (1.0, 1.5, 0.99, 0.0, -0.5, -1.0, None)] == [True, True] + [False] * 5
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path, padding_side="left")
+    rows = [{"prompt": f"{i} plus", "answer": str(i)} for i in range(5)]
+
+    def shaped(prompts, completions, **columns):
+        return [1.0, -0.5, -1.0, None, 0.5]
+
+    accuracy, completions = greedy_accuracy(model, tokenizer, rows, shaped, max_new_tokens=2)
+    assert accuracy == 0.2 and len(completions) == 5
+
+
 def test_zrl_eval_command(tmp_path, tiny_model_path, capsys):
     from zrl_plugins.apps.cli import main
 

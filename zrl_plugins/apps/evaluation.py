@@ -73,11 +73,18 @@ def greedy_accuracy(
     max_new_tokens: int = 24,
     batch_size: int = 50,
 ) -> tuple[float, list[str]]:
-    """Mean verifier score of greedy completions (``None`` counts as 0) and the completions themselves."""
+    """Fraction of greedy completions that are correct (:func:`is_correct`) and the completions themselves."""
     prompts, columns = prompts_and_columns(rows)
     completions = greedy_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
     scores = verifier(prompts=prompts, completions=completions, **columns)
-    return sum(s or 0.0 for s in scores) / len(rows), completions
+    return sum(map(is_correct, scores)) / len(rows), completions
+
+
+def is_correct(score: float | None) -> bool:
+    """A completion is correct when its verifier score is at least 1, the score every built-in verifier gives a
+    correct answer: format-aware penalties (negative), partial credit and unscorable (``None``) count as wrong, so
+    accuracy means the same whatever reward shaping a run trains with."""
+    return score is not None and score >= 1.0
 
 
 def summarize_scores(
@@ -91,7 +98,7 @@ def summarize_scores(
     pass@1 is greedy accuracy; pass@k is the fraction of problems with at least one correct answer among the ``k``
     samples of each; lengths are in tokens, for the greedy completions that were correct and incorrect.
     """
-    correct = [bool(s and s >= 1.0) for s in greedy_scores]
+    correct = [is_correct(s) for s in greedy_scores]
     n = max(len(correct), 1)
 
     def mean(values: list[int]) -> float | None:
@@ -106,7 +113,7 @@ def summarize_scores(
     }
     if sampled_scores:
         k = len(sampled_scores[0])
-        result[f"pass@{k}"] = sum(any(s and s >= 1.0 for s in row) for row in sampled_scores) / n
+        result[f"pass@{k}"] = sum(any(map(is_correct, row)) for row in sampled_scores) / n
     return result
 
 

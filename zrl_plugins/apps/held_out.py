@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .evaluation import generate_completions, prompts_and_columns
+from .evaluation import generate_completions, is_correct, prompts_and_columns
 from .provenance import wilson_interval
 
 
@@ -24,7 +24,8 @@ def sharded_greedy_accuracy(
     max_new_tokens: int,
     batch_size: int = 50,
 ) -> tuple[float, list[str]]:
-    """Greedy accuracy of ``trainer``'s policy on ``rows`` over all processes; (accuracy, the first completions)."""
+    """Greedy accuracy (fraction correct, :func:`~zrl_plugins.apps.evaluation.is_correct`) of ``trainer``'s policy on
+    ``rows`` over all processes; (accuracy, the completions)."""
     from accelerate.utils import gather_object
     from trl.models import unwrap_model_for_generation
 
@@ -39,7 +40,8 @@ def sharded_greedy_accuracy(
             model, trainer.processing_class, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
         )
     scores = verifier(prompts=prompts, completions=completions, **columns)
-    results = gather_object([(i, s or 0.0, c) for i, s, c in zip(indices, scores, completions, strict=True)])
+    scored = zip(indices, scores, completions, strict=True)
+    results = gather_object([(i, float(is_correct(s)), c) for i, s, c in scored])
     kept = sorted({i: (s, c) for i, s, c in results if i < len(rows)}.items())
     return sum(s for _, (s, _) in kept) / len(rows), [c for _, (_, c) in kept]
 

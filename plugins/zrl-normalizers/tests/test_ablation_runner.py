@@ -89,3 +89,22 @@ def test_seeds_give_per_step_intervals(tmp_path):
     # one data split for every seed: the held-out rows (hence the "before" accuracy) are the same
     befores = [b for v in report["held_out_by_seed"].values() for b, _ in v.values()]
     assert len(set(befores)) == 1
+
+
+def test_sweep_values_with_commas_as_a_json_list(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("zrl_recipe_ablate", ROOT / "recipes" / "ablate.py")
+    ablate = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "zrl_recipe_ablate", ablate)  # its dataclasses look their module up
+    spec.loader.exec_module(ablate)
+    from zrl_plugins import ZRLConfig
+
+    field, values = ablate.parse_sweep(
+        'verifier_kwargs=[{"math_correct": {"extraction": "boxed", "mode": "correct_only"}}, "{}"]', ZRLConfig
+    )
+    assert field == "verifier_kwargs"
+    assert [json.loads(v) for v in values] == [{"math_correct": {"extraction": "boxed", "mode": "correct_only"}}, {}]
+    assert ablate.parse_sweep("normalizer=grpo,dr_grpo", ZRLConfig) == ("normalizer", ["grpo", "dr_grpo"])
+    with pytest.raises(SystemExit, match="must be a JSON list"):
+        ablate.parse_sweep('verifier_kwargs=[{"a": 1,', ZRLConfig)
