@@ -1,5 +1,5 @@
-"""Skipped iterations (zrl_plugins/numerics.py): a non-finite step changes nothing and training goes on; a streak
-stops the run with a numerics error; plugin contract errors stay contract errors."""
+"""Skipped iterations (zrl_plugins/trainers/numerics.py): a non-finite step changes nothing and training goes on; a
+streak stops the run with a numerics error; plugin contract errors stay contract errors."""
 
 from __future__ import annotations
 

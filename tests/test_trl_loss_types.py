@@ -1,7 +1,7 @@
 """Every TRL loss type × scale_rewards keeps its meaning under zrl: ``ZRLConfig(loss_type=X, scale_rewards=Y)``
 gives TRL's advantages, loss and gradients on the same batch — unequal completion lengths, importance ratios ≠ 1,
-a reference model that differs from the policy — at 1 and 2 gradient-accumulation steps (zrl_plugins/trl_options.py
-translates the options into a policy loss and a normalizer)."""
+a reference model that differs from the policy — at 1 and 2 gradient-accumulation steps
+(zrl_plugins/trainers/trl_options.py translates the options into a policy loss and a normalizer)."""
 
 from __future__ import annotations
 

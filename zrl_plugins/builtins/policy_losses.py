@@ -1,5 +1,5 @@
 """The core's policy loss ``clip``: PPO's clipped surrogate at token or sequence (GSPO) level, as TRL computes it.
-CISPO, SAPO, LUSPO and VESPO live in the ``zrl-losses`` plugin (docs/methods.md#grpo)."""
+CISPO, SAPO, LUSPO and VESPO live in the ``zrl-losses`` plugin (docs/methods.md#policy-losses)."""
 
 from __future__ import annotations
 

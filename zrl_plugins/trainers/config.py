@@ -89,8 +89,8 @@ class ZRLConfig(GRPOConfig):
     loss_type: str | None = field(
         default=None,
         metadata={"help": "TRL's loss type (grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo), translated into "
-                  "the policy loss and the normalizer's aggregation (zrl_plugins/trl_options.py). Unset: TRL's "
-                  "default `dapo`, unless `normalizer` is chosen (then its own aggregation)."},
+                  "the policy loss and the normalizer's aggregation (zrl_plugins/trainers/trl_options.py). Unset: "
+                  "TRL's default `dapo`, unless `normalizer` is chosen (then its own aggregation)."},
     )  # fmt: skip
     scale_rewards: str | None = field(
         default=None,

@@ -11,18 +11,23 @@ TRL methods overridden, and why:
     rollout strategy that replaces generation as TRL's ``rollout_func``, and sets ``args.beta`` so that TRL loads a
     reference model exactly when the KL penalty needs one (``kl_penalty="none"`` → none is loaded).
 ``_calculate_rewards``
-    Calls TRL's, and keeps the gathered (global) reward matrix for the normalizer. TRL computes advantages inline in
-    ``_generate_and_score_completions`` with no hook, so this is the seam.
+    Calls TRL's (reward functions, multi-process gathering) and hands the gathered reward matrix and the truncation
+    flags back as a value (:class:`~zrl_plugins.framework.scored_batch.ScoredBatch`), not as trainer attributes.
 ``_generate_and_score_completions``
-    Calls TRL's, then replaces ``advantages`` with the normalizer's, computed on the global batch and sliced to this
-    process (as TRL does); applies a reward-placed KL penalty first; computes π_old log-probs for off-policy
-    rollouts; calls the ``zrl_on_rollout_batch`` observers.
+    A straight pipeline over a ``ScoredBatch``: score (TRL's generation and rewards) → group filter (a rollout that
+    implements :class:`~zrl_plugins.framework.protocols.GroupFilter`, e.g. DAPO's dynamic sampling, given a
+    ``score_more`` callable) → reward shaping (truncation rule, ``normalize_then_sum``, KL placed in the reward) →
+    the normalizer's advantages on the global batch, sliced to this process as TRL does → π_old log-probs for
+    off-policy rollouts → ``zrl_on_rollout_batch`` observers.
 ``_compute_loss``
     TRL aggregates the per-token loss with a fixed ``if loss_type == ...`` chain and hard-codes the k3 estimator, so
-    the loss is rebuilt here: the same clipped surrogate as TRL's ``grpo``/``dapo``/``dr_grpo``/``bnpo`` loss types
-    (token or sequence importance level, two-sided ``delta`` clip, off-policy mask, entropy mask, vLLM importance
-    correction, entropy bonus, router aux loss — reusing TRL's helpers), with the aggregation delegated to the
-    normalizer and the KL term to the KL penalty. The metrics logged are TRL's, plus ``kl_coef``.
+    the loss is composed here from parts: the forward (TRL's ``_get_per_token_logps_and_entropies``), the
+    ``policy_loss`` component's per-token loss (token or sequence importance level), TRL's masks (off-policy mask,
+    entropy mask, vLLM importance correction), the KL penalty's term, the bonus terms (entropy bonus, static or
+    adaptive, router aux loss), and the normalizer's aggregation. A non-finite loss is left to the step guard
+    (:mod:`zrl_plugins.trainers.numerics`), not blamed on a plugin. The metrics logged are TRL's, plus ``kl_coef``.
+``create_scheduler`` / ``_get_grad_norm``
+    Install the non-finite step guard: a step whose loss or gradient norm is not finite is skipped on every process.
 ``log`` (through :class:`_ObservedLog`, placed after ``GRPOTrainer`` in the MRO)
     Lets ``zrl_on_log`` observers see and extend the metrics dict after TRL has merged its own metrics into it.
 ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``

@@ -39,7 +39,7 @@ class ZRLPPOConfig(ZRLConfig):
         default="separate",
         metadata={"help": "`separate`: the critic is its own backbone copy with a value head (own learning rate); "
                   "`shared`: a value head on the policy's own backbone (no second copy; the value loss, weighted by "
-                  "`vf_coef`, also trains the backbone; one process only)."},
+                  "`vf_coef`, also trains the backbone)."},
     )  # fmt: skip
     vf_coef: float = field(default=1.0, metadata={"help": "Weight of the value loss in the total loss."})
     critic_model_name_or_path: str | None = field(

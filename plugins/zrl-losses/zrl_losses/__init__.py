@@ -1,7 +1,7 @@
 """zrl-losses: policy losses beyond PPO's clipped surrogate, registered through zrl's hooks.
 
 Each reproduces TRL's ``loss_type`` of the same name (the aggregation is the normalizer's; ``ZRLConfig(loss_type=...)``
-selects both). Formulas and references are in each class's docstring and in docs/methods.md#grpo.
+selects both). Formulas and references are in each class's docstring and in docs/methods.md#policy-losses.
 """
 
 from __future__ import annotations

@@ -185,9 +185,10 @@ def test_calibration_skips_the_layer_that_changes_the_model_least(identity, four
 
 def test_nested_logs_behaviour_kl_and_ess_and_warns_once(four_layers, tmp_path):
     trainer = trainer_for(four_layers, tmp_path, rollout="nested",
-                          rollout_kwargs={"selection": "block", "ess_warning": 1.01})  # fmt: skip
+                          rollout_kwargs={"selection": "calibrated", "ess_warning": 1.01})  # fmt: skip
     with pytest.warns(UserWarning, match="effective sample size") as caught:
         trainer.train()
     assert sum("effective sample size" in str(w.message) for w in caught) == 1
     log = next(h for h in trainer.state.log_history if "loss" in h)
     assert 0.0 < log["rollout/ess"] <= 1.0 and math.isfinite(log["rollout/behaviour_kl"])
+    assert log["rollout/calibration_kl"] == pytest.approx(trainer.rollout_strategy.calibration_kl["chosen"])

@@ -138,9 +138,10 @@ class NestedRollout:
         selection: which layers. ``calibrated`` (default) measures, on the batch's own prompts, how far skipping each
             candidate set moves the model — mean token KL(full ‖ skipped) over ``calibration_tokens`` greedy tokens
             of ``calibration_prompts`` prompts — and skips the cheapest set (candidates: every contiguous block, and
-            the individually cheapest layers), re-calibrating every ``calibrate_every`` rollout batches and after a
-            resume; ``block``: the contiguous late-middle block before the last two layers; ``random``: a fresh
-            uniform draw per batch (the original rule).
+            the individually cheapest layers), re-calibrating every ``calibrate_every`` rollout batches (a resume
+            restores the chosen set, or re-measures with ``recalibrate_on_resume``); ``block``: the contiguous
+            late-middle block before the last two layers; ``random``: a fresh uniform draw per batch (the original
+            rule).
         layers: a fixed list of layers to skip instead (overrides ``selection``).
         correction: ``none``, ``token_tis`` or ``seq_tis``.
         clip: C, the truncation of the importance weights.
@@ -212,6 +213,9 @@ class NestedRollout:
             out["logprobs"] = self._behaviour_logps(trainer, out["prompt_ids"], out["completion_ids"])
         mode = "train" if trainer.model.training else "eval"
         trainer._metrics[mode]["rollout/skipped_layers"].append(float(len(skip)))
+        if self.selection == "calibrated" and self.layers is None and "chosen" in self.calibration_kl:
+            # the chosen set's token KL(full ‖ skipped) when it was last measured
+            trainer._metrics[mode]["rollout/calibration_kl"].append(self.calibration_kl["chosen"])
         return out
 
     def choose(self, model: nn.Module, prompts: Sequence[Any], trainer: Any) -> list[int]:
