@@ -24,6 +24,9 @@ VARIANTS: dict[str, list[str]] = {
     "lr1e-4": ["--learning_rate", "1e-4"],
     "lr5e-5_8x4": ["--learning_rate", "5e-5", "--prompts_per_step", "8", "--num_generations", "4"],
     "lr5e-5_4x4": ["--learning_rate", "5e-5", "--num_generations", "4"],
+    "lr2e-5_4x4": ["--learning_rate", "2e-5", "--num_generations", "4"],
+    "lr2e-5_4x4_45steps": ["--learning_rate", "2e-5", "--num_generations", "4", "--max_steps", "45"],
+    "lr3e-5_4x4": ["--learning_rate", "3e-5", "--num_generations", "4"],
     "lr5e-5_fp32": ["--learning_rate", "5e-5", "--precision", "fp32"],
     "lr5e-5_default_system": ["--learning_rate", "5e-5", "--system_prompt", "default"],
 }
@@ -53,13 +56,18 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = {k: summary[k] for k in ("accuracy_before", "accuracy_after", "accuracy_before_interval",
                                                  "accuracy_after_interval", "seconds_per_step", "wall_minutes",
                                                  "train_reward_per_step", "device", "demo_args")}  # fmt: skip
-        rows = ["| variant | validation before → after (95 % CI of after) | s/step | wall min |", "|---|---|---|---|"]
+        rows = ["| variant | prompts × generations, steps | validation before → after (95 % CI of after) | s/step | "
+                "wall min |", "|---|---|---|---|---|"]  # fmt: skip
         for key, r in results.items():
             low, high = r["accuracy_after_interval"]
-            rows.append(f"| {key} | {r['accuracy_before']:.3f} → {r['accuracy_after']:.3f} ({low:.2f}–{high:.2f}) | "
+            a = r["demo_args"]
+            rows.append(f"| {key} | {a['prompts_per_step']} × {a['num_generations']}, {a['max_steps']} | "
+                        f"{r['accuracy_before']:.3f} → {r['accuracy_after']:.3f} ({low:.2f}–{high:.2f}) | "
                         f"{r['seconds_per_step']} | {r['wall_minutes']} |")  # fmt: skip
-        table = "\n".join(rows) + (f"\n\n{args.max_steps} steps each, {args.n_validation} validation problems (taken "
-                                   "from the training problems), same seed; device: " + r["device"] + ".")  # fmt: skip
+        table = "\n".join(rows) + (f"\n\n{args.n_validation} validation problems (taken from the training problems, "
+                                   "never trained on), same seed; device: " + r["device"] + ". Seconds per step "
+                                   "were measured while other jobs shared the 2 cores for some variants (lr1e-4, "
+                                   "lr2e-5, lr5e-5): compare learning, not speed, across rows.")  # fmt: skip
         write_results("demo_tuning", {"variants": results}, table)
     return results
 
