@@ -57,9 +57,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import os
+    from .console import quiet_startup
 
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    quiet_startup()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .evaluation import evaluate

