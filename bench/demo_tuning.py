@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
                         f"{r['seconds_per_step']} | {r['wall_minutes']} |")  # fmt: skip
         table = "\n".join(rows) + (f"\n\n{args.n_validation} validation problems (taken from the training problems, "
                                    "never trained on), same seed; device: " + r["device"] + ". Seconds per step "
-                                   "were measured while other jobs shared the 2 cores for some variants (lr1e-4, "
-                                   "lr2e-5, lr5e-5): compare learning, not speed, across rows.")  # fmt: skip
+                                   "were measured while other jobs shared the 2 cores for some variants "
+                                   "(lr1e-4, lr2e-5, lr5e-5, lr2e-5_4x4): compare learning, not speed, across "
+                                   "rows.")  # fmt: skip
         write_results("demo_tuning", {"variants": results}, table)
     return results
 

@@ -4,7 +4,7 @@
     python -m bench.trl_comparison --steps 4 --n_eval 50
 
 Both arms train SmolLM2-135M-Instruct on the demo's a + b problems with the same experiment settings (learning rate,
-constant schedule, 4 prompts × 8 generations, 16 completion tokens, temperature 1, seed, no KL, TRL's
+constant schedule, batch shape and completion length — the demo's defaults —, temperature 1, seed, no KL, TRL's
 ``loss_type="grpo"`` — zrl's ``normalizer="grpo"`` computes the same loss) and differ only where zrl's CPU path
 differs from ``GRPOConfig``'s defaults:
 
@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-ZRL_SYSTEM_PROMPT = "Answer briefly."
+
+
+def demo_defaults() -> Any:
+    """The main job's settings (learning rate, batch shape, completion length): the comparison uses the same."""
+    from zrl_plugins.apps.demo import parse_args
+
+    return parse_args([])
 
 
 def run_arm(arm: str, steps: int, n_eval: int, seed: int, learning_rate: float, out: Path) -> dict[str, Any]:
@@ -61,11 +67,14 @@ def run_arm(arm: str, steps: int, n_eval: int, seed: int, learning_rate: float, 
 
     path = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    system = ZRL_SYSTEM_PROMPT if arm == "zrl" else None  # None: the chat template's default system prompt
+    demo = demo_defaults()
+    system = demo.system_prompt if arm == "zrl" else None  # None: the chat template's default system prompt
     train, held_out = addition_splits(n_eval=n_eval, seed=seed, system=system)
     verifier = get_plugin_manager().load_component("verifier", "last_number")
     common = dict(output_dir=str(out), learning_rate=learning_rate, lr_scheduler_type="constant",
-                  per_device_train_batch_size=32, num_generations=8, max_completion_length=16, temperature=1.0,
+                  per_device_train_batch_size=demo.prompts_per_step * demo.num_generations,
+                  num_generations=demo.num_generations, max_completion_length=demo.max_completion_length,
+                  temperature=1.0,
                   max_steps=steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=seed,
                   beta=0.0)  # fmt: skip
     torch.manual_seed(seed)
@@ -95,7 +104,7 @@ def run_arm(arm: str, steps: int, n_eval: int, seed: int, learning_rate: float, 
     trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_supports_bf16()):
-        accuracy, _ = greedy_accuracy(model, tokenizer, held_out, verifier, max_new_tokens=16)
+        accuracy, _ = greedy_accuracy(model, tokenizer, held_out, verifier, max_new_tokens=demo.max_completion_length)
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     text = tokenizer.apply_chat_template(train[0]["prompt"], add_generation_prompt=True, tokenize=False)
     prompt_tokens = len(tokenizer(text, add_special_tokens=False).input_ids)
@@ -124,10 +133,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--n_eval", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--learning_rate", type=float, default=None, help="default: the demo's")
     parser.add_argument("--arm", choices=["zrl", "trl"], help=argparse.SUPPRESS)  # internal: one arm, JSON to stdout
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.learning_rate = args.learning_rate or demo_defaults().learning_rate
     if args.arm:
         result = run_arm(args.arm, args.steps, args.n_eval, args.seed, args.learning_rate, Path(args.out))
         (Path(args.out) / "arm.json").write_text(json.dumps(result))

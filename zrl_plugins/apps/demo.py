@@ -5,8 +5,11 @@ Prints the device, held-out greedy accuracy before and after (with 95 % interval
 ``verifiers=["last_number"]``, ``normalizer="grpo"``, ``kl_penalty="none"``. It uses the GPU when one is visible (and
 torch was built with CUDA), the CPU otherwise, with bf16 autocast where the device computes bf16 natively.
 
-The defaults (learning rate, batch shape, prompt) were chosen on a validation split carved from the training
-problems — never on the held-out ones (``--evaluate_on validation``; ``bench/demo_tuning.py``).
+The defaults — learning rate 2e-5, 4 prompts × 4 completions a step, 45 steps, the short system prompt — were chosen
+on a validation split carved from the training problems, never on the held-out ones (``--evaluate_on validation``;
+``bench/demo_tuning.py``, table in ``bench/results/demo_tuning.md``): 0.47 → 0.86 on 100 validation problems in
+4.6 minutes of training on 2 CPU cores; 4 × 8 at the same rate reached the same in 30 steps with twice the completions
+per step, 5e-5 learned less and 1e-4 collapsed.
 """
 
 from __future__ import annotations
@@ -48,14 +51,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--model", default=None, help="a local model directory (default: the embedded SmolLM2)")
-    parser.add_argument("--max_steps", type=int, default=30)
+    parser.add_argument("--max_steps", type=int, default=45)
     parser.add_argument("--n_eval", type=int, default=200, help="held-out problems for greedy accuracy")
     parser.add_argument("--n_validation", type=int, default=100, help="training problems kept aside for tuning")
     parser.add_argument("--evaluate_on", choices=["held_out", "validation"], default="held_out",
                         help="`validation`: measure on the validation split (for choosing settings), not held-out")
-    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--learning_rate", type=float, default=2e-5)
     parser.add_argument("--prompts_per_step", type=int, default=4)
-    parser.add_argument("--num_generations", type=int, default=8)
+    parser.add_argument("--num_generations", type=int, default=4)
     parser.add_argument("--max_completion_length", type=int, default=16)
     parser.add_argument("--system_prompt", default=SYSTEM_PROMPT, help="`default`: the model's own system prompt")
     parser.add_argument("--normalizer", default="grpo")
