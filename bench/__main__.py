@@ -4,9 +4,13 @@ python -m bench                  # every benchmark (~20 min on 2 CPU cores), the
 python -m bench --only overhead  # one of: overhead, verifier_throughput, kl_memory, nested_rollout
 python -m bench --report         # only rebuild RESULTS.md from the results already in bench/results/
 
-Longer runs, kept out of the suite: `python -m bench.ppo_vs_grpo --device cuda` (~3 min on an H100, ~25 min on
-2 CPU cores), `python -m bench.length_bias` (~30 min on 2 CPU cores) and the recipes' cpu-demo presets
-(`accelerate launch recipes/<method>.py --preset cpu-demo`).
+Longer runs, kept out of the suite (times on 2 CPU cores): `python -m bench.demo_clean_clone` (the main job on a
+fresh clone, ~15 min with setup), `bench.demo_tuning` (demo settings on the validation split, ~6 min a variant),
+`bench.trl_comparison` (zrl's CPU path vs plain TRL, ~25 min), `bench.ppo_critic` (~15 min a configuration),
+`bench.simplerl_findings` and `bench.length_bias` (seeded ablations, ~1 h each), `bench.nested_selection` (~40 min),
+`bench.ppo_vs_grpo --device cuda` (~3 min on an H100), `bench.engines` (the engine matrix; GPU:
+`scripts/gpu_engines.sh`) and the recipes' cpu-demo presets (`accelerate launch recipes/<method>.py --preset
+cpu-demo`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ TITLES = {
     "ppo_vs_grpo_cuda": "PPO-max vs GRPO on SmolLM2, 30 steps, H100",
     "recipes_h100": "Recipes (cpu-demo shapes) on an H100",
     "recipes_cpu": "Recipes, cpu-demo presets on 2 CPU cores (wall time, SmolLM2)",
+    "engines_h200": "Engine matrix on an H200: every method under DDP, FSDP2, ZeRO-2, ZeRO-3",
+    "demo_cpu": "The main job (bash scripts/demo.sh) on a fresh clone, 2 CPU cores",
+    "demo_tuning": "Demo settings chosen on the validation split (never the held-out problems)",
+    "trl_comparison_cpu": "zrl's CPU path vs plain TRL GRPOTrainer defaults, same config, 2 CPU cores",
+    "ppo_critic_cpu": "PPO critic: explained variance by critic setting (ppo_max cpu-demo, SmolLM2)",
+    "simplerl_findings_smollm2": "SimpleRL-Zoo findings on SmolLM2, over seeds",
+    "nested_selection_smollm2": "nested: layer selection policies × skip budgets (SmolLM2)",
 }
 
 

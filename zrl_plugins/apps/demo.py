@@ -36,7 +36,12 @@ def plot_rewards(log_history: list[dict], path: Path, title: str) -> None:
     steps = [h["step"] for h in log_history if "reward" in h]
     rewards = [h["reward"] for h in log_history if "reward" in h]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, rewards, marker="o")
+    ax.plot(steps, rewards, marker="o", markersize=3, linewidth=0.8, alpha=0.6, label="per step")
+    window = 5  # 4 prompts a step: single steps are noisy, the trend is in the running mean
+    if len(rewards) >= window:
+        smooth = [sum(rewards[i - window + 1 : i + 1]) / window for i in range(window - 1, len(rewards))]
+        ax.plot(steps[window - 1 :], smooth, linewidth=2, label=f"mean of the last {window} steps")
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean training reward")
     ax.set_ylim(-0.02, 1.02)
