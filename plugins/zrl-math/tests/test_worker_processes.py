@@ -120,32 +120,46 @@ def test_a_failure_inside_the_worker_at_start_is_reported_with_its_traceback(mon
 
 # ---------------------------------------------------------------------------------------------------- hangs, crashes
 def misbehave_on_marker(items, timeout):
-    """Grades normally, except: answer "hang" blocks where SIGALRM cannot reach, "crash" kills the worker."""
+    """Grades normally, except: answer "hang" blocks where SIGALRM cannot reach, "crash" kills the worker, "boom"
+    raises."""
     answer = items[0][0]
     if answer == "hang":
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         time.sleep(3600)
     if answer == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
+    if answer == "boom":
+        raise ValueError("boom")
     return grade_chunk(items, timeout)
 
 
 def test_a_hanging_item_times_out_its_worker_is_replaced_and_later_items_grade():
-    grader = Grader(num_workers=1, timeout=0.5, chunk_size=4, grace=1.0, chunk_function=misbehave_on_marker)
+    grader = Grader(num_workers=1, timeout=0.5, chunk_size=3, grace=1.0, chunk_function=misbehave_on_marker)
     with grader:
         first = grader.grade_many([("1", "1")])
         (hung_pid,) = grader._pool.pids
         start = time.perf_counter()
-        outcomes = grader.grade_many([("1", "1"), ("hang", "1"), ("2", "2"), ("3", "4")])
+        # chunks [1, hang, 2] [3, 4, 5] [6]: the second waits in the hung worker's pipe when it is killed
+        items = [("1", "1"), ("hang", "1"), ("2", "2"), ("3", "4"), ("4", "4"), ("5", "5"), ("6", "6")]
+        outcomes = grader.grade_many(items)
         assert time.perf_counter() - start < 20
         assert first == ["correct"]
-        assert outcomes == ["correct", "timeout", "correct", "wrong"]  # items after the hang, same chunk, graded
+        # the items after the hang, in its chunk and the chunks queued behind it, are graded by the replacement
+        assert outcomes == ["correct", "timeout", "correct", "wrong", "correct", "correct", "correct"]
         assert grader.restarts == 1
         assert not _alive(hung_pid)  # killed and reaped
         assert grader._pool.pids and grader._pool.pids[0] != hung_pid
         assert grader.grade_many([("5", "5")]) == ["correct"]  # the replacement goes on
         pids = grader._pool.pids
     assert not any(_alive(pid) for pid in pids)  # leaving the `with` block stopped them
+
+
+def test_a_chunk_whose_function_raises_gives_error_for_its_remaining_items_only():
+    with Grader(num_workers=1, chunk_size=2, chunk_function=misbehave_on_marker) as grader:
+        items = [("1", "1"), ("boom", "1"), ("2", "2"), ("3", "3")]
+        assert grader.grade_many(items) == ["correct", "error", "correct", "correct"]
+        items = [("boom", "1"), ("2", "2"), ("3", "3")]
+        assert grader.grade_many(items) == ["error", "error", "correct"]
 
 
 def test_a_crashing_worker_costs_one_item_which_is_not_scored():

@@ -42,6 +42,10 @@ from .frames import FrameReader, encode
 logger = logging.getLogger(__name__)
 
 STDERR_TAIL_CHARS = 3000
+PIPELINE_DEPTH = 2  # chunks in flight per worker
+# A chunk queued behind another waits in the pipe, whose buffer is 64 KiB on Linux: a bigger one is sent only to an
+# idle worker (which reads as it comes), or writing it could block behind a hung worker.
+PIPELINE_MAX_BYTES = 32 * 1024
 
 
 class WorkerStartError(RuntimeError):
@@ -72,7 +76,7 @@ def worker_env() -> dict[str, str]:
 
 
 class _Worker:
-    """One worker process and what it is doing: starting, idle, or grading a chunk (``items`` not answered yet)."""
+    """One worker process and what it is doing: starting, idle, or grading chunks (``requests``)."""
 
     def __init__(self, command: Sequence[str], env: dict[str, str]):
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; read to explain failures
@@ -82,8 +86,9 @@ class _Worker:
         self.reader = FrameReader()
         self.started_at = time.monotonic()
         self.ready = False
-        self.position: int | None = None  # index (in the whole request) of the item being graded; None when idle
-        self.items: list[Any] = []  # the chunk's items not answered yet, the one being graded first
+        # Chunks sent and not fully answered, oldest first, each [index of its next item in the run, its items not
+        # answered yet]. The worker grades the head; the next one waits in its stdin so it never idles between chunks.
+        self.requests: collections.deque[list] = collections.deque()
         self.deadline = 0.0
         self.last_stderr = ""
         with contextlib.suppress(OSError):  # if it died already, that is reported when its stdout ends
@@ -95,10 +100,29 @@ class _Worker:
 
     @property
     def busy(self) -> bool:
-        return self.position is not None
+        return bool(self.requests)
+
+    def answered(self, now: float, item_seconds: float, start_timeout: float) -> int:
+        """Book the head item as answered; returns its index in the run and moves the deadline on."""
+        head = self.requests[0]
+        position = head[0]
+        head[0] += 1
+        head[1].pop(0)
+        if head[1]:
+            self.deadline = now + item_seconds
+        else:
+            self.finish_head(now, start_timeout)
+        return position
+
+    def finish_head(self, now: float, start_timeout: float) -> None:
+        self.requests.popleft()
+        self.deadline = now + start_timeout  # until the next chunk begins: it may import its function first
 
     def send(self, message: Any) -> None:
-        self.process.stdin.write(encode(message))
+        self.send_frame(encode(message))
+
+    def send_frame(self, frame: bytes) -> None:
+        self.process.stdin.write(frame)
         self.process.stdin.flush()
 
     def receive(self) -> tuple[list[Any], bool]:
@@ -222,19 +246,26 @@ class WorkerPool:
             self._selector.register(worker.process.stdout, selectors.EVENT_READ, worker)
 
     def _dispatch(self, queue: collections.deque, function: Callable[..., Any], timeout: float, grace: float) -> None:
-        for worker in self._workers:
-            if not queue:
-                return
-            if worker.ready and not worker.busy:
-                position, items = queue.popleft()
-                try:
-                    worker.send((function, items, timeout))
-                except OSError:  # it died while idle: nothing of this chunk ran, so the chunk goes back
-                    queue.appendleft((position, items))
-                    continue
-                worker.position, worker.items = position, items
-                # Until it says "begin", the worker is importing the function's module: as long as a start.
-                worker.deadline = time.monotonic() + self.start_timeout
+        # First one chunk to every idle worker, then a second one to each, queued behind the first, so that a worker
+        # goes on at once when it finishes a chunk instead of waiting for this process to be scheduled.
+        for depth in (1, PIPELINE_DEPTH):
+            for worker in self._workers:
+                if not queue:
+                    return
+                if worker.ready and len(worker.requests) < depth:
+                    position, items = queue.popleft()
+                    frame = encode((function, items, timeout))
+                    if worker.requests and len(frame) > PIPELINE_MAX_BYTES:
+                        queue.appendleft((position, items))  # it might not fit in the pipe: the write would block
+                        continue
+                    try:
+                        worker.send_frame(frame)
+                    except OSError:  # it died while idle: nothing of this chunk ran, so the chunk goes back
+                        queue.appendleft((position, items))
+                        continue
+                    if not worker.requests:
+                        worker.deadline = time.monotonic() + self.start_timeout  # it may import the function first
+                    worker.requests.append([position, list(items)])
 
     def _deadlines(self) -> list[float]:
         starting = [w.started_at + self.start_timeout for w in self._workers if not w.ready]
@@ -257,17 +288,15 @@ class WorkerPool:
             elif kind == "failed" and not worker.ready:
                 worker.stop()
                 self._fail_start(f"a grading worker failed while starting:\n{message[1]}")
-            elif kind == "begin" and worker.busy:
+            elif kind == "begin" and worker.busy:  # the function is imported: the head chunk's items are on the clock
                 worker.deadline = time.monotonic() + item_seconds
             elif kind == "item" and worker.busy:
-                outcomes[worker.position] = message[1]
-                worker.items.pop(0)
-                worker.position = worker.position + 1 if worker.items else None
-                worker.deadline = time.monotonic() + item_seconds
+                outcomes[worker.answered(time.monotonic(), item_seconds, self.start_timeout)] = message[1]
             elif kind == "error" and worker.busy:
-                outcomes[worker.position : worker.position + len(worker.items)] = ["error"] * len(worker.items)
+                position, items = worker.requests[0]
+                outcomes[position : position + len(items)] = ["error"] * len(items)
                 logger.warning("grading worker %d could not run a request: %s", worker.pid, message[1])
-                worker.position, worker.items = None, []
+                worker.finish_head(time.monotonic(), self.start_timeout)
             else:
                 ended = True
         if ended:
@@ -296,9 +325,11 @@ class WorkerPool:
                 "ready" + worker.stderr_note()
             )
         if worker.busy:
-            outcomes[worker.position] = "timeout" if hung else "crashed"
-            if len(worker.items) > 1:
-                queue.appendleft((worker.position + 1, worker.items[1:]))
+            (position, items), *waiting = worker.requests
+            outcomes[position] = "timeout" if hung else "crashed"
+            for chunk in reversed([(position + 1, items[1:]), *map(tuple, waiting)]):
+                if chunk[1]:
+                    queue.appendleft(chunk)  # first in line, in their order
             if hung:
                 self.killed += 1
             else:
