@@ -3,7 +3,7 @@
 math-verify bounds its own work with ``signal.alarm``, which only works on a process's main thread. Grading here
 runs in worker processes (each grades on its own main thread, under a ``setitimer`` deadline per item), and the
 parent additionally gives every item a wall-clock deadline: a worker stuck where no signal reaches it is killed and
-replaced, and the rest of its chunk goes on elsewhere. Whatever happens, every item gets an outcome and training goes
+replaced, and its other items are graded elsewhere. Whatever happens, every item gets an outcome and training goes
 on; only workers that cannot start at all stop it, with :class:`~zrl_math.workers.WorkerStartError`.
 
 How the workers start (:mod:`zrl_math.workers`): plain subprocesses running :mod:`zrl_math._worker` (without

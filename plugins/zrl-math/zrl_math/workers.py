@@ -11,8 +11,8 @@ Guarantees:
   :class:`WorkerStartError` with its exit status and the end of its stderr; every worker is stopped first.
 * **Per-item deadlines.** Each item gets ``timeout`` seconds inside the worker (SIGALRM on its main thread) and
   ``timeout + grace`` seconds of wall clock here; a worker that does not answer in time is killed (SIGKILL, so even
-  a hang inside C code ends), its item is ``"timeout"``, the rest of its chunk goes to another worker, and a
-  replacement is started.
+  a hang inside C code ends), its item is ``"timeout"``, its other items go to other workers, and a replacement
+  is started.
 * **Crashes cost one item.** A worker that dies mid-item (segfault, OOM killer) gives that item ``"crashed"``.
 * **No zombies, no orphans.** Every process started is waited for; :meth:`WorkerPool.close` (also run at exit by
   an ``atexit`` hook) closes the workers' stdin, waits briefly and kills the rest. A worker whose parent dies exits
@@ -315,7 +315,7 @@ class WorkerPool:
                 self._lost(worker, outcomes, queue, hung=True)
 
     def _lost(self, worker: _Worker, outcomes: list[Any], queue: collections.deque, hung: bool) -> None:
-        """Stop a worker that hung or died; its item gets an outcome, the rest of its chunk goes back in the queue."""
+        """Stop a worker that hung or died: its current item gets an outcome, its other items go back in the queue."""
         self._workers.remove(worker)
         self._selector.unregister(worker.process.stdout)
         worker.stop()
