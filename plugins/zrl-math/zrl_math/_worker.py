@@ -18,6 +18,7 @@ Conversation (every message a :mod:`zrl_math.frames` frame):
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import signal
@@ -47,6 +48,8 @@ def _serve(inbox: int, outbox: Any) -> None:
     from . import grading
 
     grading.warm_up()
+    # What the imports built lives as long as the worker: collections need only scan what grading creates.
+    gc.freeze()
     write_frame(outbox, ("ready", os.getpid()))
     while True:
         payload = read_frame_bytes(inbox)
