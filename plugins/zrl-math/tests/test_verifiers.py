@@ -174,7 +174,7 @@ def test_a_hung_worker_is_killed_its_items_time_out_and_training_goes_on():
     start = time.perf_counter()
     assert hanging.grade_many([("1", "1"), ("2", "2"), ("3", "3")]) == ["timeout"] * 3
     assert time.perf_counter() - start < 15
-    assert hanging.restarts == 1 and hanging._pool is None  # the stuck pool was killed
+    assert hanging.restarts == 3  # each item's worker hung: killed and replaced (the pool no longer dies whole)
 
     verifier = load_component("verifier", "math_correct", num_workers=1, timeout=0.2)
     verifier.grader = hanging

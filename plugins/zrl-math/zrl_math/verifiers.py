@@ -35,6 +35,9 @@ class MathCorrect:
             ``verifier/timeouts``.
         num_workers: grading processes (``None`` = CPU count, ``0`` = in process).
 
+    An item whose grading worker died (segfault, out of memory) gets ``None`` and counts in ``verifier/crashes``.
+    Grading workers that cannot start raise :class:`~zrl_math.workers.WorkerStartError` (never a silent ``None``).
+
     A gold answer that cannot be parsed gives ``None`` for its rows, one warning naming the row, and counts in
     ``verifier/unparsable_gold``. Counts are logged through TRL's ``log_metric`` when the trainer provides it.
     """
@@ -62,6 +65,7 @@ class MathCorrect:
             "no_answer": no_answer_reward if mode == "format_aware" else 0.0,
             "error": 0.0,
             "timeout": None,
+            "crashed": None,
             "unparsable_gold": None,
         }
         self.grader = Grader(timeout=timeout, num_workers=num_workers)
@@ -95,7 +99,12 @@ class MathCorrect:
             log_metric("verifier/timeouts", float(counts["timeout"]))
             log_metric("verifier/unparsable_gold", float(counts["unparsable_gold"]))
             log_metric("verifier/errors", float(counts["error"]))
+            log_metric("verifier/crashes", float(counts["crashed"]))
         return [self.rewards[o] for o in outcomes]
+
+    def close(self) -> None:
+        """Stop the grading worker processes (they also stop at interpreter exit)."""
+        self.grader.close()
 
 
 class BoxedFormat:
