@@ -16,7 +16,7 @@ from zrl_math.grading import Grader, grade_chunk
 from zrl_math.workers import WorkerStartError
 
 from zrl_plugins import PluginError, load_component
-from zrl_plugins.verifier_guard import NamedVerifier
+from zrl_plugins.framework.verifier_guard import NamedVerifier
 
 PLUGIN = Path(__file__).resolve().parents[1]
 REPO = Path(__file__).resolve().parents[3]
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[3]
 CALLER = """
 import json
 from zrl_plugins import PluginError, load_component
-from zrl_plugins.verifier_guard import NamedVerifier
+from zrl_plugins.framework.verifier_guard import NamedVerifier
 verifier = load_component("verifier", "math_correct", num_workers=1)
 rewards = verifier(prompts=[""], completions=["The answer is \\\\boxed{4}"], answer=["4"])
 print(json.dumps({"rewards": rewards, "pids": verifier.grader._pool.pids}))
