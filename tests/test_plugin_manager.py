@@ -220,6 +220,10 @@ def test_cli_lists_builtins(capsys):
     for name in ("grpo", "k3", "none", "fixed", "default", "last_number"):
         assert name in out
     assert out.splitlines()[0].split() == ["kind", "name", "distribution", "version"]
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert ["policy_loss", "clip", "zrl-plugins"] in [r[:3] for r in rows]  # the policy_loss kind is listed
+    assert {r[0] for r in rows} >= {"verifier", "normalizer", "policy_loss", "kl_penalty", "kl_controller", "rollout",
+                                    "template"}  # fmt: skip
 
 
 def test_observers_follow_pluggys_order_and_wrappers(fresh_pm):
