@@ -93,3 +93,37 @@ def test_kl_none_loads_no_reference_model(tmp_path, tiny_model_path, arithmetic_
         train_dataset=arithmetic_dataset,
     )  # fmt: skip
     assert with_ref.ref_model is not None and with_ref.beta == 0.1
+
+
+def test_on_cpu_only_completion_positions_are_projected_with_the_same_log_probs(
+    tmp_path, tiny_model_path, arithmetic_dataset, monkeypatch
+):
+    """zrl's forward on CPU hands TRL's fused LM head only the labelled (completion) positions; TRL's own forward
+    projects every position. Log-probs and entropies agree, and the switch does not leak out of zrl's forward."""
+    import trl.trainer.utils as trl_utils
+
+    rows_projected: list[int] = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def recording_apply(hidden, *args):
+        rows_projected.append(hidden.shape[0])
+        return apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", recording_apply)
+    original_switch = trl_utils._use_triton
+    trl, zrl = _trainers(tmp_path, tiny_model_path, arithmetic_dataset)
+    torch.manual_seed(0)
+    batch = zrl._generate_and_score_completions([dict(arithmetic_dataset[i]) for i in range(8)])
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    width = batch["completion_ids"].size(1)
+    rows_projected.clear()
+    with torch.no_grad():
+        ours = zrl._get_per_token_logps_and_entropies(zrl.model, ids, mask, width, compute_entropy=True)
+        theirs = trl._get_per_token_logps_and_entropies(trl.model, ids, mask, width, compute_entropy=True)
+    assert trl_utils._use_triton is original_switch
+    labelled = int(mask[:, -width:].sum())  # TRL labels the completion tokens, padding included up to the mask
+    assert rows_projected[0] <= labelled < rows_projected[1] == ids.size(0) * (ids.size(1) - 1)
+    completion = batch["completion_mask"].bool()
+    torch.testing.assert_close(ours[0][completion], theirs[0][completion], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ours[1][completion], theirs[1][completion], atol=1e-6, rtol=1e-6)

@@ -67,6 +67,7 @@ from ..framework.protocols import (
 from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
 from ..framework.verifier_guard import NamedVerifier
 from .config import ZRLConfig
+from .fused_head import completion_positions_only
 from .numerics import NumericalInstabilityError, SkipGuard
 
 logger = logging.getLogger(__name__)
@@ -504,6 +505,11 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         elif not torch.isfinite(loss):
             self._nonfinite.note_fault(f"the training loss is {loss.item()}")
         return loss
+
+    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any):
+        # On CPU, TRL's fused LM head projects every position; only the completion's are needed (fused_head.py)
+        with completion_positions_only(self.accelerator.device):
+            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
 
     def _forward_completions(self, model, inputs) -> CompletionForward:
         """One forward pass of ``model`` over the batch's prompts + completions: per-token log-probs and entropies of
