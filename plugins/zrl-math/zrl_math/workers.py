@@ -46,6 +46,10 @@ PIPELINE_DEPTH = 2  # chunks in flight per worker
 # A chunk queued behind another waits in the pipe, whose buffer is 64 KiB on Linux: a bigger one is sent only to an
 # idle worker (which reads as it comes), or writing it could block behind a hung worker.
 PIPELINE_MAX_BYTES = 32 * 1024
+# Workers answer item by item (so a hang costs one item). Reading each answer the moment it arrives wakes this process
+# hundreds of times a second on the cores the workers grade on; waiting this long after a read lets answers pile up,
+# one wake-up reads several. Harmless: each worker has a second chunk queued, and deadlines only get later.
+COALESCE_SECONDS = 0.01
 
 
 class WorkerStartError(RuntimeError):
@@ -206,11 +210,14 @@ class WorkerPool:
                 self._dispatch(queue, function, timeout, grace)
                 now = time.monotonic()
                 wake = min(self._deadlines(), default=now + 1.0)
-                for key, _ in self._selector.select(max(0.0, wake - now)):
+                events = self._selector.select(max(0.0, wake - now))
+                for key, _ in events:
                     self._read(key.data, outcomes, queue, timeout + grace)
                 self._enforce_deadlines(outcomes, queue)
                 if self._closed:
                     raise RuntimeError("the grader was closed while it was grading")
+                if events and (queue or any(w.busy for w in self._workers)):
+                    time.sleep(COALESCE_SECONDS)
         except (WorkerStartError, RuntimeError):
             raise
         except Exception as exc:  # e.g. the selector, after close() from another thread
