@@ -56,9 +56,16 @@ def load_critic(name_or_path: str, dtype: torch.dtype | None = None, **kwargs: A
     """
     config = AutoConfig.from_pretrained(name_or_path, num_labels=1, **kwargs)
     config.classifier_dropout = 0.0
-    critic, info = AutoModelForTokenClassification.from_pretrained(
-        name_or_path, config=config, dtype=dtype, output_loading_info=True, **kwargs
-    )
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would list the new head as MISSING: it is, by design (below)
+    try:
+        critic, info = AutoModelForTokenClassification.from_pretrained(
+            name_or_path, config=config, dtype=dtype, output_loading_info=True, **kwargs
+        )
+    finally:
+        hf_logging.set_verbosity(level)
     if any(key.startswith("score.") for key in info["missing_keys"]):
         _zero_(critic.score.weight, critic.score.bias)
     critic.config.use_cache = False
