@@ -15,6 +15,8 @@ gradient checkpointing      on (TRL's default)                      off (a 135M 
 system prompt               SmolLM2's default (~20 tokens/prompt)   "Answer briefly."
 precision                   bf16 autocast (TRL's default bf16=True)  bf16 autocast where the CPU computes bf16
                                                                      natively, fp32 weights (the same here)
+LM head for the log-probs   every position, prompt included (TRL     only the completion positions (the same
+                            off Triton devices), in fp32             log-probs; zrl_plugins/trainers/fused_head.py)
 ==========================  ======================================  =============================================
 
 Step time is wall time per optimizer step (generation, scoring, loss, backward, optimizer), median over the steps
