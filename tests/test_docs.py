@@ -1,5 +1,5 @@
 """The docs the code points to exist and say what the code does: no reference to a file outside the repository,
-every docs/methods.md#anchor resolves, the hook counts and checkpoint names in prose match the code."""
+every link into a heading of docs/methods.md resolves, the hook counts and checkpoint names in prose match the code."""
 
 from __future__ import annotations
 
