@@ -6,7 +6,7 @@ python -m bench --report         # only rebuild RESULTS.md from the results alre
 
 Longer runs, kept out of the suite (times on 2 CPU cores): `python -m bench.demo_clean_clone` (the main job on a
 fresh clone, ~15 min with setup), `bench.demo_tuning` (demo settings on the validation split, ~6 min a variant),
-`bench.trl_comparison` (zrl's CPU path vs plain TRL, ~25 min), `bench.ppo_critic` (~15 min a configuration),
+`bench.trl_comparison` (zrl's CPU path vs plain TRL, ~8 min), `bench.ppo_critic` (~15 min a configuration),
 `bench.simplerl_findings` and `bench.length_bias` (seeded ablations, ~1 h each), `bench.nested_selection` (~40 min),
 `bench.ppo_vs_grpo --device cuda` (~3 min on an H100), `bench.engines` (the engine matrix; GPU:
 `scripts/gpu_engines.sh`) and the recipes' cpu-demo presets (`accelerate launch recipes/<method>.py --preset
