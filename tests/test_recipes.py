@@ -29,6 +29,10 @@ def test_each_recipe_runs_two_steps_with_its_cpu_demo_preset(method, tmp_path):
     assert (tmp_path / "training.png").stat().st_size > 10_000
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["method"] == method
+    # provenance: what it takes to reproduce the run
+    assert {"trl", "transformers", "torch", "zrl-plugins"} <= written["versions"].keys()
+    assert written["device"] and written["seed"] == written["config"]["seed"]
+    assert written["config"]["max_steps"] == 2 and "dtype" in written and "bf16_autocast" in written
     assert "behaviour/verification" in steps[0] and "accuracy" in steps[0]
     expected = {"dr_grpo": "dr_grpo", "lite_ppo": "lite_ppo", "ppo_max": "gae"}.get(method, "grpo")
     assert written["normalizer"] == expected
