@@ -32,9 +32,8 @@ def recipe_run(out: Path, rollout: str, rollout_kwargs: dict | None, seed: int, 
     """One nested_reft cpu-demo run (no held-out evaluation) in its own process; its summary.json."""
     command = [sys.executable, str(ROOT / "recipes" / "nested_reft.py"), "--preset", "cpu-demo", "--max_steps",
                str(steps), "--n_eval", "0", "--seed", str(seed), "--split_seed", "0", "--output_dir", str(out),
-               "--rollout", rollout, "--bf16", "true"]  # fmt: skip
-    if rollout_kwargs is not None:
-        command += ["--rollout_kwargs", json.dumps(rollout_kwargs)]
+               "--rollout", rollout, "--bf16", "true",
+               "--rollout_kwargs", json.dumps(rollout_kwargs or {})]  # the preset's are nested's  # fmt: skip
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads((out / "summary.json").read_text())
 
