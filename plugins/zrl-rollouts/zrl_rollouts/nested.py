@@ -308,11 +308,12 @@ class NestedRollout:
         weights, stats = importance_weights(old_logps, behaviour_logps, mask, self.correction, self.clip)
         if stats["ess"] < self.ess_warning and not self._warned_ess:
             self._warned_ess = True
+            already_calibrated = self.selection == "calibrated" and self.layers is None
             warnings.warn(
                 f"nested rollout: the importance weights' effective sample size is {stats['ess']:.2f} of the batch "
                 f"(skipping layers {self.last_skipped}; behaviour KL {stats['behaviour_kl']:.3f}): the behaviour model "
-                "is far from the policy, so few completions carry the update. Lower skip_ratio or use "
-                "selection='calibrated'.",
+                "is far from the policy, so few completions carry the update. Lower skip_ratio"
+                + ("." if already_calibrated else " or use selection='calibrated'."),
                 stacklevel=2,
             )
         return weights, stats
