@@ -31,7 +31,7 @@ TITLES = {
     "overhead_tiny": "Plugin overhead, tiny Llama: zrl / TRL median step time",
     "overhead_smollm2": "Plugin overhead, SmolLM2-135M: zrl / TRL median step time",
     "verifier_throughput": "math_correct throughput: parallel / serial",
-    "verifier_throughput_ab": "math_correct throughput before / after the worker subprocesses (3 interleaved runs each)",
+    "verifier_throughput_ab": "math_correct throughput before / after the worker subprocesses (3 runs each)",
     "kl_memory_smollm2": "Peak memory: kl_penalty k3 / none",
     "kl_memory_tiny": "Peak memory (tiny model): kl_penalty k3 / none",
     "overhead_medium_cuda": "Plugin overhead on an H100, random 12-layer Llama (~180M), bf16, fixed-length generation",
