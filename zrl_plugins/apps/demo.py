@@ -8,8 +8,8 @@ torch was built with CUDA), the CPU otherwise, with bf16 autocast where the devi
 The defaults — learning rate 2e-5, 4 prompts × 4 completions a step, 45 steps, the short system prompt — were chosen
 on a validation split carved from the training problems, never on the held-out ones (``--evaluate_on validation``;
 ``bench/demo_tuning.py``, table in ``bench/results/demo_tuning.md``): 0.47 → 0.86 on 100 validation problems in
-4.8 minutes wall (both evaluations included) on 2 CPU cores; 4 × 8 at the same rate reached the same in 30 steps with twice the completions
-per step, 5e-5 learned less and 1e-4 collapsed.
+4.8 minutes wall (both evaluations included) on 2 CPU cores; 4 × 8 at the same rate reached the same in 30 steps
+with twice the completions per step, 5e-5 learned less and 1e-4 collapsed.
 """
 
 from __future__ import annotations
