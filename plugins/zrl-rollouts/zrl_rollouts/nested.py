@@ -213,10 +213,15 @@ class NestedRollout:
             out["logprobs"] = self._behaviour_logps(trainer, out["prompt_ids"], out["completion_ids"])
         mode = "train" if trainer.model.training else "eval"
         trainer._metrics[mode]["rollout/skipped_layers"].append(float(len(skip)))
-        if self.selection == "calibrated" and self.layers is None and "chosen" in self.calibration_kl:
+        if self.calibrating and "chosen" in self.calibration_kl:
             # the chosen set's token KL(full ‖ skipped) when it was last measured
             trainer._metrics[mode]["rollout/calibration_kl"].append(self.calibration_kl["chosen"])
         return out
+
+    @property
+    def calibrating(self) -> bool:
+        """Whether the layers come from calibration (not a fixed ``layers`` list, not ``block`` or ``random``)."""
+        return self.selection == "calibrated" and self.layers is None
 
     def choose(self, model: nn.Module, prompts: Sequence[Any], trainer: Any) -> list[int]:
         """The layers this batch skips, by ``layers`` / ``selection``."""
@@ -308,12 +313,11 @@ class NestedRollout:
         weights, stats = importance_weights(old_logps, behaviour_logps, mask, self.correction, self.clip)
         if stats["ess"] < self.ess_warning and not self._warned_ess:
             self._warned_ess = True
-            already_calibrated = self.selection == "calibrated" and self.layers is None
             warnings.warn(
                 f"nested rollout: the importance weights' effective sample size is {stats['ess']:.2f} of the batch "
                 f"(skipping layers {self.last_skipped}; behaviour KL {stats['behaviour_kl']:.3f}): the behaviour model "
                 "is far from the policy, so few completions carry the update. Lower skip_ratio"
-                + ("." if already_calibrated else " or use selection='calibrated'."),
+                + ("." if self.calibrating else " or use selection='calibrated'."),
                 stacklevel=2,
             )
         return weights, stats
