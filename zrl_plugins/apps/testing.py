@@ -68,6 +68,7 @@ def build_tiny_model(
     hidden_size: int = 32,
     num_layers: int = 2,
     intermediate_size: int | None = None,
+    tie_word_embeddings: bool = False,
 ) -> Path:
     """Write a tiny random ``LlamaForCausalLM`` and its tokenizer to ``path``; returns the path."""
     import torch
@@ -86,7 +87,7 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -128,6 +128,14 @@ class ZRLConfig(GRPOConfig):
         default=None, metadata={"help": "Keyword arguments of the rollout strategy (JSON object on the CLI)."}
     )
 
+    vllm_enforce_eager: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Build TRL's colocated vLLM engine with `enforce_eager` (no CUDA graphs / torch.compile). None = "
+            "True where vLLM runs on CPU (compiling there costs about a minute at every start) and False on GPUs."
+        },
+    )
+
     nonfinite_policy: str = field(
         default="skip",
         metadata={"help": "A step whose loss or gradient norm is not finite: `skip` it on every process (no weight, "

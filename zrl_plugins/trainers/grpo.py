@@ -69,6 +69,7 @@ from ..framework.verifier_guard import NamedVerifier
 from .config import ZRLConfig
 from .fused_head import completion_positions_only
 from .numerics import NumericalInstabilityError, SkipGuard
+from .vllm_cpu import check_vllm_options, engine_options, install_cpu_weight_sync, vllm_runs_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,13 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
         self._kl_window = torch.zeros(2)  # (sum of observed KL · tokens, tokens) since the last optimizer step
         self._nonfinite = SkipGuard(args.nonfinite_policy, args.max_consecutive_skips)
-        super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        check_vllm_options(args.use_vllm, args.vllm_mode)
+        on_cpu = args.use_vllm and vllm_runs_on_cpu()
+        eager = on_cpu if args.vllm_enforce_eager is None else args.vllm_enforce_eager
+        with engine_options(**({"enforce_eager": True} if args.use_vllm and eager else {})):
+            super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        if on_cpu and args.vllm_mode == "colocate":
+            install_cpu_weight_sync(self.vllm_generation)
         if isinstance(self.rollout_strategy, ValidatesSetup):
             self.rollout_strategy.validate(self)  # e.g. a strategy that cannot work with TRL's vLLM modes refuses
         if self.train_dataset is not None:
