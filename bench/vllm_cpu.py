@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS_FILE = ROOT / "bench" / "results" / "vllm_cpu.json"
 PROMPTS = 32
 NEW_TOKENS = 64
 
@@ -279,6 +280,17 @@ def _in_process(arm: str, *args: str) -> Any:
 
 
 def table(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    if results.get("generation"):
+        lines += _generation_table(results)
+    if results.get("grpo"):
+        lines += _grpo_table(results)
+    if results.get("demo"):
+        lines += _demo_table(results)
+    return "\n".join(lines)
+
+
+def _generation_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "## Generation: 32 prompts x 64 sampled tokens, SmolLM2-135M-Instruct",
         "",
@@ -289,9 +301,12 @@ def table(results: dict[str, Any]) -> str:
     for r in results["generation"]:
         lines.append(f"| {r['arm']} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.2f} |")
     start = next(r for r in results["generation"] if "engine_start_s" in r)["engine_start_s"]
-    lines += ["", f"vLLM engine start (enforce_eager): {start:.1f} s", ""]
+    return [*lines, "", f"vLLM engine start (enforce_eager): {start:.1f} s", ""]
+
+
+def _grpo_table(results: dict[str, Any]) -> list[str]:
     grpo = results["grpo"]
-    lines += [
+    lines = [
         f"## GRPO step time ({results['grpo_steps']} steps, 4 prompts x 4 x 64 tokens)",
         "",
         "| generation | median step (s) | mean reward |",
@@ -314,22 +329,24 @@ def table(results: dict[str, Any]) -> str:
             f"| {r['correction']} | {kl:.4f} | {ess:.3f} | {r['masked_fraction']:.3f} | "
             f"{r['weight_min']:.3f} | {r['weight_max']:.3f} |"
         )
-    if results.get("demo"):
-        lines += [
-            "",
-            "## The demo with and without vLLM (200 held-out problems, 45 steps)",
-            "",
-            "| arm | before (95 % CI) | after (95 % CI) | s/step | job min |",
-            "|---|---|---|---|---|",
-        ]
-        for r in results["demo"]:
-            b, a = r["accuracy_before_interval"], r["accuracy_after_interval"]
-            lines.append(
-                f"| {r['arm']} | {r['accuracy_before']:.3f} ({b[0]:.3f}–{b[1]:.3f}) | "
-                f"{r['accuracy_after']:.3f} ({a[0]:.3f}–{a[1]:.3f}) | {r['seconds_per_step']:.2f} | "
-                f"{r['job_minutes']:.1f} |"
-            )
-    return "\n".join(lines)
+    return [*lines, ""]
+
+
+def _demo_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "## The demo with and without vLLM (200 held-out problems, 45 steps)",
+        "",
+        "| arm | before (95 % CI) | after (95 % CI) | s/step | job min |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results["demo"]:
+        b, a = r["accuracy_before_interval"], r["accuracy_after_interval"]
+        lines.append(
+            f"| {r['arm']} | {r['accuracy_before']:.3f} ({b[0]:.3f}–{b[1]:.3f}) | "
+            f"{r['accuracy_after']:.3f} ({a[0]:.3f}–{a[1]:.3f}) | {r['seconds_per_step']:.2f} | "
+            f"{r['job_minutes']:.1f} |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -339,6 +356,15 @@ def main() -> None:
     parser.add_argument("--capture", help=argparse.SUPPRESS)
     parser.add_argument("--grpo_steps", type=int, default=8)
     parser.add_argument("--skip_demo", action="store_true")
+    parser.add_argument(
+        "--parts",
+        default="generation,grpo,demo",
+        help="comma-separated subset of generation, grpo (with mismatch), demo",
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the parts of bench/results/vllm_cpu.json that this run does not redo"
+    )
+    parser.add_argument("--note", default="", help="conditions of this run, kept with the parts it measured")
     args = parser.parse_args()
     if args.arm:
         arms = {
@@ -352,13 +378,19 @@ def main() -> None:
         return
     from bench.common import write_results
 
-    results: dict[str, Any] = {"grpo_steps": args.grpo_steps}
-    results["generation"] = [_in_process(arm) for arm in ("hf_fp32", "hf_bf16", "vllm")]
-    capture = str(Path(tempfile.mkdtemp()) / "mismatch.pt")
-    steps = ["--grpo_steps", str(args.grpo_steps)]
-    results["grpo"] = [_in_process("grpo_hf", *steps), _in_process("grpo_vllm", *steps, "--capture", capture)]
-    results["mismatch"] = mismatch(capture)
-    if not args.skip_demo:
+    parts = set(args.parts.split(",")) - ({"demo"} if args.skip_demo else set())
+    previous = RESULTS_FILE.read_text() if args.merge and RESULTS_FILE.exists() else "{}"
+    results: dict[str, Any] = {k: v for k, v in json.loads(previous).items() if k != "machine"}
+    results.setdefault("notes", {}).update({part: args.note for part in parts})
+    if "generation" in parts:
+        results["generation"] = [_in_process(arm) for arm in ("hf_fp32", "hf_bf16", "vllm")]
+    if "grpo" in parts:
+        capture = str(Path(tempfile.mkdtemp()) / "mismatch.pt")
+        steps = ["--grpo_steps", str(args.grpo_steps)]
+        results["grpo_steps"] = args.grpo_steps
+        results["grpo"] = [_in_process("grpo_hf", *steps), _in_process("grpo_vllm", *steps, "--capture", capture)]
+        results["mismatch"] = mismatch(capture)
+    if "demo" in parts:
         work = Path(tempfile.mkdtemp())
         results["demo"] = [arm_demo(False, work / "demo"), arm_demo(True, work / "demo_vllm")]
     write_results("vllm_cpu", results, table(results))
