@@ -204,41 +204,32 @@ def arm_grpo(use_vllm: bool, steps: int, capture: str | None) -> dict[str, Any]:
 
 
 def mismatch(captured_path: str) -> list[dict[str, Any]]:
-    """Every installed rollout correction on the captured (π_old, π_vLLM, mask) tensors of each step."""
+    """Every installed rollout correction on the captured (π_old, π_vLLM, mask) tensors of each step, through the
+    trainer's own checks and statistics."""
     import torch
-    from zrl_plugins.framework.rollout_correction import mismatch_stats
 
     from zrl_plugins.framework.plugins import get_plugin_manager
+    from zrl_plugins.framework.rollout_correction import checked_correction, mismatch_stats
 
     steps = torch.load(captured_path, weights_only=True)
     pm = get_plugin_manager()
+    keys = {
+        "behaviour_kl": "rollout/behaviour_kl",
+        "ess": "rollout/ess",
+        "masked_fraction": "rollout/masked_fraction",
+        "weight_min": "sampling/importance_sampling_ratio/min",
+        "weight_max": "sampling/importance_sampling_ratio/max",
+    }
     rows = []
     for name in pm.names("rollout_correction"):
         correction = pm.load_component("rollout_correction", name)
         per_step = []
         for step in steps:
-            old, behaviour, mask = (
-                step["old_per_token_logps"],
-                step["sampling_per_token_logps"],
-                step["completion_mask"],
-            )
-            out = correction(old, behaviour, mask.float())
-            weights = out.weights.expand_as(mask) if out.weights.shape != mask.shape else out.weights
-            keep = mask.float() if out.mask is None else mask.float() * out.mask.expand_as(mask).float()
-            valid = mask.bool()
-            stats = mismatch_stats(old, behaviour, mask.float())
-            per_step.append(
-                {
-                    **stats,
-                    "masked_fraction": 1 - (keep.sum() / mask.sum()).item(),
-                    "weight_min": weights[valid].min().item(),
-                    "weight_max": weights[valid].max().item(),
-                }
-            )
-        row = {"correction": name}
-        for key in per_step[0]:
-            row[key] = statistics.mean(s[key] for s in per_step)
-        rows.append(row)
+            old, behaviour = step["old_per_token_logps"], step["sampling_per_token_logps"]
+            mask = step["completion_mask"].float()
+            weights, rejection = checked_correction(name, correction(old, behaviour, mask), old, mask)
+            per_step.append(mismatch_stats(old, behaviour, mask, weights, rejection))
+        rows.append({"correction": name, **{k: statistics.mean(s[v] for s in per_step) for k, v in keys.items()}})
     return rows
 
 
