@@ -142,6 +142,8 @@ def train(workdir: str, setup: str) -> dict[str, Any]:
     elif setup == "dynamic_sampling":
         overrides = dict(rollout="dynamic_sampling", rollout_kwargs={"max_resamples": 2}, max_steps=3)
         reward = _half_constant_reward
+    elif setup == "icepop":
+        overrides = dict(rollout_correction="icepop")
     elif setup == "lora":
         from peft import LoraConfig
 

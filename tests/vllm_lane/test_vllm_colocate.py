@@ -60,7 +60,7 @@ def test_stale_weights_are_detected(tmp_path):
     assert _last_gap(result) > 5 * SYNCED_LOGP_GAP
 
 
-@pytest.mark.parametrize("setup", ["grpo_ingredients", "lora", "dynamic_sampling", "ppo"])
+@pytest.mark.parametrize("setup", ["grpo_ingredients", "lora", "dynamic_sampling", "ppo", "icepop"])
 def test_training_with_vllm_colocate(setup, tmp_path):
     result = run("train", str(tmp_path), setup, workdir=tmp_path)
     assert result["steps"] == (3 if setup == "dynamic_sampling" else 2)
@@ -74,6 +74,12 @@ def test_training_with_vllm_colocate(setup, tmp_path):
         assert sum(log["rollout/resample_rounds_mean"] for log in result["logs"]) > 0  # re-sampled through vLLM
     if setup == "ppo":
         assert any(k.startswith("critic/") for k in result["logs"][-1])
+    # every vLLM run is off-policy: the mismatch is logged (TRL's default correction, or the one selected)
+    last = result["logs"][-1]
+    assert {"rollout/behaviour_kl", "rollout/ess", "rollout/masked_fraction"} <= last.keys()
+    assert 0 < last["rollout/ess"] <= 1
+    if setup == "icepop":
+        assert "sampling/importance_sampling_ratio/min" in last
 
 
 @pytest.mark.parametrize("method", ["simplerl_zoo", "ppo_max"])
