@@ -347,7 +347,9 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         output["importance_sampling_ratio"] = weights
         if rejection is not None:
             output["rollout_correction_mask"] = rejection
-            output["num_items_in_batch"] = self.accelerator.gather((mask * rejection).sum()).sum()
+        # recounted on every process alike (one process may reject nothing while another does)
+        kept = mask if rejection is None else mask * rejection
+        output["num_items_in_batch"] = self.accelerator.gather(kept.sum()).sum()
         stats = mismatch_stats(old, behaviour, mask, weights, rejection)
         stats.update({f"rollout/{key}": value for key, value in out.metrics.items()})
         if isinstance(self.rollout_strategy, ObservesMismatch):
