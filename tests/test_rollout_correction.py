@@ -245,3 +245,13 @@ def test_top_k_with_vllm_and_a_correction_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_truncated_support(config, "none")  # nothing to correct: no warning
+
+
+def test_zrl_plugins_lists_the_kind(capsys):
+    from zrl_plugins.apps.cli import main as cli_main
+
+    assert cli_main(["plugins"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    listed = {row[1] for row in rows if row and row[0] == "rollout_correction"}
+    core = {"none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "token_tis", "seq_tis"}
+    assert core <= listed

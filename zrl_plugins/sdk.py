@@ -4,6 +4,12 @@
 
 Plugins import from here rather than from zrl's internals (``zrl_plugins.framework``, ``zrl_plugins.builtins``), which
 may move between versions; the names below are the supported surface. Importing it does not import TRL.
+
+A rollout plugin reaches the running trainer through functions, never through ``trainer._*`` (a test scans every
+plugin for that): :func:`generate_with_trl` (TRL's own generation), :func:`tokenize_prompts` and
+:func:`left_padded` / :func:`right_padded` (TRL's prompt rendering and batching), :func:`token_logps` (log-probs of
+given tokens under the policy, optionally with decoder layers skipped, :func:`skipped_layers`) and
+:func:`log_metric`.
 """
 
 from __future__ import annotations
