@@ -278,8 +278,9 @@ class ValidatesSetup(Protocol):
 @runtime_checkable
 class ObservesMismatch(Protocol):
     """For off-policy rollout strategies: ``observe_mismatch(stats)`` receives, once per rollout batch, this
-    process's mismatch statistics between the behaviour policy and π_old (``behaviour_kl``, ``ess``, ...; see
-    ``docs/methods.md#rollout-correction``), e.g. to warn when the behaviour model drifts too far."""
+    process's mismatch statistics between the behaviour policy and π_old, under their logged names
+    (``rollout/behaviour_kl``, ``rollout/ess``, ...; see ``docs/methods.md#rollout-correction``), e.g. to warn when
+    the behaviour model drifts too far."""
 
     def observe_mismatch(self, stats: dict[str, float]) -> None: ...
 
