@@ -218,3 +218,16 @@ def test_nested_logs_behaviour_kl_and_ess_and_warns_once(four_layers, tmp_path):
     log = next(h for h in trainer.state.log_history if "loss" in h)
     assert 0.0 < log["rollout/ess"] <= 1.0 and math.isfinite(log["rollout/behaviour_kl"])
     assert log["rollout/calibration_kl"] == pytest.approx(trainer.rollout_strategy.calibration_kl["chosen"])
+
+
+def test_nested_is_corrected_by_the_rollout_correction_kind(four_layers, tmp_path):
+    """Unset, an off-policy rollout gets token_tis with C = 2 (nested's former default); the weights in the batch
+    are that component's on the batch's own log-probs."""
+    trainer = trainer_for(four_layers, tmp_path, rollout="nested", rollout_kwargs={"layers": [1]})
+    assert trainer.correction_name == "token_tis" and trainer.rollout_correction.clip == 2.0
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([dict(DATA[i]) for i in range(2) for _ in range(4)])
+    old, behaviour = out["old_per_token_logps"], out["sampling_per_token_logps"]
+    expected = trainer.rollout_correction(old, behaviour, out["completion_mask"])
+    torch.testing.assert_close(out["importance_sampling_ratio"], expected.weights)
+    assert not torch.allclose(old, behaviour)  # a layer is skipped: there is something to correct
