@@ -11,11 +11,11 @@ import tempfile
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-VARIANTS = {
-    "default": ("default", {}),
-    "nested+none": ("nested", {"correction": "none"}),
-    "nested+token_tis": ("nested", {"correction": "token_tis"}),
-    "nested+seq_tis": ("nested", {"correction": "seq_tis"}),
+VARIANTS = {  # name: (rollout, rollout_correction)
+    "default": ("default", None),
+    "nested+none": ("nested", "none"),
+    "nested+token_tis": ("nested", "token_tis"),
+    "nested+seq_tis": ("nested", "seq_tis"),
 }
 
 
@@ -35,14 +35,14 @@ def main() -> None:
     model = smollm2_path()
     train, _ = addition_splits(n_eval=50)
     results = {}
-    for name, (rollout, kwargs) in VARIANTS.items():
-        if rollout == "nested":
-            kwargs = {**kwargs, "skip_ratio": args.skip_ratio}
+    for name, (rollout, correction) in VARIANTS.items():
+        kwargs = {"skip_ratio": args.skip_ratio} if rollout == "nested" else {}
         config = ZRLConfig(
             output_dir=tempfile.mkdtemp(), verifiers=["last_number"], kl_penalty="none", learning_rate=2e-5,
             lr_scheduler_type="constant", per_device_train_batch_size=32, num_generations=8, max_completion_length=24,
             max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
             gradient_checkpointing=False, seed=0, disable_tqdm=True, rollout=rollout, rollout_kwargs=kwargs,
+            rollout_correction=correction,
         )  # fmt: skip
         trainer = ZRLGRPOTrainer(model, args=config, train_dataset=Dataset.from_list(train))
         trainer.train()

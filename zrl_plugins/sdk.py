@@ -4,13 +4,18 @@
 
 Plugins import from here rather than from zrl's internals (``zrl_plugins.framework``, ``zrl_plugins.builtins``), which
 may move between versions; the names below are the supported surface. Importing it does not import TRL.
+
+A rollout plugin reaches the running trainer through functions, never through ``trainer._*`` (a test scans every
+plugin for that): :func:`generate_with_trl` (TRL's own generation), :func:`tokenize_prompts` and
+:func:`left_padded` / :func:`right_padded` (TRL's prompt rendering and batching), :func:`token_logps` (log-probs of
+given tokens under the policy, optionally with decoder layers skipped, :func:`skipped_layers`) and
+:func:`log_metric`.
 """
 
 from __future__ import annotations
 
 from .builtins.kl import EstimatorKLPenalty, FixedKLController, k3
 from .builtins.policy_losses import ClipLoss, Level, log_importance_weights
-from .builtins.rollouts import generate_with_trl
 from .builtins.verifiers import completion_text, last_number
 from .framework.errors import (
     ComponentContractError,
@@ -37,46 +42,63 @@ from .framework.ops import (
 )
 from .framework.plugins import get_plugin_manager, load_component
 from .framework.protocols import (
+    CorrectionOutput,
     GroupFilter,
-    ImportanceWeighting,
     KLController,
     KLPenalty,
     LossContext,
     NeedsColumns,
     Normalizer,
+    ObservesMismatch,
     PolicyLoss,
     PolicyLossOutput,
     PromptTemplate,
+    RolloutCorrection,
     RolloutStrategy,
     Stateful,
     TokenAdvantageEstimator,
     ValidatesSetup,
     Verifier,
 )
+from .framework.rollout_correction import SAFETY_BOUND, sequence_log_ratio, token_log_ratio
 from .framework.scored_batch import RefillContext, ScoredBatch
+from .framework.trainer_api import (
+    decoder_layers_owner,
+    generate_with_trl,
+    left_padded,
+    log_metric,
+    mode_of,
+    right_padded,
+    skipped_layers,
+    token_logps,
+    tokenize_prompts,
+)
 
 __all__ = [
     "AGGREGATIONS",
+    "SAFETY_BOUND",
     "ClipLoss",
     "ComponentContractError",
     "ConfigError",
+    "CorrectionOutput",
     "DataError",
     "DuplicateComponentError",
     "EstimatorKLPenalty",
     "FixedKLController",
     "GroupFilter",
-    "ImportanceWeighting",
     "KLController",
     "KLPenalty",
     "Level",
     "LossContext",
     "NeedsColumns",
     "Normalizer",
+    "ObservesMismatch",
     "PluginError",
     "PolicyLoss",
     "PolicyLossOutput",
     "PromptTemplate",
     "RefillContext",
+    "RolloutCorrection",
     "RolloutStrategy",
     "ScoredBatch",
     "Stateful",
@@ -90,6 +112,7 @@ __all__ = [
     "check_aggregation",
     "completion_text",
     "constant_length_aggregate",
+    "decoder_layers_owner",
     "generate_with_trl",
     "get_plugin_manager",
     "group_view",
@@ -97,11 +120,20 @@ __all__ = [
     "hookspec",
     "k3",
     "last_number",
+    "left_padded",
     "load_component",
     "log_importance_weights",
+    "log_metric",
+    "mode_of",
     "nanstd",
+    "right_padded",
+    "sequence_log_ratio",
     "sequence_mean_aggregate",
     "sequence_sum_aggregate",
+    "skipped_layers",
+    "token_log_ratio",
+    "token_logps",
     "token_mean_aggregate",
+    "tokenize_prompts",
     "uninformative_groups",
 ]

@@ -280,6 +280,8 @@ def prepare(
         )
     selected = {"verifier": config.verifiers, "normalizer": [config.normalizer], "kl_penalty": [config.kl_penalty],
                 "rollout": [config.rollout]}  # fmt: skip
+    if config.rollout_correction is not None:
+        selected["rollout_correction"] = [config.rollout_correction]
     for kind, names in selected.items():  # an unknown name fails now, with the installed list, not after loading
         for name in names:
             manager.entry(kind, name)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..framework.hookspecs import hookimpl
+from .corrections import TRL_MODES, NoCorrection, seq_tis, token_tis, trl_mode
 from .estimators import GAEEstimator, ReinforcePlusPlusEstimator
 from .kl import FixedKLController, K3KLPenalty, NoKLPenalty
 from .normalizers import GRPONormalizer
@@ -49,6 +50,15 @@ def zrl_register_kl_controllers(register: Register) -> None:
 @hookimpl
 def zrl_register_rollouts(register: Register) -> None:
     register("default", DefaultRollout)
+
+
+@hookimpl
+def zrl_register_rollout_corrections(register: Register) -> None:
+    register("none", NoCorrection)
+    for mode in TRL_MODES:
+        register(mode, trl_mode(mode))
+    register("token_tis", token_tis)
+    register("seq_tis", seq_tis)
 
 
 @hookimpl

@@ -5,18 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
-def generate_with_trl(prompts: Sequence[Any], trainer: Any) -> dict[str, Any]:
-    """Produce completions with TRL's own generation path (transformers ``generate`` or TRL's vLLM modes).
-
-    For strategies that wrap plain sampling (e.g. dynamic sampling) and need it as a function returning TRL's
-    ``rollout_func`` dict. Behaviour log-probs are those TRL returns (vLLM) or ``None``.
-    """
-    prompt_ids, images, multimodal_fields = trainer._tokenize_prompts(list(prompts))
-    mode = "train" if trainer.model.training else "eval"
-    num_generations = trainer.num_generations if mode == "train" else trainer.num_generations_eval
-    completion_ids, logprobs = trainer._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations)
-    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
+from ..framework.trainer_api import generate_with_trl
 
 
 class DefaultRollout:

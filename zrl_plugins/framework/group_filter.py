@@ -12,6 +12,7 @@ LEFT_PADDED = ("prompt_ids", "prompt_mask")  # TRL pads prompts on the left, com
 ROW_KEYS = (
     "prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "tool_mask", "old_per_token_logps",
     "sampling_per_token_logps", "ref_per_token_logps", "importance_sampling_ratio", "advantages",
+    "rollout_correction_mask",
 )  # fmt: skip
 
 

@@ -129,6 +129,18 @@ def zrl_register_rollouts(register: Callable[[str, Callable[..., Any]], None]) -
     """
 
 
+@hookspec
+def zrl_register_rollout_corrections(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register rollout corrections (importance weights and rejection masks for the behaviour/π_old mismatch).
+
+    :param register: ``register(name, factory)``. ``factory(**kwargs)`` must return a
+        :class:`zrl_plugins.sdk.RolloutCorrection`; ``kwargs`` come from ``ZRLConfig.rollout_correction_kwargs``.
+
+    Called once per plugin when the plugin manager is built. The trainer selects one by name
+    (``rollout_correction``, or from TRL's ``vllm_importance_sampling_*`` options).
+    """
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Observer hooks
 # --------------------------------------------------------------------------------------------------------------------

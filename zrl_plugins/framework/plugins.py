@@ -36,6 +36,7 @@ from .protocols import (
     Normalizer,
     PolicyLoss,
     PromptTemplate,
+    RolloutCorrection,
     RolloutStrategy,
     TokenAdvantageEstimator,
     Verifier,
@@ -53,6 +54,7 @@ REGISTRATION_HOOKS = {
     "kl_penalty": "zrl_register_kl_penalties",
     "kl_controller": "zrl_register_kl_controllers",
     "rollout": "zrl_register_rollouts",
+    "rollout_correction": "zrl_register_rollout_corrections",
     "template": "zrl_register_templates",
 }
 KIND_PROTOCOLS: dict[str, tuple[type, ...]] = {
@@ -62,6 +64,7 @@ KIND_PROTOCOLS: dict[str, tuple[type, ...]] = {
     "kl_penalty": (KLPenalty,),
     "kl_controller": (KLController,),
     "rollout": (RolloutStrategy,),
+    "rollout_correction": (RolloutCorrection,),
     "template": (PromptTemplate,),
 }
 KIND_PLURALS = {
@@ -71,6 +74,7 @@ KIND_PLURALS = {
     "kl_penalty": "KL penalties",
     "kl_controller": "KL controllers",
     "rollout": "rollouts",
+    "rollout_correction": "rollout corrections",
     "template": "prompt templates",
 }
 

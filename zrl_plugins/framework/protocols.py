@@ -12,8 +12,19 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-COMPONENT_KINDS = ("verifier", "normalizer", "policy_loss", "kl_penalty", "kl_controller", "rollout", "template")
-ComponentKind = Literal["verifier", "normalizer", "policy_loss", "kl_penalty", "kl_controller", "rollout", "template"]
+COMPONENT_KINDS = (
+    "verifier",
+    "normalizer",
+    "policy_loss",
+    "kl_penalty",
+    "kl_controller",
+    "rollout",
+    "rollout_correction",
+    "template",
+)
+ComponentKind = Literal[
+    "verifier", "normalizer", "policy_loss", "kl_penalty", "kl_controller", "rollout", "rollout_correction", "template"
+]
 
 
 @runtime_checkable
@@ -196,22 +207,60 @@ class RolloutStrategy(Protocol):
         replaces_generation: ``False`` → TRL's own generation is used unchanged (transformers ``generate`` or TRL's
             vLLM server/colocate modes); ``True`` → ``__call__`` is installed as TRL's ``rollout_func``.
         off_policy: ``True`` when the behaviour policy differs from π_old (e.g. a layer-skipped model): the trainer
-            then computes π_old log-probs itself and passes the behaviour log-probs to the loss as
-            ``sampling_per_token_logps`` for importance correction.
+            then computes π_old log-probs itself and corrects for the behaviour log-probs it reports with the
+            ``rollout_correction`` component.
 
     ``__call__(prompts, trainer)`` follows TRL's ``rollout_func`` contract: it receives this process's prompts (already
     repeated ``num_generations`` times by TRL's sampler) and returns a dict with ``prompt_ids``, ``completion_ids``
     (lists of token-id lists) and ``logprobs`` (per-token behaviour log-probs, or ``None``); other keys are forwarded
     to the verifiers as columns.
 
-    Optional members (protocols below): :class:`ValidatesSetup`, :class:`ImportanceWeighting` (off-policy
-    strategies), :class:`GroupFilter` (DAPO's dynamic sampling), :class:`Stateful`.
+    Optional members (protocols below): :class:`ValidatesSetup`, :class:`ObservesMismatch` (off-policy
+    strategies), :class:`GroupFilter` (DAPO's dynamic sampling), :class:`Stateful`. The correction of the loss for the
+    behaviour policy is not the strategy's: it is the ``rollout_correction`` component's (:class:`RolloutCorrection`).
     """
 
     replaces_generation: bool
     off_policy: bool
 
     def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class CorrectionOutput:
+    """What a :class:`RolloutCorrection` returns for this process's rows.
+
+    Attributes:
+        weights: importance weights the per-token loss is multiplied by, per token (``B x T``) or per sequence
+            (``B x 1``); ones when the correction only rejects. They reach the policy loss as
+            ``importance_sampling_ratio``.
+        mask: rejection mask (1 = keep, 0 = reject), ``B x T`` or ``B x 1``, multiplied into the loss mask: a rejected
+            token leaves the aggregation's denominator too; ``None`` rejects nothing. (A weight of 0 instead keeps the
+            token in the denominator, as TRL's ``*_mask`` modes do.)
+        metrics: scalars logged as ``rollout/<key>`` (min over processes for keys containing ``min``, max for
+            ``max``, else the mean).
+    """
+
+    weights: torch.Tensor
+    mask: torch.Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class RolloutCorrection(Protocol):
+    """Corrects the loss for the gap between the behaviour policy that sampled the completions (vLLM, a layer-skipped
+    model, any rollout reporting per-token log-probs) and π_old, the trainer's policy at sampling time.
+
+    ``__call__(old_logps, behaviour_logps, mask)``: log-probs of the sampled tokens under π_old and under the
+    behaviour policy (``B x T``, no gradient; a behaviour log-prob may be NaN where the engine could not score the
+    token) and the completion mask (``B x T``, 1 on completion tokens). Returns a :class:`CorrectionOutput`. The
+    trainer logs the mismatch statistics itself (token KL, ESS, ratio range, fraction rejected) for every
+    correction.
+    """
+
+    def __call__(
+        self, old_logps: torch.Tensor, behaviour_logps: torch.Tensor, mask: torch.Tensor
+    ) -> CorrectionOutput: ...
 
 
 # ---------------------------------------------------------------------------------------------- optional members
@@ -227,14 +276,13 @@ class ValidatesSetup(Protocol):
 
 
 @runtime_checkable
-class ImportanceWeighting(Protocol):
-    """For off-policy rollout strategies: ``importance_weights(old_logps, behaviour_logps, mask) -> (weights,
-    stats)``, the per-token (B x T) or per-sequence (B x 1) weights π_old / π_behaviour the policy loss is corrected
-    with, and scalar statistics logged as ``rollout/<key>``."""
+class ObservesMismatch(Protocol):
+    """For off-policy rollout strategies: ``observe_mismatch(stats)`` receives, once per rollout batch, this
+    process's mismatch statistics between the behaviour policy and π_old, under their logged names
+    (``rollout/behaviour_kl``, ``rollout/ess``, ...; see ``docs/methods.md#rollout-correction``), e.g. to warn when
+    the behaviour model drifts too far."""
 
-    def importance_weights(
-        self, old_logps: torch.Tensor, behaviour_logps: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def observe_mismatch(self, stats: dict[str, float]) -> None: ...
 
 
 @runtime_checkable

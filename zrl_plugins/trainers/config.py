@@ -18,7 +18,14 @@ from trl import GRPOConfig
 
 from ..framework.errors import ConfigError
 
-KWARGS_FIELDS = ("verifier_kwargs", "normalizer_kwargs", "policy_loss_kwargs", "kl_penalty_kwargs", "rollout_kwargs")
+KWARGS_FIELDS = (
+    "verifier_kwargs",
+    "normalizer_kwargs",
+    "policy_loss_kwargs",
+    "kl_penalty_kwargs",
+    "rollout_kwargs",
+    "rollout_correction_kwargs",
+)
 
 
 def _parse_kwargs(name: str, value: Any) -> dict[str, Any]:
@@ -127,6 +134,32 @@ class ZRLConfig(GRPOConfig):
     rollout_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keyword arguments of the rollout strategy (JSON object on the CLI)."}
     )
+    rollout_correction: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rollout correction by name (none, token_truncate, token_mask, sequence_truncate, sequence_mask, "
+            "token_tis, seq_tis; icepop, geo_mask, batch_norm_is from zrl-corrections): weights and rejection masks "
+            "for the gap between the behaviour policy (vLLM, nested) and pi_old. Unset: from TRL's "
+            "vllm_importance_sampling_* options with vLLM, token_tis for an off-policy rollout, else none."
+        },
+    )
+    rollout_correction_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of the rollout correction (JSON object on the CLI)."}
+    )
+    vllm_importance_sampling_correction: bool | None = field(
+        default=None,
+        metadata={
+            "help": "TRL's option, translated into rollout_correction (False: `none`). Unset: TRL's default (on, "
+            "with vLLM)."
+        },
+    )
+    vllm_importance_sampling_mode: str | None = field(
+        default=None,
+        metadata={
+            "help": "TRL's option (token_truncate, token_mask, sequence_truncate, sequence_mask), translated into the "
+            "rollout_correction of that name. Unset: TRL's default `sequence_mask`, with vLLM."
+        },
+    )
 
     vllm_enforce_eager: bool | None = field(
         default=None,
@@ -156,9 +189,11 @@ class ZRLConfig(GRPOConfig):
             raise ConfigError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         for name in KWARGS_FIELDS:
             setattr(self, name, _parse_kwargs(name, getattr(self, name)))
+        from .correction_options import resolve_rollout_correction
         from .trl_options import resolve
 
         resolve(self, per_token_advantages=self._per_token_advantages)
+        resolve_rollout_correction(self)
         for verifier, kwargs in self.verifier_kwargs.items():
             if not isinstance(kwargs, dict):
                 raise ValueError(

@@ -57,16 +57,18 @@ from ..framework.ops import nanstd
 from ..framework.plugins import ZRLPluginManager, get_plugin_manager
 from ..framework.protocols import (
     GroupFilter,
-    ImportanceWeighting,
     LossContext,
     NeedsColumns,
+    ObservesMismatch,
     PolicyLossOutput,
     Stateful,
     ValidatesSetup,
 )
+from ..framework.rollout_correction import checked_correction, mismatch_stats
 from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
 from ..framework.verifier_guard import NamedVerifier
 from .config import ZRLConfig
+from .correction_options import warn_truncated_support
 from .fused_head import completion_positions_only
 from .numerics import NumericalInstabilityError, SkipGuard
 from .vllm_cpu import check_vllm_options, engine_options, install_cpu_weight_sync, vllm_runs_on_cpu
@@ -156,6 +158,10 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         )
         self.kl_penalty = self._build("kl_penalty", args.kl_penalty, args.kl_penalty_kwargs, **self._kl_defaults(args))
         self.rollout_strategy = self._build("rollout", args.rollout, args.rollout_kwargs)
+        # unset outside vLLM (correction_options.py): TIS for an off-policy rollout strategy, else none
+        self.correction_name = args.rollout_correction or ("token_tis" if self.rollout_strategy.off_policy else "none")
+        correction_kwargs = args.rollout_correction_kwargs
+        self.rollout_correction = self._build("rollout_correction", self.correction_name, correction_kwargs)
         # TRL loads (and calls) a reference model iff beta != 0; make that follow the KL penalty.
         args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
 
@@ -190,6 +196,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             super().__init__(model, reward_funcs, args, *pargs, **kwargs)
         if on_cpu and args.vllm_mode == "colocate":
             install_cpu_weight_sync(self.vllm_generation)
+        self.vllm_importance_sampling_correction = False  # TRL's ratio: the rollout_correction component computes it
+        warn_truncated_support(args, self.correction_name)
         if isinstance(self.rollout_strategy, ValidatesSetup):
             self.rollout_strategy.validate(self)  # e.g. a strategy that cannot work with TRL's vLLM modes refuses
         if self.train_dataset is not None:
@@ -318,27 +326,43 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         return rewards_per_func
 
     def _score(self, inputs: list[dict[str, Any]]) -> ScoredBatch:
-        """TRL's generation and scoring of this process's rows, plus π_old log-probs and importance weights for
-        off-policy strategies."""
+        """TRL's generation and scoring of this process's rows, plus π_old log-probs (off-policy strategies, or a
+        correction to compute) and the rollout correction wherever the behaviour policy reported log-probs."""
         with capturing_scores() as scores:
             output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         mask = output["completion_mask"] * output.get("tool_mask", 1)
-        strategy = self.rollout_strategy
-        if strategy.off_policy and "old_per_token_logps" not in output:
+        behaviour = output.get("sampling_per_token_logps")
+        correcting = behaviour is not None and self.correction_name != "none"
+        if (self.rollout_strategy.off_policy or correcting) and "old_per_token_logps" not in output:
             output["old_per_token_logps"] = self._policy_logps(output)
-        if strategy.off_policy and isinstance(strategy, ImportanceWeighting) and "sampling_per_token_logps" in output:
-            old, behaviour = output["old_per_token_logps"], output["sampling_per_token_logps"]
-            weigh = strategy.importance_weights
-            weights, stats = self._call("rollout", self.args.rollout, "importance_weights", weigh, old, behaviour, mask)
-            output["importance_sampling_ratio"] = weights  # the loss multiplies per-token losses by it, as for vLLM
-            self._log_rollout_stats(stats, mode)
+        if behaviour is not None and "old_per_token_logps" in output:
+            self._correct_rollout(output, mask, mode)
         local = self._process_slice(output)
         device = scores.rewards_per_func.device
         truncated = torch.tensor(scores.truncated, dtype=torch.bool, device=device)
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         return ScoredBatch(inputs=list(inputs), output=output, rewards_per_func=scores.rewards_per_func[local],
                            truncated=truncated, mode=mode, group_size=group_size)  # fmt: skip
+
+    def _correct_rollout(self, output: dict[str, Any], mask: torch.Tensor, mode: str) -> None:
+        """The rollout correction: its weights become ``importance_sampling_ratio`` (the loss multiplies by it), its
+        rejection mask ``rollout_correction_mask`` (multiplied into the loss mask); the mismatch is logged."""
+        old, behaviour, name = output["old_per_token_logps"], output["sampling_per_token_logps"], self.correction_name
+        out = self._call("rollout_correction", name, "__call__", self.rollout_correction, old, behaviour, mask)
+        weights, rejection = checked_correction(name, out, old, mask)
+        output["importance_sampling_ratio"] = weights
+        if rejection is not None:
+            output["rollout_correction_mask"] = rejection
+        # recounted on every process alike (one process may reject nothing while another does)
+        kept = mask if rejection is None else mask * rejection
+        output["num_items_in_batch"] = self.accelerator.gather(kept.sum()).sum()
+        stats = mismatch_stats(old, behaviour, mask, weights, rejection)
+        stats.update({f"rollout/{key}": value for key, value in out.metrics.items()})
+        if isinstance(self.rollout_strategy, ObservesMismatch):
+            observe = self.rollout_strategy.observe_mismatch
+            self._call("rollout", self.args.rollout, "observe_mismatch", observe, stats)
+        self._log_rollout_stats(stats, mode, prefix="")
 
     def _filter_groups(self, batch: ScoredBatch) -> ScoredBatch:
         """Hand the batch to the rollout strategy's group filter (DAPO dynamic sampling), with the core's means to
@@ -357,6 +381,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         strategy = self.rollout_strategy
         batch, stats = self._call("rollout", self.args.rollout, "refill", strategy.refill, batch, ctx)
         loss_mask = batch.output["completion_mask"] * batch.output.get("tool_mask", 1)
+        loss_mask = loss_mask * batch.output.get("rollout_correction_mask", 1)
         batch.output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         self._log_rollout_stats(stats, "train")
         return batch
@@ -428,7 +453,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         totals = self.accelerator.reduce(torch.stack([local_sum, local_count]), reduction="sum")
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
-    def _log_rollout_stats(self, stats: dict[str, float], mode: str) -> None:
+    def _log_rollout_stats(self, stats: dict[str, float], mode: str, prefix: str = "rollout/") -> None:
         """Log a rollout strategy's statistics over all processes (min of ``*min*``, max of ``*max*``, else mean)."""
         names = sorted(stats)
         if not names:
@@ -438,7 +463,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         for i, name in enumerate(names):
             column = gathered[:, i]
             value = column.min() if "min" in name else column.max() if "max" in name else column.mean()
-            self._metrics[mode][f"rollout/{name}"].append(value.item())
+            self._metrics[mode][f"{prefix}{name}"].append(value.item())
 
     def _notify_rollout_batch(self, batch: ScoredBatch, rewards: torch.Tensor, rewards_per_func: torch.Tensor) -> None:
         output = batch.output
@@ -553,6 +578,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         """Policy loss (the component) → TRL's masks and importance correction → KL term → aggregation (the
         normalizer) → entropy bonus and router aux loss, in TRL's order."""
         mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+        if "rollout_correction_mask" in inputs:  # the rollout correction's rejections leave the loss
+            mask = mask * inputs["rollout_correction_mask"]
         advantages = inputs["advantages"]
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)

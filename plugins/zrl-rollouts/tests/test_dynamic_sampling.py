@@ -103,7 +103,7 @@ def test_the_resampling_bound_holds_and_training_goes_on(tiny_model_dir, tmp_pat
 
 def test_wraps_another_strategy_and_checks_group_layout(tiny_model_dir, tmp_path):
     sampler = load_component("rollout", "dynamic_sampling", inner="nested", inner_kwargs={"skip_ratio": 0.25})
-    assert sampler.off_policy and sampler.replaces_generation and callable(sampler.importance_weights)
+    assert sampler.off_policy and sampler.replaces_generation and callable(sampler.observe_mismatch)
     reward = CountingReward()
     trainer, _ = trainer_for(tiny_model_dir, tmp_path, reward, inner="nested", max_resamples=2)
     trainer.train()

@@ -10,10 +10,34 @@ from types import SimpleNamespace
 import pytest
 import torch
 from datasets import Dataset
-from zrl_rollouts.nested import blocks, choose_layers, importance_weights, late_block, sampling_quality
+from zrl_rollouts.nested import blocks, choose_layers, late_block
 
 from zrl_plugins import PluginError, ZRLConfig, ZRLGRPOTrainer, load_component
-from zrl_plugins.builtins.rollouts import generate_with_trl
+from zrl_plugins.framework.errors import UnknownComponentError
+from zrl_plugins.framework.rollout_correction import checked_correction, mismatch_stats
+from zrl_plugins.sdk import generate_with_trl
+
+NESTED_STATS = ("is_weight_mean", "is_weight_min", "is_weight_max", "is_truncated_fraction", "behaviour_kl", "ess")
+
+
+def importance_weights(old, behaviour, mask, correction, clip):
+    """The weights the trainer applies for nested with ``rollout_correction=correction`` and the statistics nested
+    logged, under their ``rollout/`` names (the correction and the statistics moved to the rollout_correction
+    kind)."""
+    component = load_component("rollout_correction", correction, **({} if correction == "none" else {"clip": clip}))
+    out = component(old, behaviour, mask)
+    weights, rejection = checked_correction(correction, out, old, mask)
+    stats = {
+        **mismatch_stats(old, behaviour, mask, weights, rejection),
+        **{f"rollout/{k}": v for k, v in out.metrics.items()},
+    }
+    return weights, {key: stats[f"rollout/{key}"] for key in NESTED_STATS if f"rollout/{key}" in stats}
+
+
+def sampling_quality(old, behaviour, mask):
+    stats = mismatch_stats(old, behaviour, mask, torch.ones_like(old[:, :1]), None)
+    return {"behaviour_kl": stats["rollout/behaviour_kl"], "ess": stats["rollout/ess"]}
+
 
 DATA = Dataset.from_list([{"prompt": f"What is {a} + {a + 1}?", "answer": str(2 * a + 1)} for a in range(16)])
 
@@ -130,7 +154,7 @@ def test_layer_choice():
 
 @pytest.mark.parametrize("correction", ["none", "token_tis", "seq_tis"])
 def test_training_with_each_correction(four_layers, tmp_path, correction):
-    trainer = trainer_for(four_layers, tmp_path, rollout="nested", rollout_kwargs={"correction": correction})
+    trainer = trainer_for(four_layers, tmp_path, rollout="nested", rollout_correction=correction)
     trainer.train()
     log = next(h for h in trainer.state.log_history if "loss" in h)
     assert log["rollout/skipped_layers"] == 1.0  # round(0.25 · 4)
@@ -141,8 +165,8 @@ def test_training_with_each_correction(four_layers, tmp_path, correction):
 def test_bad_options_and_vllm_are_refused(four_layers, tmp_path):
     with pytest.raises(PluginError, match="skip_ratio must be in"):
         load_component("rollout", "nested", skip_ratio=1.0)
-    with pytest.raises(PluginError, match="correction must be"):
-        load_component("rollout", "nested", correction="tis")
+    with pytest.raises(UnknownComponentError, match="unknown rollout_correction 'tis'"):  # the option moved
+        trainer_for(four_layers, tmp_path, rollout="nested", rollout_correction="tis")
     nested = load_component("rollout", "nested")
     with pytest.raises(ValueError, match="with use_vllm=True vLLM generates from its own copy of the weights"):
         nested.validate(SimpleNamespace(use_vllm=True))
@@ -194,3 +218,16 @@ def test_nested_logs_behaviour_kl_and_ess_and_warns_once(four_layers, tmp_path):
     log = next(h for h in trainer.state.log_history if "loss" in h)
     assert 0.0 < log["rollout/ess"] <= 1.0 and math.isfinite(log["rollout/behaviour_kl"])
     assert log["rollout/calibration_kl"] == pytest.approx(trainer.rollout_strategy.calibration_kl["chosen"])
+
+
+def test_nested_is_corrected_by_the_rollout_correction_kind(four_layers, tmp_path):
+    """Unset, an off-policy rollout gets token_tis with C = 2 (nested's former default); the weights in the batch
+    are that component's on the batch's own log-probs."""
+    trainer = trainer_for(four_layers, tmp_path, rollout="nested", rollout_kwargs={"layers": [1]})
+    assert trainer.correction_name == "token_tis" and trainer.rollout_correction.clip == 2.0
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([dict(DATA[i]) for i in range(2) for _ in range(4)])
+    old, behaviour = out["old_per_token_logps"], out["sampling_per_token_logps"]
+    expected = trainer.rollout_correction(old, behaviour, out["completion_mask"])
+    torch.testing.assert_close(out["importance_sampling_ratio"], expected.weights)
+    assert not torch.allclose(old, behaviour)  # a layer is skipped: there is something to correct

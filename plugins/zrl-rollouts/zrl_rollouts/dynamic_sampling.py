@@ -56,8 +56,8 @@ class DynamicSampling:
         self.draws = 0
         self.replaces_generation = self.inner.replaces_generation
         self.off_policy = self.inner.off_policy
-        if callable(getattr(self.inner, "importance_weights", None)):
-            self.importance_weights = self.inner.importance_weights
+        if callable(getattr(self.inner, "observe_mismatch", None)):
+            self.observe_mismatch = self.inner.observe_mismatch
 
     def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, Any]:
         return self.inner(prompts, trainer)

@@ -11,47 +11,23 @@ parameters are still managed. Decoder layers must return their hidden states as 
 
 from __future__ import annotations
 
-import contextlib
 import random
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from zrl_plugins.sdk import generate_with_trl
-
-Correction = Literal["none", "token_tis", "seq_tis"]
-
-
-def decoder_layers_owner(model: nn.Module) -> nn.Module:
-    """The module holding ``layers`` (the decoder stack) of a causal LM, through PEFT and DDP wrappers."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    inner = getattr(model, "model", model)
-    if not isinstance(getattr(inner, "layers", None), nn.ModuleList):
-        raise ValueError(f"nested rollout: cannot find the decoder layers of {type(model).__name__}")
-    return inner
-
-
-def _pass_through(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    return hidden_states
-
-
-@contextlib.contextmanager
-def skipped_layers(model: nn.Module, skip: Sequence[int]) -> Iterator[None]:
-    """Run ``model`` with the decoder layers in ``skip`` acting as the identity, restoring them afterwards."""
-    layers = decoder_layers_owner(model).layers
-    skipped = [layers[i] for i in sorted(set(skip))]
-    for layer in skipped:
-        layer.forward = _pass_through  # an instance attribute: nn.Module.__call__ (and its hooks) still run
-    try:
-        yield
-    finally:
-        for layer in skipped:
-            del layer.forward
-
+from zrl_plugins.sdk import (
+    decoder_layers_owner,
+    generate_with_trl,
+    left_padded,
+    log_metric,
+    skipped_layers,
+    token_logps,
+    tokenize_prompts,
+)
 
 Selection = Literal["random", "block", "calibrated"]
 
@@ -79,49 +55,6 @@ def blocks(num_layers: int, count: int) -> list[list[int]]:
     return [list(range(start, start + count)) for start in range(1, num_layers - count)] if count else [[]]
 
 
-def importance_weights(
-    old_logps: torch.Tensor, behaviour_logps: torch.Tensor, mask: torch.Tensor, correction: Correction, clip: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """w = π_old / π_behaviour per token (``token_tis``) or per sequence as the geometric mean of the token ratios
-    (``seq_tis``), truncated at ``clip``; ``none`` gives 1 (the biased baseline). Stats describe the raw weights."""
-    mask = mask.float()
-    log_ratio = torch.nan_to_num(old_logps - behaviour_logps, nan=0.0) * mask
-    if correction == "seq_tis":
-        raw = torch.exp(log_ratio.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0))
-        valid = mask.sum(-1, keepdim=True) > 0
-    else:
-        raw = torch.exp(log_ratio)
-        valid = mask > 0
-    values = raw[valid]
-    stats = {
-        "is_weight_mean": values.mean().item() if values.numel() else 1.0,
-        "is_weight_min": values.min().item() if values.numel() else 1.0,
-        "is_weight_max": values.max().item() if values.numel() else 1.0,
-        "is_truncated_fraction": (values > clip).float().mean().item() if values.numel() else 0.0,
-        **sampling_quality(old_logps, behaviour_logps, mask),
-    }
-    if correction == "none":
-        return torch.ones_like(raw), stats
-    return torch.clamp(raw, max=clip), stats
-
-
-def sampling_quality(old_logps: torch.Tensor, behaviour_logps: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """How far the behaviour model is from π_old on what it sampled: ``behaviour_kl`` = the mean over sampled tokens
-    of log π_behaviour − log π_old (an estimate of KL(behaviour ‖ π_old)), and ``ess`` = the effective sample size
-    (Σ w)² / (N Σ w²) of the sequence importance weights w = Π_t π_old / π_behaviour, over N sequences (1 = on
-    policy, 1/N = one sequence carries all the weight), computed in log space."""
-    mask = mask.float()
-    log_ratio = torch.nan_to_num(old_logps - behaviour_logps, nan=0.0) * mask
-    tokens = mask.sum()
-    behaviour_kl = (-log_ratio.sum() / tokens.clamp(min=1.0)).item()
-    rows = mask.sum(-1) > 0
-    log_w = log_ratio.sum(-1)[rows]
-    if log_w.numel() == 0:
-        return {"behaviour_kl": 0.0, "ess": 1.0}
-    ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / log_w.numel()
-    return {"behaviour_kl": behaviour_kl, "ess": ess.item()}
-
-
 def _token_kl(full_logits: torch.Tensor, skipped_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over masked positions of KL(full ‖ skipped) between the two next-token distributions."""
     full = torch.log_softmax(full_logits.float(), -1)
@@ -131,7 +64,8 @@ def _token_kl(full_logits: torch.Tensor, skipped_logits: torch.Tensor, mask: tor
 
 
 class NestedRollout:
-    """Layer-skipping behaviour model with off-policy correction.
+    """Layer-skipping behaviour model. It reports its behaviour log-probs; the trainer's ``rollout_correction``
+    (``token_tis`` unless one is named) corrects the loss for them.
 
     Args:
         skip_ratio: s, the fraction of decoder layers skipped (round(s·L) layers; never the first or the last).
@@ -143,12 +77,10 @@ class NestedRollout:
             late-middle block before the last two layers; ``random``: a fresh uniform draw per batch (the original
             rule).
         layers: a fixed list of layers to skip instead (overrides ``selection``).
-        correction: ``none``, ``token_tis`` or ``seq_tis``.
-        clip: C, the truncation of the importance weights.
         recalibrate_on_resume: measure again on the first batch after a resume instead of restoring the
             checkpointed set (the resumed run then may skip other layers than the uninterrupted one would).
         ess_warning: warn once when the effective sample size of the sequence importance weights (per N) falls
-            below this (logged every batch as ``rollout/ess``, with ``rollout/behaviour_kl``).
+            below this (the trainer logs it every batch as ``rollout/ess``, with ``rollout/behaviour_kl``).
         seed: seed of the ``random`` draw (batch k uses ``seed + k``, so resumes draw the same layers).
     """
 
@@ -160,8 +92,6 @@ class NestedRollout:
         skip_ratio: float = 0.25,
         selection: Selection = "calibrated",
         layers: Sequence[int] | None = None,
-        correction: Correction = "token_tis",
-        clip: float = 2.0,
         calibrate_every: int = 50,
         calibration_prompts: int = 8,
         calibration_tokens: int = 8,
@@ -173,14 +103,10 @@ class NestedRollout:
             raise ValueError(f"skip_ratio must be in [0, 1), got {skip_ratio}")
         if selection not in ("random", "block", "calibrated"):
             raise ValueError(f"selection must be 'random', 'block' or 'calibrated', got {selection!r}")
-        if correction not in ("none", "token_tis", "seq_tis"):
-            raise ValueError(f"correction must be 'none', 'token_tis' or 'seq_tis', got {correction!r}")
-        if clip <= 0:
-            raise ValueError(f"clip must be positive, got {clip}")
         if calibrate_every < 1 or calibration_prompts < 1 or calibration_tokens < 1:
             raise ValueError("calibrate_every, calibration_prompts and calibration_tokens must be >= 1")
         self.skip_ratio, self.selection, self.layers = skip_ratio, selection, layers
-        self.correction, self.clip, self.seed = correction, clip, seed
+        self.seed = seed
         self.calibrate_every, self.calibration_prompts = calibrate_every, calibration_prompts
         self.calibration_tokens, self.ess_warning = calibration_tokens, ess_warning
         self.recalibrate_on_resume = recalibrate_on_resume
@@ -210,12 +136,11 @@ class NestedRollout:
         self.last_skipped = skip
         with skipped_layers(model, skip):
             out = generate_with_trl(prompts, trainer)
-            out["logprobs"] = self._behaviour_logps(trainer, out["prompt_ids"], out["completion_ids"])
-        mode = "train" if trainer.model.training else "eval"
-        trainer._metrics[mode]["rollout/skipped_layers"].append(float(len(skip)))
+        out["logprobs"] = token_logps(trainer, out["prompt_ids"], out["completion_ids"], skip_layers=skip)
+        log_metric(trainer, "rollout/skipped_layers", len(skip))
         if self.calibrating and "chosen" in self.calibration_kl:
             # the chosen set's token KL(full ‖ skipped) when it was last measured
-            trainer._metrics[mode]["rollout/calibration_kl"].append(self.calibration_kl["chosen"])
+            log_metric(trainer, "rollout/calibration_kl", self.calibration_kl["chosen"])
         return out
 
     @property
@@ -268,16 +193,9 @@ class NestedRollout:
     def _calibration_batch(self, model: nn.Module, prompts: Sequence[Any], trainer: Any):
         """A few of the batch's distinct prompts with the full model's greedy continuation, and the mask of the
         continuation positions' next-token predictions (the positions KL is measured at)."""
-        from trl.trainer.utils import pad
-
         unique = list(dict.fromkeys(map(str, prompts)))[: self.calibration_prompts]
         chosen = [next(p for p in prompts if str(p) == u) for u in unique]
-        prompt_ids, _, _ = trainer._tokenize_prompts(chosen)
-        device = trainer.accelerator.device
-        pad_id = trainer._tokenizer.pad_token_id
-        ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=pad_id, padding_side="left").to(device)
-        mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0,
-                   padding_side="left").to(device)  # fmt: skip
+        ids, mask = left_padded(trainer, tokenize_prompts(trainer, chosen))
         for _ in range(self.calibration_tokens):  # greedy continuation, full model (no cache: a few tokens only)
             nxt = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
             ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
@@ -285,42 +203,19 @@ class NestedRollout:
         continuation[:, -self.calibration_tokens - 1 : -1] = 1.0  # positions predicting the continuation tokens
         return ids, mask, continuation
 
-    @staticmethod
-    def _behaviour_logps(
-        trainer: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]]
-    ) -> list[list[float]]:
-        from trl.trainer.utils import pad
-
-        device = trainer.accelerator.device
-        pad_id = trainer._tokenizer.pad_token_id
-        prompts = pad([torch.tensor(p) for p in prompt_ids], padding_value=pad_id, padding_side="left").to(device)
-        prompt_mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0,
-                          padding_side="left").to(device)  # fmt: skip
-        completions = pad([torch.tensor(c) for c in completion_ids], padding_value=pad_id).to(device)
-        completion_mask = pad([torch.ones(len(c), dtype=torch.long) for c in completion_ids], padding_value=0).to(
-            device
+    def observe_mismatch(self, stats: dict[str, float]) -> None:
+        """Warn once when the behaviour model is so far from the policy that few completions carry the update."""
+        ess = stats["rollout/ess"]
+        if ess >= self.ess_warning or self._warned_ess:
+            return
+        self._warned_ess = True
+        warnings.warn(
+            f"nested rollout: the importance weights' effective sample size is {ess:.2f} of the batch (skipping "
+            f"layers {self.last_skipped}; behaviour KL {stats['rollout/behaviour_kl']:.3f}): the behaviour model is "
+            "far from the policy, so few completions carry the update. Lower skip_ratio"
+            + ("." if self.calibrating else " or use selection='calibrated'."),
+            stacklevel=2,
         )
-        with torch.no_grad():
-            logps, _, _ = trainer._get_per_token_logps_and_entropies(
-                trainer.model, torch.cat([prompts, completions], 1), torch.cat([prompt_mask, completion_mask], 1),
-                completions.size(1), batch_size=trainer.args.per_device_train_batch_size,
-            )  # fmt: skip
-        return [row[: len(c)].tolist() for row, c in zip(logps, completion_ids, strict=True)]
-
-    def importance_weights(
-        self, old_logps: torch.Tensor, behaviour_logps: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        weights, stats = importance_weights(old_logps, behaviour_logps, mask, self.correction, self.clip)
-        if stats["ess"] < self.ess_warning and not self._warned_ess:
-            self._warned_ess = True
-            warnings.warn(
-                f"nested rollout: the importance weights' effective sample size is {stats['ess']:.2f} of the batch "
-                f"(skipping layers {self.last_skipped}; behaviour KL {stats['behaviour_kl']:.3f}): the behaviour model "
-                "is far from the policy, so few completions carry the update. Lower skip_ratio"
-                + ("." if self.calibrating else " or use selection='calibrated'."),
-                stacklevel=2,
-            )
-        return weights, stats
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "calibrated": self.calibrated, "calibrated_at": self.calibrated_at}
