@@ -207,9 +207,9 @@ def mismatch(captured_path: str) -> list[dict[str, Any]]:
     """Every installed rollout correction on the captured (π_old, π_vLLM, mask) tensors of each step, through the
     trainer's own checks and statistics."""
     import torch
-    from zrl_plugins.framework.rollout_correction import checked_correction, mismatch_stats
 
     from zrl_plugins.framework.plugins import get_plugin_manager
+    from zrl_plugins.framework.rollout_correction import checked_correction, mismatch_stats
 
     steps = torch.load(captured_path, weights_only=True)
     pm = get_plugin_manager()
