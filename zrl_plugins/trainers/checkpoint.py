@@ -98,9 +98,10 @@ def write_state(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: str | os.PathLike[str], newest_complete: str | None = None) -> dict[str, Any]:
+def load_state(path: str | os.PathLike[str], fallback: str | None = None) -> dict[str, Any]:
     """Read a state file safely; a missing, empty, truncated, foreign or code-carrying file is a
-    :class:`CheckpointError` naming the file, what is wrong with it and what to do."""
+    :class:`CheckpointError` naming the file, what is wrong with it and what to do (``fallback``: the checkpoint to
+    suggest instead)."""
     path = Path(path)
     problem = None
     try:
@@ -114,20 +115,20 @@ def load_state(path: str | os.PathLike[str], newest_complete: str | None = None)
     except FileNotFoundError:
         problem = "is missing"
     except pickle.UnpicklingError as exc:
-        unsupported = re.search(r"Unsupported (?:global|class)[^\n]*?:?\s*(GLOBAL\s+)?([\w.]+)", str(exc))
-        if "Weights only load failed" in str(exc):
-            what = unsupported.group(2) if unsupported else "a Python object"
+        unsupported = re.search(r"GLOBAL\s+([\w.]+)|[Uu]nsupported class\s+([\w.]+)", str(exc))
+        if unsupported:
             problem = (
-                f"holds {what}, which a safe load (weights_only=True) refuses: the file could run code when loaded. "
-                "Nothing from it was executed"
+                f"holds {unsupported.group(1) or unsupported.group(2)}, which a safe load (weights_only=True) refuses: "
+                "the file could run code when loaded. Nothing from it was executed"
             )
         else:
-            problem = f"is not a torch checkpoint (unreadable: {str(exc).splitlines()[0]})"
+            detail = re.search(r"Unsupported operand[^\n]*|invalid load key[^\n]*", str(exc))
+            problem = f"is not a torch checkpoint ({detail.group(0) if detail else str(exc).splitlines()[0]})"
     except (EOFError, RuntimeError, ValueError, OSError) as exc:
         problem = f"is truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     checkpoint = path.parent
-    if newest_complete is not None and Path(newest_complete) != checkpoint:
-        fix = f"resume from the newest complete checkpoint instead (resume_from_checkpoint={str(newest_complete)!r})"
+    if fallback is not None:
+        fix = f"resume from the newest complete checkpoint before it (resume_from_checkpoint={str(fallback)!r})"
     else:
         fix = "resume from another checkpoint"
     raise CheckpointError(
@@ -277,11 +278,11 @@ def resolve_resume(output_dir: str, resume_from_checkpoint: str | bool) -> tuple
                 f"no complete checkpoint in {output_dir}{detail}. Start without resume_from_checkpoint, or pass the "
                 "path of a checkpoint."
             )
-        newest_step = _step(found.newest_complete)
+        newest_step = step_of(found.newest_complete)
         warnings = [
             f"skipping incomplete checkpoint {folder} ({why}); resuming from {found.newest_complete}"
             for folder, why in found.incomplete.items()
-            if _step(folder) > newest_step
+            if step_of(folder) > newest_step
         ]
         return found.newest_complete, warnings
     path = str(resume_from_checkpoint)
@@ -295,7 +296,7 @@ def resolve_resume(output_dir: str, resume_from_checkpoint: str | bool) -> tuple
     return path, []
 
 
-def _step(folder: str) -> int:
+def step_of(folder: str) -> int:
     match = _CHECKPOINT_DIR.match(os.path.basename(folder))
     return int(match.group(1)) if match else -1
 
@@ -311,9 +312,9 @@ def rotate(run_dir: str, save_total_limit: int | None, best_model_checkpoint: st
     keep = set(found.complete[-save_total_limit:])
     if best_model_checkpoint is not None:
         keep.add(os.path.abspath(best_model_checkpoint))
-    newest_step = _step(found.newest_complete)
+    newest_step = step_of(found.newest_complete)
     doomed = [f for f in found.complete if f not in keep and os.path.abspath(f) not in keep]
-    doomed += [f for f in found.incomplete if _step(f) < newest_step]
+    doomed += [f for f in found.incomplete if step_of(f) < newest_step]
     for folder in doomed:
         shutil.rmtree(folder, ignore_errors=True)
     return doomed

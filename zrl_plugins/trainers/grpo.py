@@ -840,23 +840,25 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
     def _read_zrl_state(self, checkpoint_dir: str) -> dict[str, Any]:
         rank = self.accelerator.process_index
-        newest = checkpoint.scan(os.path.dirname(os.path.abspath(checkpoint_dir))).newest_complete
-        return checkpoint.load_state(os.path.join(checkpoint_dir, checkpoint.STATE_FILE.format(rank=rank)), newest)
+        complete = checkpoint.scan(os.path.dirname(os.path.abspath(checkpoint_dir))).complete
+        earlier = [c for c in complete if checkpoint.step_of(c) < checkpoint.step_of(checkpoint_dir)]
+        path = os.path.join(checkpoint_dir, checkpoint.STATE_FILE.format(rank=rank))
+        return checkpoint.load_state(path, earlier[-1] if earlier else None)
 
     def _load_optimizer_and_scheduler(self, checkpoint_dir):
         super()._load_optimizer_and_scheduler(checkpoint_dir)
         if checkpoint_dir is None:
             return
         changes = checkpoint.setup_changes(checkpoint.read_manifest(checkpoint_dir)["setup"], self._setup())
+        replaced = checkpoint.replaced_state_keys(changes)
         try:
             state = self._read_zrl_state(checkpoint_dir)
         except checkpoint.CheckpointError as exc:
             if not self.args.resume_override:
                 raise
             logger.warning("%s resume_override: zrl's components start from their initial state.", exc)
-            state = {"components": {}, "plugins": {}}
+            state, replaced = {"components": {}, "plugins": {}}, set(self._stateful_components())
         saved = dict(state["components"])
-        replaced = checkpoint.replaced_state_keys(changes)
         if "beta" in changes and "kl_penalty" in saved and "kl_penalty" not in replaced:
             saved["kl_penalty"] = {**saved["kl_penalty"], "beta": self.kl_penalty.controller.beta}
         for key, component in self._stateful_components().items():
