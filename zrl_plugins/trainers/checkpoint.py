@@ -218,7 +218,7 @@ def incomplete_reason(checkpoint_dir: str) -> str | None:
     """Why ``checkpoint_dir`` cannot be resumed from (the missing or unreadable file), or ``None`` if it is complete."""
     path = os.path.join(checkpoint_dir, MANIFEST)
     if not os.path.isfile(path):
-        return f"{MANIFEST} is missing (the save did not finish)"
+        return f"{MANIFEST} is missing: the save did not finish"
     try:
         manifest = read_manifest(checkpoint_dir)
         files = list(manifest["files"])
