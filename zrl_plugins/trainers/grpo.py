@@ -30,9 +30,11 @@ TRL methods overridden, and why:
     Install the non-finite step guard: a step whose loss or gradient norm is not finite is skipped on every process.
 ``log`` (through :class:`_ObservedLog`, placed after ``GRPOTrainer`` in the MRO)
     Lets ``zrl_on_log`` observers see and extend the metrics dict after TRL has merged its own metrics into it.
-``_save_checkpoint`` / ``_load_optimizer_and_scheduler``
+``_save_checkpoint`` / ``train`` / ``_load_optimizer_and_scheduler``
     Write and restore component state (KL controller, any ``state_dict()`` of a component) and the
-    ``zrl_on_save_checkpoint`` / ``zrl_on_load_checkpoint`` plugin state, next to TRL's own files.
+    ``zrl_on_save_checkpoint`` / ``zrl_on_load_checkpoint`` plugin state, next to TRL's own files; mark a checkpoint
+    complete only once every process wrote its part, rotate after that, resume only from a complete checkpoint
+    trained with the same setup (:mod:`zrl_plugins.trainers.checkpoint`, docs/checkpoints.md).
 """
 
 from __future__ import annotations
