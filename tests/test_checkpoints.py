@@ -316,3 +316,12 @@ def test_a_corrupt_state_file_names_the_file_the_problem_and_the_fix(damage, pro
     override = _trainer(out.parent, tiny_model_path, pm=pm, max_steps=2, resume_override=True)
     override.train(resume_from_checkpoint=True)  # weights and optimizer; components from their initial state
     assert probe.loaded == [("checkpoint-2", 0.05)]
+
+
+def test_a_process_beyond_the_checkpoint_s_process_count_resumes_with_rank_0_state(tmp_path):
+    for rank in (0, 1):
+        (tmp_path / f"zrl_state_{rank}.pt").write_bytes(b"x")
+    checkpoint.write_manifest(str(tmp_path), 5, 2, {})
+    assert checkpoint.state_file(str(tmp_path), 1) == (str(tmp_path / "zrl_state_1.pt"), None)
+    path, note = checkpoint.state_file(str(tmp_path), 3)
+    assert path == str(tmp_path / "zrl_state_0.pt") and "written by 2 process(es)" in note

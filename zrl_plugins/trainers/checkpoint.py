@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..framework.errors import ZRLError
+from ..framework.errors import PluginError, ZRLError
 
 STATE_FILE = "zrl_state_{rank}.pt"
 MANIFEST = "zrl_checkpoint.json"
@@ -138,9 +138,9 @@ def load_state(path: str | os.PathLike[str], fallback: str | None = None) -> dic
 
 
 # ------------------------------------------------------------------------------------------------------- setup
-def setup_of(args: Any, world_size: int) -> dict[str, Any]:
-    """The components (names and keyword arguments), initial β and process count a run trains with, as JSON values
-    (what a checkpoint records and a resume compares)."""
+def setup_of(args: Any) -> dict[str, Any]:
+    """The components (names and keyword arguments) and initial β a run trains with, as JSON values (what a checkpoint
+    records and a resume compares)."""
     setup = {
         "normalizer": args.normalizer,
         "normalizer_kwargs": args.normalizer_kwargs,
@@ -153,7 +153,6 @@ def setup_of(args: Any, world_size: int) -> dict[str, Any]:
         "rollout_kwargs": args.rollout_kwargs,
         "verifiers": list(args.verifiers),
         "verifier_kwargs": args.verifier_kwargs,
-        "num_processes": world_size,
     }
     return json.loads(json.dumps(setup, sort_keys=True, default=repr))
 
@@ -193,6 +192,17 @@ def check_setup(checkpoint_dir: str, current: Mapping[str, Any], override: bool)
 
 
 # ------------------------------------------------------------------------------------------------------- manifest
+def state_file(checkpoint_dir: str, rank: int) -> tuple[str, str | None]:
+    """The state file process ``rank`` resumes from, and a note when it is another process's: a checkpoint written
+    by fewer processes gives the extra ones rank 0's state (components hold the same state on every process)."""
+    own = os.path.join(checkpoint_dir, STATE_FILE.format(rank=rank))
+    written_by = read_manifest(checkpoint_dir).get("num_processes", 1)
+    if rank < written_by:
+        return own, None
+    note = f"{checkpoint_dir} was written by {written_by} process(es); process {rank} resumes with rank 0's zrl state"
+    return os.path.join(checkpoint_dir, STATE_FILE.format(rank=0)), note
+
+
 def write_manifest(checkpoint_dir: str, step: int, world_size: int, setup: Mapping[str, Any]) -> None:
     """Mark ``checkpoint_dir`` complete: every file now in it (all processes have written theirs) and the setup."""
     paths = [p for p in Path(checkpoint_dir).rglob("*") if p.is_file() and not p.name.endswith(".tmp")]
@@ -225,15 +235,15 @@ def incomplete_reason(checkpoint_dir: str) -> str | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{MANIFEST} is unreadable ({type(exc).__name__}: {exc})"
     for name in files:
-        file = os.path.join(checkpoint_dir, name)
-        if not os.path.isfile(file):
+        if not os.path.isfile(os.path.join(checkpoint_dir, name)):
             return f"{name} is missing"
-        if name.endswith(".json"):
-            try:
-                with open(file) as f:
-                    json.load(f)
-            except (OSError, ValueError) as exc:
-                return f"{name} is unreadable ({type(exc).__name__}: {exc})"
+    try:  # the first file a resume reads
+        with open(os.path.join(checkpoint_dir, "trainer_state.json")) as f:
+            json.load(f)
+    except FileNotFoundError:
+        pass  # not every checkpoint has one (a save_only_model-free custom trainer); the manifest decides
+    except (OSError, ValueError) as exc:
+        return f"trainer_state.json is unreadable ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -354,8 +364,8 @@ def translated_write_errors(checkpoint_dir: str) -> Iterator[None]:
     :class:`CheckpointError` that says so (torch's zip writer reports a full disk as ``unexpected pos``)."""
     try:
         yield
-    except CheckpointError:
-        raise
+    except (CheckpointError, PluginError):
+        raise  # a plugin's failure is named as the plugin's, whatever it was
     except Exception as exc:
         code = getattr(exc, "errno", None)
         text = str(exc).lower()

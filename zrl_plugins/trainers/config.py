@@ -141,7 +141,7 @@ class ZRLConfig(GRPOConfig):
     resume_override: bool = field(
         default=False,
         metadata={
-            "help": "Resume a checkpoint trained with other components, kwargs, beta or process count: this run's "
+            "help": "Resume a checkpoint trained with other components, kwargs or beta: this run's "
             "setup wins where it differs (replaced components start from their initial state, a new beta replaces "
             "the checkpoint's) and the log lists the changes. Also lets a checkpoint whose zrl state is unreadable "
             "resume its weights with zrl's components from their initial state."

@@ -821,7 +821,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         self.accelerator.wait_for_everyone()
 
     def _setup(self) -> dict[str, Any]:
-        return checkpoint.setup_of(self.args, self.accelerator.num_processes)
+        return checkpoint.setup_of(self.args)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """Resume only from a complete checkpoint trained with this setup (or with ``resume_override``), and refuse
@@ -841,10 +841,9 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _read_zrl_state(self, checkpoint_dir: str) -> dict[str, Any]:
-        rank = self.accelerator.process_index
+        path, _ = checkpoint.state_file(checkpoint_dir, self.accelerator.process_index)
         complete = checkpoint.scan(os.path.dirname(os.path.abspath(checkpoint_dir))).complete
         earlier = [c for c in complete if checkpoint.step_of(c) < checkpoint.step_of(checkpoint_dir)]
-        path = os.path.join(checkpoint_dir, checkpoint.STATE_FILE.format(rank=rank))
         return checkpoint.load_state(path, earlier[-1] if earlier else None)
 
     def _load_optimizer_and_scheduler(self, checkpoint_dir):
@@ -853,6 +852,9 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             return
         changes = checkpoint.setup_changes(checkpoint.read_manifest(checkpoint_dir)["setup"], self._setup())
         replaced = checkpoint.replaced_state_keys(changes)
+        _, note = checkpoint.state_file(checkpoint_dir, self.accelerator.process_index)
+        if note:
+            logger.warning(note)
         try:
             state = self._read_zrl_state(checkpoint_dir)
         except checkpoint.CheckpointError as exc:
