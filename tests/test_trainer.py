@@ -13,6 +13,7 @@ from zrl_plugins import ComponentContractError, PluginError, UnknownComponentErr
 from zrl_plugins.builtins.kl import K3KLPenalty
 from zrl_plugins.builtins.normalizers import GRPONormalizer
 from zrl_plugins.framework.plugins import ZRLPluginManager
+from zrl_plugins.trainers.checkpoint import CheckpointError
 
 
 class DoublingController:
@@ -226,16 +227,18 @@ def test_component_and_plugin_state_survive_a_resume(tmp_path, tiny_model_path, 
     assert loaded_dir == checkpoint and loaded_state == {"recorder": {"batches": 2}}
 
 
-def test_checkpoint_without_zrl_state_warns_and_keeps_defaults(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+def test_checkpoint_missing_its_zrl_state_is_refused(tmp_path, tiny_model_path, arithmetic_dataset, pm):
+    """Its zrl state is part of a checkpoint: without it the checkpoint is incomplete, not silently reset (there is
+    no older format without zrl state to stay compatible with)."""
     common = dict(kl_penalty="doubling", beta=0.01, save_strategy="steps", save_steps=1)
     first = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, max_steps=1, **common)
     first.train()
     checkpoint = os.path.join(first.args.output_dir, "checkpoint-1")
-    os.remove(os.path.join(checkpoint, "zrl_state_0.pt"))  # as written by a version without zrl state
+    os.remove(os.path.join(checkpoint, "zrl_state_0.pt"))
     resumed = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, pm, max_steps=2, **common)
-    with pytest.warns(UserWarning, match="holds no zrl state"):
+    with pytest.raises(CheckpointError, match=r"checkpoint-1 is incomplete: zrl_state_0.pt is missing"):
         resumed.train(resume_from_checkpoint=checkpoint)
-    assert resumed.kl_penalty.controller.updates == 1  # started again from the initial state
+    assert resumed.state.global_step == 0 and resumed.kl_penalty.controller.updates == 0
 
 
 class CountingRollout:

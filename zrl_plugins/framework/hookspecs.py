@@ -181,11 +181,14 @@ def zrl_on_save_checkpoint(trainer: Any, checkpoint_dir: str, state: dict[str, A
     :param trainer: the running trainer.
     :param checkpoint_dir: the ``checkpoint-<step>`` folder being written.
     :param state: a dict the plugin adds its entries to, under a key of its own (e.g. its distribution name).
-        Values must be picklable by :func:`torch.save` (tensors, numbers, lists, dicts). The core writes the dict to
-        ``<checkpoint_dir>/zrl_state_<rank>.pt`` (one file per process) together with the ``state_dict()`` of every
-        selected component.
+        Values must load back with ``torch.load(weights_only=True)`` (tensors, numbers, strings, bytes, and
+        lists/tuples/dicts/sets of them); anything else stops the save with an error naming the key. The core writes
+        the dict to ``<checkpoint_dir>/zrl_state_<rank>.pt`` (one file per process) together with the
+        ``state_dict()`` of every selected component.
 
-    Called on every process after TRL has written the model, optimizer and RNG state of a checkpoint.
+    Called on every process after TRL has written the model, optimizer and RNG state of a checkpoint, before the
+    checkpoint is marked complete: if it raises, the checkpoint stays incomplete and resume skips it
+    (docs/checkpoints.md).
     """
 
 

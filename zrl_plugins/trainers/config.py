@@ -179,6 +179,15 @@ class ZRLConfig(GRPOConfig):
     max_consecutive_skips: int = field(
         default=3, metadata={"help": "Non-finite steps in a row after which training stops with a numerics error."}
     )
+    resume_override: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume a checkpoint trained with other components, kwargs or beta: this run's "
+            "setup wins where it differs (replaced components start from their initial state, a new beta replaces "
+            "the checkpoint's) and the log lists the changes. Also lets a checkpoint whose zrl state is unreadable "
+            "resume its weights with zrl's components from their initial state."
+        },
+    )
 
     def __post_init__(self) -> None:
         from .numerics import POLICIES

@@ -30,9 +30,11 @@ TRL methods overridden, and why:
     Install the non-finite step guard: a step whose loss or gradient norm is not finite is skipped on every process.
 ``log`` (through :class:`_ObservedLog`, placed after ``GRPOTrainer`` in the MRO)
     Lets ``zrl_on_log`` observers see and extend the metrics dict after TRL has merged its own metrics into it.
-``_save_checkpoint`` / ``_load_optimizer_and_scheduler``
+``_save_checkpoint`` / ``train`` / ``_load_optimizer_and_scheduler``
     Write and restore component state (KL controller, any ``state_dict()`` of a component) and the
-    ``zrl_on_save_checkpoint`` / ``zrl_on_load_checkpoint`` plugin state, next to TRL's own files.
+    ``zrl_on_save_checkpoint`` / ``zrl_on_load_checkpoint`` plugin state, next to TRL's own files; mark a checkpoint
+    complete only once every process wrote its part, rotate after that, resume only from a complete checkpoint
+    trained with the same setup (:mod:`zrl_plugins.trainers.checkpoint`, docs/checkpoints.md).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ from ..framework.protocols import (
 from ..framework.rollout_correction import checked_correction, mismatch_stats
 from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
 from ..framework.verifier_guard import NamedVerifier
+from . import checkpoint
+from .checkpoint import STATE_FILE  # noqa: F401  (the file name the hookspec documents)
 from .config import ZRLConfig
 from .correction_options import warn_truncated_support
 from .fused_head import completion_positions_only
@@ -84,9 +88,6 @@ class CompletionForward:
     entropies: torch.Tensor | None
     aux_loss: torch.Tensor | None = None
     values: torch.Tensor | None = None  # V(s_t) of a PPO critic computed in the same pass
-
-
-STATE_FILE = "zrl_state_{rank}.pt"
 
 
 class _ObservedLog(Trainer):
@@ -794,46 +795,121 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             if isinstance(v, Stateful) and not isinstance(v, torch.nn.Module)
         }
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        checkpoint_dir = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-        state: dict[str, Any] = {
-            "components": {key: c.state_dict() for key, c in self._stateful_components().items()},
-            "plugins": {},
-            "kl_window": self._kl_window.clone(),
-        }
-        self.zrl_pm.call_observer(
-            "zrl_on_save_checkpoint", trainer=self, checkpoint_dir=checkpoint_dir, state=state["plugins"]
-        )
-        os.makedirs(checkpoint_dir, exist_ok=True)
-        torch.save(state, os.path.join(checkpoint_dir, STATE_FILE.format(rank=self.accelerator.process_index)))
+    def _state_owner(self, key: str) -> str:
+        """Who a component-state entry belongs to, for error messages: the plugin and the component."""
+        kind, _, name = key.partition(":")
+        name = name or getattr(self.args, kind, None)
+        try:
+            return f"plugin {self.zrl_pm.entry(kind, name).plugin!r} ({kind} {name!r}.state_dict())"
+        except (KeyError, ValueError):  # a reward function passed to the trainer directly, or zrl's own guard
+            return f"{key}.state_dict()"
 
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        path = os.path.join(checkpoint, STATE_FILE.format(rank=self.accelerator.process_index))
-        if not os.path.exists(path):
-            path = os.path.join(checkpoint, STATE_FILE.format(rank=0))
-        if not os.path.exists(path):
-            warnings.warn(
-                f"{checkpoint} holds no zrl state ({STATE_FILE.format(rank='<rank>')}); components keep their initial "
-                "state (KL coefficient, running statistics).",
-                stacklevel=2,
-            )
-            state: dict[str, Any] = {"components": {}, "plugins": {}}
-        else:
-            state = torch.load(path, weights_only=False)
-        saved = state.get("components", {})
+    def _zrl_state(self, checkpoint_dir: str) -> dict[str, Any]:
+        """This process's zrl state, checked to be loadable with ``weights_only=True`` before anything is written."""
+        components = {}
         for key, component in self._stateful_components().items():
+            components[key] = component.state_dict()
+            checkpoint.validate_state(self._state_owner(key), components[key])
+        plugins: dict[str, Any] = {}
+        self.zrl_pm.call_observer("zrl_on_save_checkpoint", trainer=self, checkpoint_dir=checkpoint_dir, state=plugins)
+        implementers = [impl.plugin_name for impl in self.zrl_pm.pm.hook.zrl_on_save_checkpoint.get_hookimpls()]
+        for key, value in plugins.items():
+            owner = f"plugin {key!r}" if key in implementers else f"one of the plugins {implementers}"
+            checkpoint.validate_state(f"{owner} (zrl_on_save_checkpoint, key {key!r})", value)
+        return {"components": components, "plugins": plugins, "kl_window": self._kl_window.clone()}
+
+    def _save_checkpoint(self, model, trial):
+        """TRL's save without its rotation, then every process's zrl state, then — once all processes wrote theirs —
+        the completion marker, then rotation (:mod:`zrl_plugins.trainers.checkpoint`)."""
+        run_dir = self._get_output_dir(trial=trial)
+        checkpoint_dir = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        checkpoint.check_free_space(
+            run_dir, checkpoint.estimate_bytes(self.model, self.optimizer, self.args.save_only_model)
+        )
+        failure: BaseException | None = None
+        try:
+            with checkpoint.translated_write_errors(checkpoint_dir):
+                limit, self.args.save_total_limit = self.args.save_total_limit, None
+                try:
+                    super()._save_checkpoint(model, trial)
+                finally:
+                    self.args.save_total_limit = limit
+                state = self._zrl_state(checkpoint_dir)
+                path = os.path.join(checkpoint_dir, checkpoint.STATE_FILE.format(rank=self.accelerator.process_index))
+                checkpoint.write_state(path, state)
+        except Exception as exc:
+            failure = exc
+        failed = torch.tensor(float(failure is not None), device=self.accelerator.device)
+        if self.accelerator.reduce(failed, reduction="sum").item() > 0:
+            if failure is not None:
+                raise failure
+            raise checkpoint.CheckpointError(
+                f"another process failed to write its part of {checkpoint_dir}; the checkpoint is left incomplete"
+            )
+        if self.args.should_save:
+            with checkpoint.translated_write_errors(checkpoint_dir):
+                checkpoint.write_manifest(
+                    checkpoint_dir, self.state.global_step, self.accelerator.num_processes, self._setup()
+                )
+            checkpoint.rotate(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
+
+    def _setup(self) -> dict[str, Any]:
+        return checkpoint.setup_of(self.args)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """Resume only from a complete checkpoint trained with this setup (or with ``resume_override``), and refuse
+        an unreadable zrl state before any step; ``True`` takes the newest complete checkpoint."""
+        if resume_from_checkpoint:
+            resume_from_checkpoint, notes = checkpoint.resolve_resume(self.args.output_dir, resume_from_checkpoint)
+            for note in notes:
+                warnings.warn(note, stacklevel=2)
+            changes = checkpoint.check_setup(resume_from_checkpoint, self._setup(), self.args.resume_override)
+            if changes:
+                logger.warning(
+                    "resume_override: this run's setup replaces the checkpoint's where they differ: %s",
+                    checkpoint.describe_changes(changes),
+                )
+            if not self.args.resume_override:
+                self._read_zrl_state(resume_from_checkpoint)  # an unreadable state stops the run before any step
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _read_zrl_state(self, checkpoint_dir: str) -> dict[str, Any]:
+        path, _ = checkpoint.state_file(checkpoint_dir, self.accelerator.process_index)
+        complete = checkpoint.scan(os.path.dirname(os.path.abspath(checkpoint_dir))).complete
+        earlier = [c for c in complete if checkpoint.step_of(c) < checkpoint.step_of(checkpoint_dir)]
+        return checkpoint.load_state(path, earlier[-1] if earlier else None)
+
+    def _load_optimizer_and_scheduler(self, checkpoint_dir):
+        super()._load_optimizer_and_scheduler(checkpoint_dir)
+        if checkpoint_dir is None:
+            return
+        changes = checkpoint.setup_changes(checkpoint.read_manifest(checkpoint_dir)["setup"], self._setup())
+        replaced = checkpoint.replaced_state_keys(changes)
+        _, note = checkpoint.state_file(checkpoint_dir, self.accelerator.process_index)
+        if note:
+            logger.warning(note)
+        try:
+            state = self._read_zrl_state(checkpoint_dir)
+        except checkpoint.CheckpointError as exc:
+            if not self.args.resume_override:
+                raise
+            logger.warning("%s resume_override: zrl's components start from their initial state.", exc)
+            state, replaced = {"components": {}, "plugins": {}}, set(self._stateful_components())
+        saved = dict(state["components"])
+        if "beta" in changes and "kl_penalty" in saved and "kl_penalty" not in replaced:
+            saved["kl_penalty"] = {**saved["kl_penalty"], "beta": self.kl_penalty.controller.beta}
+        for key, component in self._stateful_components().items():
+            if key in replaced:
+                continue  # a component the override replaced starts from its initial state
             if key in saved:
                 component.load_state_dict(saved[key])
-            elif os.path.exists(path):  # a file from an older plugin version: say which entry is missing
+            else:
                 warnings.warn(
-                    f"checkpoint {checkpoint} has no state for {key}; keeping its initial state.", stacklevel=2
+                    f"checkpoint {checkpoint_dir} has no state for {key}; keeping its initial state.", stacklevel=2
                 )
         if "kl_window" in state:
             self._kl_window = state["kl_window"].clone()
         self.zrl_pm.call_observer(
-            "zrl_on_load_checkpoint", trainer=self, checkpoint_dir=checkpoint, state=state.get("plugins", {})
+            "zrl_on_load_checkpoint", trainer=self, checkpoint_dir=checkpoint_dir, state=state.get("plugins", {})
         )
