@@ -65,7 +65,7 @@ from ..framework.protocols import (
     ValidatesSetup,
 )
 from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
-from ..framework.verifier_guard import NamedVerifier
+from ..framework.verifier_guard import AsyncNamedVerifier, NamedVerifier
 from .config import ZRLConfig
 from .fused_head import completion_positions_only
 from .numerics import NumericalInstabilityError, SkipGuard
@@ -158,9 +158,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         # TRL loads (and calls) a reference model iff beta != 0; make that follow the KL penalty.
         args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
 
-        verifier_funcs = [
-            self._verifier(name, args.verifier_kwargs.get(name, {}), args.verifier_timeout) for name in args.verifiers
-        ]
+        verifier_funcs = [self._verifier(name, args.verifier_kwargs.get(name, {}), args) for name in args.verifiers]
         if reward_funcs is None:
             reward_funcs = []
         elif not isinstance(reward_funcs, list):
@@ -276,12 +274,15 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 merged[key] = value
         return self.zrl_pm.load_component(kind, name, **merged)
 
-    def _verifier(self, name: str, kwargs: dict[str, Any], timeout: float | None) -> Callable[..., Any]:
+    def _verifier(self, name: str, kwargs: dict[str, Any], args: ZRLConfig) -> Callable[..., Any]:
         verifier = self.zrl_pm.load_component("verifier", name, **kwargs)
         entry = self.zrl_pm.entry("verifier", name)
-        if is_async_callable(verifier) or isinstance(verifier, torch.nn.Module):
-            return verifier  # TRL runs these itself (in parallel / as a reward model)
-        wrapped = NamedVerifier(name, verifier, f"{entry.plugin} ({entry.origin})", timeout)
+        if isinstance(verifier, torch.nn.Module):
+            return verifier  # TRL runs it itself, as a reward model
+        guard = AsyncNamedVerifier if is_async_callable(verifier) else NamedVerifier  # TRL awaits async ones together
+        origin = entry.origin if entry.origin.startswith("(") else f"({entry.origin})"
+        wrapped = guard(name, verifier, f"{entry.plugin} {origin}", args.verifier_timeout,
+                        args.verifier_max_consecutive_timeouts)  # fmt: skip
         if get_callable_name(wrapped) != name:  # pragma: no cover - guards TRL's naming rule
             raise RuntimeError("TRL would not name the verifier after its component")
         return wrapped
