@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from zrl_plugins.sdk import completion_text
 
-from .extract import EXTRACTION_MODES, ExtractionMode, boxed_contents, extract_answer
+from .extract import EXTRACTION_MODES, ExtractionMode, boxed_spans, extract_answer
 from .grading import Grader
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,6 @@ class BoxedFormat:
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         rewards: list[float | None] = []
         for completion in completions:
-            boxes = boxed_contents(completion_text(completion))
-            rewards.append(float(len(boxes) == 1 and boxes[0] is not None))
+            boxes = boxed_spans(completion_text(completion))  # spans, not contents: nested boxes would copy O(n²)
+            rewards.append(float(len(boxes) == 1 and boxes[0][1] is not None))
         return rewards
