@@ -34,6 +34,9 @@ class MathCorrect:
         timeout: seconds per item; an item that runs out gets ``None`` (not scored) and counts in
             ``verifier/timeouts``.
         num_workers: grading processes (``None`` = CPU count, ``0`` = in process).
+        memory_limit_mb: address space of each grading process (``RLIMIT_AS``; a worker uses about 140 MB before
+            grading). An item that needs more gets ``None`` (not scored), counts in ``verifier/math_correct/oom``,
+            and its worker is replaced. ``None``: no limit; not applied with ``num_workers=0``.
 
     An item whose grading worker died (segfault, out of memory) gets ``None`` and counts in ``verifier/crashes``.
     Grading workers that cannot start raise :class:`~zrl_math.workers.WorkerStartError` (never a silent ``None``).
@@ -51,6 +54,7 @@ class MathCorrect:
         no_answer_reward: float = -1.0,
         timeout: float = 5.0,
         num_workers: int | None = None,
+        memory_limit_mb: int | None = 2048,
     ):
         if extraction not in EXTRACTION_MODES:
             raise ValueError(f"extraction must be one of {EXTRACTION_MODES}, got {extraction!r}")
@@ -67,8 +71,9 @@ class MathCorrect:
             "timeout": None,
             "crashed": None,
             "unparsable_gold": None,
+            "oom": None,
         }
-        self.grader = Grader(timeout=timeout, num_workers=num_workers)
+        self.grader = Grader(timeout=timeout, num_workers=num_workers, memory_limit_mb=memory_limit_mb)
         self.totals: Counter[str] = Counter()
         self._warned_golds: set[str] = set()
         self.__name__ = "math_correct"
@@ -100,6 +105,7 @@ class MathCorrect:
             log_metric("verifier/unparsable_gold", float(counts["unparsable_gold"]))
             log_metric("verifier/errors", float(counts["error"]))
             log_metric("verifier/crashes", float(counts["crashed"]))
+            log_metric(f"verifier/{self.__name__}/oom", float(counts["oom"]))
         return [self.rewards[o] for o in outcomes]
 
     def close(self) -> None:
