@@ -176,9 +176,7 @@ class NamedVerifier:
         return self._finish(tally, rewards, columns)
 
     def _call(self, prompts: list[Any], completions: list[Any], columns: dict[str, Any]) -> list[float | None]:
-        rewards = self._runner(
-            lambda: self.verifier(prompts=prompts, completions=completions, **columns), self.timeout
-        )
+        rewards = self._runner(lambda: self.verifier(prompts=prompts, completions=completions, **columns), self.timeout)
         return check_rewards(self.__name__, self.origin, rewards, len(completions))
 
     # -------------------------------------------------------------------------------------------- shared bookkeeping

@@ -52,7 +52,9 @@ from transformers import Trainer
 from trl import GRPOTrainer
 from trl.trainer.utils import get_callable_name, is_async_callable, nanmax, nanmin
 
+from ..framework.data_checks import check_training_data
 from ..framework.errors import ComponentContractError, ConfigError, DataError, PluginError
+from ..framework.log_limits import bound_messages
 from ..framework.ops import nanstd
 from ..framework.plugins import ZRLPluginManager, get_plugin_manager
 from ..framework.protocols import (
@@ -145,6 +147,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             )
         self.zrl_pm = plugin_manager or get_plugin_manager()
         self._check_supported(args)
+        bound_messages(GRPOTrainer.__module__)  # TRL quotes a whole row when no reward function scored it
 
         self.normalizer = self._build(
             "normalizer", args.normalizer, args.normalizer_kwargs, max_completion_length=args.max_completion_length
@@ -180,6 +183,9 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
         self._kl_window = torch.zeros(2)  # (sum of observed KL · tokens, tokens) since the last optimizer step
         self._nonfinite = SkipGuard(args.nonfinite_policy, args.max_consecutive_skips)
+        train_dataset = kwargs.get("train_dataset", pargs[0] if pargs else None)
+        if train_dataset is not None:  # before TRL loads the model
+            check_training_data(train_dataset, self._verifier_columns(reward_funcs))
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
         if isinstance(self.rollout_strategy, ValidatesSetup):
             self.rollout_strategy.validate(self)  # e.g. a strategy that cannot work with TRL's vLLM modes refuses
@@ -237,22 +243,23 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 )
             )
 
+    @staticmethod
+    def _verifier_columns(reward_funcs: list[Any]) -> dict[str, tuple[str, ...]]:
+        """Data set columns each verifier reads (its ``required_columns``), by reward function name."""
+        needed = {}
+        for func in reward_funcs:
+            verifier = func.verifier if isinstance(func, NamedVerifier) else func
+            if isinstance(verifier, NeedsColumns):
+                needed[get_callable_name(func)] = tuple(verifier.required_columns)
+        return needed
+
     def _check_training_data(self, dataset: Any, sample: int = 256) -> None:
-        """Fail before any generation on data that cannot be trained on."""
+        """Fail before any generation on data that cannot be trained on (the checks that need the tokenizer; the
+        others ran before the model loaded)."""
         if not hasattr(dataset, "__len__"):
             return  # a streaming data set: nothing to check without consuming it
-        if len(dataset) == 0:
-            raise DataError("train_dataset is empty: nothing to train on.")
+        check_training_data(dataset, self._verifier_columns(self.reward_funcs))
         columns = set(dataset.column_names or [])
-        for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
-            verifier = func.verifier if isinstance(func, NamedVerifier) else func
-            needed = verifier.required_columns if isinstance(verifier, NeedsColumns) else ()
-            missing = [c for c in needed if c not in columns]
-            if missing:
-                raise DataError(
-                    f"verifier {name!r} needs the data set column(s) {missing}, which train_dataset lacks; its "
-                    f"columns are {sorted(columns)}. Rename the column or set the verifier's gold_column."
-                )
         context = getattr(self.model.config, "max_position_embeddings", None)
         if context is None or "prompt" not in columns or self.environment_factories is not None:
             return  # with environments, each prompt is rendered with its environment's tools only at batch time

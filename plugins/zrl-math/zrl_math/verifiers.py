@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from typing import Any, Literal
 
+from zrl_plugins.framework.log_limits import shorten
 from zrl_plugins.sdk import completion_text
 
 from .extract import EXTRACTION_MODES, ExtractionMode, boxed_spans, extract_answer
@@ -95,9 +96,9 @@ class MathCorrect:
             if outcome == "unparsable_gold" and str(gold) not in self._warned_golds:
                 self._warned_golds.add(str(gold))
                 logger.warning(
-                    "math_correct: the gold answer of row %d (%r) cannot be parsed; its completions get reward None "
+                    "math_correct: the gold answer of row %d (%s) cannot be parsed; its completions get reward None "
                     "(not scored). Fix the data set's %r column.",
-                    row, gold, self.gold_column,
+                    row, shorten(repr(gold)), self.gold_column,
                 )  # fmt: skip
         log_metric = columns.get("log_metric")
         if callable(log_metric):
