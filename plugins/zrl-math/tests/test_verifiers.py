@@ -228,3 +228,12 @@ def test_boxed_contents_matches_its_definition_on_random_text():
     for _ in range(3000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
         assert boxed_contents(text) == _boxed_contents_reference(text), text
+
+
+def test_an_item_out_of_time_inside_math_verify_is_a_timeout_not_wrong():
+    from zrl_math.grading import grade
+
+    start = time.perf_counter()
+    assert grade("10^{10^{10}}!", "5", timeout=1) == "timeout"  # math-verify catches every Exception as "no match"
+    assert time.perf_counter() - start < 3
+    assert grade("\\frac{1}{2}", "0.5", timeout=1) == "correct"

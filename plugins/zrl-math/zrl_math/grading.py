@@ -48,8 +48,10 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 Outcome = Literal["correct", "wrong", "no_answer", "unparsable_gold", "timeout", "crashed", "error", "oom"]
 
 
-class _ItemTimeout(Exception):
-    pass
+class _ItemTimeout(BaseException):
+    """Raised by the per-item alarm. A BaseException, as math-verify's own ``TimeoutException``: math-verify turns
+    every ``Exception`` into "no match", which would grade an item that ran out of time as wrong (reward 0) instead
+    of not scored."""
 
 
 def _as_latex(text: str) -> str:
