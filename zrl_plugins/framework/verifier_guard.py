@@ -94,11 +94,6 @@ class ThreadRunner:
         return outcome["value"]
 
 
-def call_with_timeout(fn: Callable[[], Any], timeout: float | None, name: str) -> Any:
-    """``fn()``, or :class:`VerifierTimeout` after ``timeout`` seconds (the call's thread is then stopped)."""
-    return ThreadRunner(name)(fn, timeout)
-
-
 def _row(columns: dict[str, Any], index: int, n: int) -> dict[str, Any]:
     return {k: [v[index]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
 
@@ -129,7 +124,7 @@ def check_rewards(name: str, origin: str, rewards: Any, n: int) -> list[float | 
 
 
 class _Tally:
-    """What one guarded call counted, and the run's streak of timed-out calls."""
+    """What one guarded call counted: its rows, the rows that raised, the rows that timed out."""
 
     def __init__(self, n: int):
         self.n = n

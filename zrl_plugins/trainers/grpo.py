@@ -254,11 +254,10 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         return needed
 
     def _check_training_data(self, dataset: Any, sample: int = 256) -> None:
-        """Fail before any generation on data that cannot be trained on (the checks that need the tokenizer; the
-        others ran before the model loaded)."""
+        """Fail before any generation on prompts that do not fit the model's context (the checks that need no
+        tokenizer ran before the model loaded: :func:`~zrl_plugins.framework.data_checks.check_training_data`)."""
         if not hasattr(dataset, "__len__"):
             return  # a streaming data set: nothing to check without consuming it
-        check_training_data(dataset, self._verifier_columns(self.reward_funcs))
         columns = set(dataset.column_names or [])
         context = getattr(self.model.config, "max_position_embeddings", None)
         if context is None or "prompt" not in columns or self.environment_factories is not None:
