@@ -149,7 +149,7 @@ def overflowing_reward(bench: Bench) -> dict:
 def memory_bomb(bench: Bench) -> dict:
     from zrl_plugins import load_component
 
-    verifier = load_component("verifier", "math_correct", num_workers=2, timeout=5, memory_limit_mb=400)
+    verifier = load_component("verifier", "math_correct", num_workers=2, timeout=5, memory_limit_mb=250)
     try:
         verifier(prompts=[""], completions=["\\boxed{1}"], answer=["1"])  # workers up
         bombs = ["\\boxed{2^{2^{40}}}", "\\boxed{10^{10^{10}}!}"]
@@ -164,7 +164,7 @@ def memory_bomb(bench: Bench) -> dict:
                    f"{seconds:.1f} s; verifier/math_correct/oom={logged['verifier/math_correct/oom']:g}, workers "
                    f"replaced after OOM: {pool.out_of_memory}, killed on deadline: {pool.killed}")  # fmt: skip
         return row("math_correct on \\boxed{2^{2^{40}}} and \\boxed{10^{10^{10}}!} next to 8 normal items "
-                   "(memory_limit_mb=400, timeout=5)", outcome)  # fmt: skip
+                   "(memory_limit_mb=250, timeout=5)", outcome)  # fmt: skip
     finally:
         verifier.close()
 

@@ -234,7 +234,8 @@ MEMORY_BOMB = "\\boxed{2^{2^{40}}}"
 
 
 def test_an_item_over_the_memory_limit_costs_that_item_and_its_worker_is_replaced():
-    verifier = load_component("verifier", "math_correct", num_workers=2, timeout=5, memory_limit_mb=400)
+    # 250 MB: the worker itself takes ~140 MB; the bomb reaches the limit in ~2 s, well within the 8 s deadline
+    verifier = load_component("verifier", "math_correct", num_workers=2, timeout=8, memory_limit_mb=250)
     try:
         verifier(prompts=[""], completions=["\\boxed{1}"], answer=["1"])  # workers started and warm
         pids = set(verifier.grader._pool.pids)
