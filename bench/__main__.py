@@ -1,7 +1,7 @@
 """Run the benchmark suite and write bench/RESULTS.md from bench/results/*.md.
 
 python -m bench                  # every benchmark (~20 min on 2 CPU cores), then RESULTS.md
-python -m bench --only overhead  # one of: overhead, verifier_throughput, kl_memory, nested_rollout
+python -m bench --only overhead  # one of: overhead, verifier_throughput, kl_memory, nested_rollout, faults
 python -m bench --report         # only rebuild RESULTS.md from the results already in bench/results/
 
 Longer runs, kept out of the suite (times on 2 CPU cores): `python -m bench.demo_clean_clone` (the main job on a
@@ -26,6 +26,7 @@ SUITE = {
     "verifier_throughput": [["bench.verifier_throughput"]],
     "kl_memory": [["bench.kl_memory", "--model", "smollm2"]],
     "nested_rollout": [["bench.nested_rollout"], ["bench.nested_reward"]],
+    "faults": [["bench.faults"]],
 }
 TITLES = {
     "overhead_tiny": "Plugin overhead, tiny Llama: zrl / TRL median step time",
@@ -50,6 +51,7 @@ TITLES = {
     "ppo_critic_cpu": "PPO critic: explained variance by critic setting (ppo_max cpu-demo, SmolLM2)",
     "simplerl_findings_smollm2": "SimpleRL-Zoo findings on SmolLM2, over seeds",
     "nested_selection_smollm2": "nested: layer selection policies × skip budgets (SmolLM2)",
+    "faults": "Fault injection (tiny Llama, CPU): fault injected → outcome",
 }
 
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from zrl_plugins import hookimpl
 from zrl_plugins.apps.model_loading import RecipeModelConfig
+from zrl_plugins.apps.plots import MISSING_MATPLOTLIB, pyplot
 from zrl_plugins.apps.recipe import RecipeArguments, expand_preset, held_out_results, prepare, trainer_family
 from zrl_plugins.framework.stats import mean_interval
 from zrl_plugins.trainers.config import parse_config
@@ -121,11 +122,12 @@ def per_step_intervals(by_seed: dict[int, list[dict[str, Any]]]) -> list[dict[st
     return table
 
 
-def plot(results: dict[str, list[dict[str, Any]]], field_name: str, path: Path, seeds: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(results: dict[str, list[dict[str, Any]]], field_name: str, path: Path, seeds: int) -> bool:
+    """Write the figure; ``False`` (after one line saying so) when matplotlib is not installed."""
+    plt = pyplot()
+    if plt is None:
+        print(MISSING_MATPLOTLIB.format(path=path), file=sys.stderr, flush=True)
+        return False
 
     panels = [("reward", "mean reward"), ("accuracy", "accuracy"), ("length_correct", "mean length, correct"),
               ("length_incorrect", "mean length, incorrect")]  # fmt: skip
@@ -147,6 +149,7 @@ def plot(results: dict[str, list[dict[str, Any]]], field_name: str, path: Path, 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def summarize(by_seed: dict[int, list[dict[str, Any]]], held_out: dict[int, tuple[float, float]]) -> dict[str, Any]:
@@ -252,9 +255,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "ablation.json").write_text(json.dumps(report, indent=2))
-        plot(results, field_name, out / "ablation.png", len(seeds))
+        plotted = plot(results, field_name, out / "ablation.png", len(seeds))
         print(table(summary, field_name, seeds))
-        print(f"wrote {out / 'ablation.json'} and {out / 'ablation.png'}")
+        print(f"wrote {out / 'ablation.json'}" + (f" and {out / 'ablation.png'}" if plotted else ""))
     return report
 
 

@@ -5,6 +5,7 @@ their presets and config files; ``zrl train METHOD`` runs a recipe (the code pat
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from collections.abc import Sequence
@@ -130,7 +131,9 @@ def cmd_train(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from .recipe import METHODS, main
 
     if args.method not in METHODS:
-        print(f"zrl train: unknown method {args.method!r}; methods: {', '.join(METHODS)}", file=sys.stderr)
+        close = difflib.get_close_matches(args.method, list(METHODS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"zrl train: unknown method {args.method!r}; methods: {', '.join(METHODS)}.{hint}", file=sys.stderr)
         return 2
     main(args.method, list(rest))
     return 0

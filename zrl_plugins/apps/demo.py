@@ -27,6 +27,25 @@ from typing import Any
 SYSTEM_PROMPT = "Answer briefly."
 
 
+DEMO_EXTRA = "pip install 'zrl-plugins[demo]'"
+
+
+def check_demo_extra(embedded_model: bool) -> None:
+    """Stop before any work when a module of the ``demo`` extra is missing: matplotlib (the reward curve) and, for
+    the embedded SmolLM2 (a GGUF file), gguf."""
+    import importlib
+
+    needed = ["matplotlib"] + (["gguf"] if embedded_model else [])
+    missing = []
+    for module in needed:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise SystemExit(f"the demo needs {' and '.join(missing)}, from the demo extra: {DEMO_EXTRA}")
+
+
 def plot_rewards(log_history: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -90,6 +109,7 @@ def addition_rows(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    check_demo_extra(embedded_model=args.model is None)
     started = time.time()
     from .console import quiet_startup
 

@@ -1,9 +1,16 @@
-"""The per-step PNG every recipe writes: reward, accuracy, length, clip ratio and behaviour frequencies."""
+"""The per-step PNG every recipe writes: reward, accuracy, length, clip ratio and behaviour frequencies.
+
+matplotlib comes with the ``demo`` extra, not with ``pip install zrl-plugins`` alone: without it the PNG is skipped
+with one line, and the run (whose results are in ``summary.json``) still ends normally.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
+
+MISSING_MATPLOTLIB = "matplotlib is not installed (pip install 'zrl-plugins[demo]'): {path} not written"
 
 PANELS = (
     ("reward and accuracy", ("reward", "accuracy")),
@@ -14,13 +21,26 @@ PANELS = (
 )  # fmt: skip
 
 
-def plot_training(log_history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Write a 2 x 2 figure of the metrics in ``log_history`` (a Trainer's ``state.log_history``) to ``path``."""
-    import matplotlib
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` with the file-only backend, or ``None`` when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_training(log_history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
+    """Write a 2 x 2 figure of the metrics in ``log_history`` (a Trainer's ``state.log_history``) to ``path``;
+    without matplotlib, say so in one line and return ``None``."""
+    plt = pyplot()
+    if plt is None:
+        print(MISSING_MATPLOTLIB.format(path=path), file=sys.stderr, flush=True)
+        return None
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
     for ax, (name, keys) in zip(axes.flat, PANELS, strict=True):
         for key in keys:

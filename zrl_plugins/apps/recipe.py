@@ -254,7 +254,9 @@ def prepare(
     from .console import quiet_startup
 
     quiet_startup()
+    from ..framework.data_checks import check_training_data
     from ..framework.plugins import ZRLPluginManager
+    from ..framework.protocols import NeedsColumns
     from ..trainers.config import parse_config
     from .model_loading import RecipeModelConfig, check_model_flags, model_init_kwargs
     from .models import RANDOM_MODELS, resolve_model
@@ -286,13 +288,15 @@ def prepare(
         for name in names:
             manager.entry(kind, name)
     train_rows, eval_rows = task_rows(recipe, config.seed if recipe.split_seed is None else recipe.split_seed)
-    verifier = manager.load_component(
-        "verifier", config.verifiers[0], **config.verifier_kwargs.get(config.verifiers[0], {})
-    )
+    first = config.verifiers[0]
+    verifier = manager.load_component("verifier", first, **config.verifier_kwargs.get(first, {}))
     config.model_init_kwargs = model_init_kwargs(model_args, config)
+    train_rows = with_prompts(train_rows, template)
+    needed = {first: tuple(verifier.required_columns)} if isinstance(verifier, NeedsColumns) else {}
+    check_training_data(train_rows, needed)  # before the model loads
     return PreparedRun(
         method=method, recipe=recipe, config=config, model_args=model_args, extra=tuple(extra), plugins=manager,
-        train_rows=with_prompts(train_rows, template), eval_rows=with_prompts(eval_rows, template),
+        train_rows=train_rows, eval_rows=with_prompts(eval_rows, template),
         model_path=resolve_model(model_args.model_name_or_path, model_workdir or config.output_dir),
         verifier=verifier, trainer_class=trainer_class,
     )  # fmt: skip
@@ -350,8 +354,9 @@ def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] =
         summary["train_seconds"] = round(train_seconds, 1)
         summary["log_history"] = trainer.state.log_history
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        plot_training(trainer.state.log_history, out / "training.png", title=f"{method} on {recipe.task}")
-        print(f"[{method}] wrote {out / 'summary.json'} and {out / 'training.png'}", flush=True)
+        plot = plot_training(trainer.state.log_history, out / "training.png", title=f"{method} on {recipe.task}")
+        written = f"{out / 'summary.json'}" + (f" and {plot}" if plot else "")
+        print(f"[{method}] wrote {written}", flush=True)
     return summary
 
 

@@ -29,6 +29,7 @@ from .errors import (
     PluginError,
     UnknownComponentError,
 )
+from .kwarg_types import check_kwarg_types
 from .protocols import (
     COMPONENT_KINDS,
     KLController,
@@ -263,6 +264,7 @@ class ZRLPluginManager:
             ) from exc
         except ValueError:  # builtins without a signature: let the call decide
             pass
+        check_kwarg_types(kind, name, entry.origin, entry.factory, kwargs)
         try:
             component = entry.factory(**kwargs)
         except Exception as exc:

@@ -76,6 +76,13 @@ class ZRLConfig(GRPOConfig):
             "logged as verifier/<name>/timeouts and training goes on. None: no limit."
         },
     )
+    verifier_max_consecutive_timeouts: int | None = field(
+        default=3,
+        metadata={
+            "help": "Calls of one verifier in a row that time out (every row unscored) after which training stops "
+            "with an error naming the verifier, instead of training without its rewards. None: never stop."
+        },
+    )
     normalizer: str | None = field(
         default=None,
         metadata={"help": "Advantage normalizer and loss aggregation, by name (e.g. grpo, dr_grpo, lite_ppo; any "
@@ -194,6 +201,10 @@ class ZRLConfig(GRPOConfig):
 
         if self.nonfinite_policy not in POLICIES:
             raise ConfigError(f"nonfinite_policy must be one of {POLICIES}, got {self.nonfinite_policy!r}")
+        if self.verifier_max_consecutive_timeouts is not None and self.verifier_max_consecutive_timeouts < 1:
+            raise ConfigError(
+                f"verifier_max_consecutive_timeouts must be >= 1 or None, got {self.verifier_max_consecutive_timeouts}"
+            )
         if self.max_consecutive_skips < 1:
             raise ConfigError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         for name in KWARGS_FIELDS:

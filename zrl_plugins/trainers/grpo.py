@@ -54,7 +54,9 @@ from transformers import Trainer
 from trl import GRPOTrainer
 from trl.trainer.utils import get_callable_name, is_async_callable, nanmax, nanmin
 
+from ..framework.data_checks import check_training_data
 from ..framework.errors import ComponentContractError, ConfigError, DataError, PluginError
+from ..framework.log_limits import bound_messages
 from ..framework.ops import nanstd
 from ..framework.plugins import ZRLPluginManager, get_plugin_manager
 from ..framework.protocols import (
@@ -68,7 +70,7 @@ from ..framework.protocols import (
 )
 from ..framework.rollout_correction import checked_correction, mismatch_stats
 from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
-from ..framework.verifier_guard import NamedVerifier
+from ..framework.verifier_guard import AsyncNamedVerifier, NamedVerifier
 from . import checkpoint
 from .checkpoint import STATE_FILE  # noqa: F401  (the file name the hookspec documents)
 from .config import ZRLConfig
@@ -149,6 +151,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             )
         self.zrl_pm = plugin_manager or get_plugin_manager()
         self._check_supported(args)
+        bound_messages(GRPOTrainer.__module__)  # TRL quotes a whole row when no reward function scored it
 
         self.normalizer = self._build(
             "normalizer", args.normalizer, args.normalizer_kwargs, max_completion_length=args.max_completion_length
@@ -166,9 +169,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         # TRL loads (and calls) a reference model iff beta != 0; make that follow the KL penalty.
         args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
 
-        verifier_funcs = [
-            self._verifier(name, args.verifier_kwargs.get(name, {}), args.verifier_timeout) for name in args.verifiers
-        ]
+        verifier_funcs = [self._verifier(name, args.verifier_kwargs.get(name, {}), args) for name in args.verifiers]
         if reward_funcs is None:
             reward_funcs = []
         elif not isinstance(reward_funcs, list):
@@ -190,6 +191,9 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
         self._kl_window = torch.zeros(2)  # (sum of observed KL · tokens, tokens) since the last optimizer step
         self._nonfinite = SkipGuard(args.nonfinite_policy, args.max_consecutive_skips)
+        train_dataset = kwargs.get("train_dataset", pargs[0] if pargs else None)
+        if train_dataset is not None:  # before TRL loads the model
+            check_training_data(train_dataset, self._verifier_columns(reward_funcs))
         check_vllm_options(args.use_vllm, args.vllm_mode)
         on_cpu = args.use_vllm and vllm_runs_on_cpu()
         eager = on_cpu if args.vllm_enforce_eager is None else args.vllm_enforce_eager
@@ -255,22 +259,22 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 )
             )
 
+    @staticmethod
+    def _verifier_columns(reward_funcs: list[Any]) -> dict[str, tuple[str, ...]]:
+        """Data set columns each verifier reads (its ``required_columns``), by reward function name."""
+        needed = {}
+        for func in reward_funcs:
+            verifier = func.verifier if isinstance(func, NamedVerifier) else func
+            if isinstance(verifier, NeedsColumns):
+                needed[get_callable_name(func)] = tuple(verifier.required_columns)
+        return needed
+
     def _check_training_data(self, dataset: Any, sample: int = 256) -> None:
-        """Fail before any generation on data that cannot be trained on."""
+        """Fail before any generation on prompts that do not fit the model's context (the checks that need no
+        tokenizer ran before the model loaded: :func:`~zrl_plugins.framework.data_checks.check_training_data`)."""
         if not hasattr(dataset, "__len__"):
             return  # a streaming data set: nothing to check without consuming it
-        if len(dataset) == 0:
-            raise DataError("train_dataset is empty: nothing to train on.")
         columns = set(dataset.column_names or [])
-        for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
-            verifier = func.verifier if isinstance(func, NamedVerifier) else func
-            needed = verifier.required_columns if isinstance(verifier, NeedsColumns) else ()
-            missing = [c for c in needed if c not in columns]
-            if missing:
-                raise DataError(
-                    f"verifier {name!r} needs the data set column(s) {missing}, which train_dataset lacks; its "
-                    f"columns are {sorted(columns)}. Rename the column or set the verifier's gold_column."
-                )
         context = getattr(self.model.config, "max_position_embeddings", None)
         if context is None or "prompt" not in columns or self.environment_factories is not None:
             return  # with environments, each prompt is rendered with its environment's tools only at batch time
@@ -292,12 +296,15 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 merged[key] = value
         return self.zrl_pm.load_component(kind, name, **merged)
 
-    def _verifier(self, name: str, kwargs: dict[str, Any], timeout: float | None) -> Callable[..., Any]:
+    def _verifier(self, name: str, kwargs: dict[str, Any], args: ZRLConfig) -> Callable[..., Any]:
         verifier = self.zrl_pm.load_component("verifier", name, **kwargs)
         entry = self.zrl_pm.entry("verifier", name)
-        if is_async_callable(verifier) or isinstance(verifier, torch.nn.Module):
-            return verifier  # TRL runs these itself (in parallel / as a reward model)
-        wrapped = NamedVerifier(name, verifier, f"{entry.plugin} ({entry.origin})", timeout)
+        if isinstance(verifier, torch.nn.Module):
+            return verifier  # TRL runs it itself, as a reward model
+        guard = AsyncNamedVerifier if is_async_callable(verifier) else NamedVerifier  # TRL awaits async ones together
+        origin = entry.origin if entry.origin.startswith("(") else f"({entry.origin})"
+        wrapped = guard(name, verifier, f"{entry.plugin} {origin}", args.verifier_timeout,
+                        args.verifier_max_consecutive_timeouts)  # fmt: skip
         if get_callable_name(wrapped) != name:  # pragma: no cover - guards TRL's naming rule
             raise RuntimeError("TRL would not name the verifier after its component")
         return wrapped

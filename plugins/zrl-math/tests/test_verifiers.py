@@ -182,3 +182,58 @@ def test_a_hung_worker_is_killed_its_items_time_out_and_training_goes_on():
     assert score(verifier, ["1"], ["1"], log_metric=logged.__setitem__) == [None]  # timeout → not scored
     assert logged["verifier/timeouts"] == 1.0
     hanging.close()
+
+
+QUADRATIC = {  # inputs on which one scan per box from its start to the end of the text was quadratic
+    "open_boxes": "\\boxed{" * 10_000,  # 70 KB
+    "nested_closed_boxes": "\\boxed{" * 5_000 + "}" * 5_000,
+    "open_braces": "\\boxed{" + "{" * 70_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(QUADRATIC))
+def test_extraction_is_linear_on_70_kb(name):
+    text = QUADRATIC[name]
+    boxed_format = load_component("verifier", "boxed_format")
+    start = time.perf_counter()
+    assert boxed_format(prompts=[""], completions=[text]) == [0.0]
+    for mode in ("auto", "boxed"):
+        extract_answer(text, mode)
+    assert time.perf_counter() - start < 0.5  # 36 s for boxed_format on open_boxes when it was quadratic
+
+
+def _boxed_contents_reference(text):
+    """The definition: from each box's opening brace, scan until its depth returns to zero."""
+    import re
+
+    found = []
+    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, start = 1, match.end()
+        for i in range(start, len(text)):
+            if text[i] in "{}" and text[i - 1] != "\\":
+                depth += 1 if text[i] == "{" else -1
+                if depth == 0:
+                    found.append(text[start:i])
+                    break
+        else:
+            found.append(None)
+    return found
+
+
+def test_boxed_contents_matches_its_definition_on_random_text():
+    import random
+
+    rng = random.Random(0)
+    pieces = ["\\boxed{", "\\fbox {", "{", "}", "\\{", "\\}", "x", "1", "\\", " "]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        assert boxed_contents(text) == _boxed_contents_reference(text), text
+
+
+def test_an_item_out_of_time_inside_math_verify_is_a_timeout_not_wrong():
+    from zrl_math.grading import grade
+
+    start = time.perf_counter()
+    assert grade("10^{10^{10}}!", "5", timeout=1) == "timeout"  # math-verify catches every Exception as "no match"
+    assert time.perf_counter() - start < 3
+    assert grade("\\frac{1}{2}", "0.5", timeout=1) == "correct"

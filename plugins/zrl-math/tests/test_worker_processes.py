@@ -227,3 +227,34 @@ def test_workers_do_not_load_torch():
         grader.grade_many([("1", "1")])
         maps = Path(f"/proc/{grader._pool.pids[0]}/maps").read_text()
     assert "libtorch" not in maps
+
+
+# A power the size of 2^40 bits: sympy allocates it step by step until the worker's address space runs out.
+MEMORY_BOMB = "\\boxed{2^{2^{40}}}"
+
+
+def test_an_item_over_the_memory_limit_costs_that_item_and_its_worker_is_replaced():
+    # 250 MB: the worker itself takes ~140 MB; the bomb reaches the limit in ~2 s, well within the 8 s deadline
+    verifier = load_component("verifier", "math_correct", num_workers=2, timeout=8, memory_limit_mb=250)
+    try:
+        verifier(prompts=[""], completions=["\\boxed{1}"], answer=["1"])  # workers started and warm
+        pids = set(verifier.grader._pool.pids)
+        completions = [MEMORY_BOMB, "\\boxed{10^{10^{10}}!}"] + [f"\\boxed{{{i}}}" for i in range(8)]
+        golds = ["5", "5"] + [str(i) for i in range(8)]
+        logged = {}
+        rewards = verifier(prompts=[""] * 10, completions=completions, answer=golds, log_metric=logged.__setitem__)
+        assert rewards[0] is None and rewards[1] in (0.0, None)
+        assert rewards[2:] == [1.0] * 8  # normal items in the same batch still grade right
+        assert logged["verifier/math_correct/oom"] >= 1.0
+        assert verifier.grader._pool.out_of_memory >= 1
+        assert len(verifier.grader._pool.pids) == 2 and set(verifier.grader._pool.pids) != pids  # replaced
+        assert verifier(prompts=[""], completions=["\\boxed{3}"], answer=["3"]) == [1.0]
+    finally:
+        verifier.close()
+
+
+def test_a_memory_limit_below_the_worker_itself_is_a_start_error():
+    verifier = load_component("verifier", "math_correct", num_workers=1, memory_limit_mb=20)
+    with pytest.raises(PluginError, match="memory_limit_mb=20 is below the .* MB of address space"):
+        NamedVerifier("math_correct", verifier, "zrl-math", 60)(prompts=[""], completions=["\\boxed{1}"], answer=["1"])
+    verifier.close()

@@ -6,7 +6,9 @@ without ``if __name__ == "__main__":``, ``python -c``, ``python -`` from stdin).
 
 Conversation (every message a :mod:`zrl_math.frames` frame):
 
-1. parent → worker: ``{"sys_path": [...]}``, so functions the parent names can be imported the same way here.
+1. parent → worker: ``{"sys_path": [...], "memory_limit_bytes": n or None}``, so functions the parent names can be
+   imported the same way here; once warm, the worker limits its address space to ``n`` bytes (``RLIMIT_AS``), so an
+   item that needs more gets a ``MemoryError`` (outcome ``"oom"``) instead of taking the machine's memory.
 2. worker → parent: ``("ready", pid)`` once math-verify is imported and warm, or ``("failed", traceback)``.
 3. parent → worker: ``(function, items, timeout)``. The worker unpickles it (importing the function's module, which
    may take a while the first time) and answers ``("begin",)``, then calls ``function([item], timeout)`` on one
@@ -21,6 +23,7 @@ import contextlib
 import gc
 import os
 import pickle
+import resource
 import signal
 import sys
 import threading
@@ -31,6 +34,10 @@ from typing import Any
 from .frames import read_frame_bytes, write_frame
 
 ORPHAN_CHECK_SECONDS = 1.0
+# math-verify turns every exception into "no match", MemoryError included: an item whose grading took the worker's
+# address space this close to its limit is reported as "oom" whatever it returned (its worker is then replaced, so
+# the peak is always this item's).
+OOM_PEAK_FRACTION = 0.9
 
 
 def _exit_when_orphaned(parent: int) -> None:
@@ -44,12 +51,36 @@ def _exit_when_orphaned(parent: int) -> None:
             os._exit(0)
 
 
-def _serve(inbox: int, outbox: Any) -> None:
+def _limit_memory(limit: int | None) -> None:
+    """Cap this process's address space at ``limit`` bytes, after the imports (which need what they need)."""
+    if limit is None:
+        return
+    with open("/proc/self/statm") as statm:  # Linux, as RLIMIT_AS: the first field is the size in pages
+        in_use = int(statm.read().split()[0]) * resource.getpagesize()
+    if limit <= in_use:
+        raise ValueError(
+            f"memory_limit_mb={limit >> 20} is below the {in_use >> 20} MB of address space a grading worker uses "
+            "before grading anything; raise it (or set None for no limit)."
+        )
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _peak_address_space() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmPeak:"):
+                return int(line.split()[1]) << 10
+    return 0
+
+
+def _serve(inbox: int, outbox: Any, memory_limit: int | None) -> None:
     from . import grading
 
     grading.warm_up()
     # What the imports built lives as long as the worker: collections need only scan what grading creates.
     gc.freeze()
+    _limit_memory(memory_limit)
     write_frame(outbox, ("ready", os.getpid()))
     while True:
         payload = read_frame_bytes(inbox)
@@ -64,6 +95,10 @@ def _serve(inbox: int, outbox: Any) -> None:
         for item in items:
             try:
                 (outcome,) = function([item], timeout)
+                if memory_limit is not None and _peak_address_space() >= OOM_PEAK_FRACTION * memory_limit:
+                    outcome = "oom"
+            except MemoryError:
+                outcome = "oom"
             except Exception as exc:
                 write_frame(outbox, ("error", f"{type(exc).__name__}: {exc}"))
                 break
@@ -81,8 +116,9 @@ def main() -> int:
         payload = read_frame_bytes(0)
         if payload is None:
             return 0
-        sys.path[:] = pickle.loads(payload)["sys_path"]
-        _serve(0, outbox)
+        setup = pickle.loads(payload)
+        sys.path[:] = setup["sys_path"]
+        _serve(0, outbox, setup.get("memory_limit_bytes"))
     except BrokenPipeError:  # the parent went away mid-answer
         return 0
     except Exception:

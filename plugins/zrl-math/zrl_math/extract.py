@@ -14,32 +14,42 @@ MAX_ANSWER_CHARS = 500
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_IS = re.compile(r"answer is[:\s]*", re.IGNORECASE)
+_BRACE = re.compile(r"[{}]")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def boxed_spans(text: str) -> list[tuple[int, int | None]]:
+    """``(start, end)`` of the contents of every ``\\boxed{...}`` / ``\\fbox{...}`` in order (``end`` is ``None`` for
+    one whose braces never close), in one pass over ``text``: a stack of the open braces, each marked with the box
+    it opens, if any. A brace preceded by a backslash is not counted."""
+    openers = {m.end() - 1: i for i, m in enumerate(_BOXED.finditer(text))}  # position of a box's "{" -> its index
+    spans: list[tuple[int, int | None]] = [(position + 1, None) for position in openers]
+    stack: list[int] = []  # one entry per open brace: the index of the box it opens, or -1
+    for match in _BRACE.finditer(text):
+        i = match.start()
+        if i in openers:
+            stack.append(openers[i])
+        elif i and text[i - 1] == "\\":
+            continue
+        elif match.group() == "{":
+            stack.append(-1)
+        elif stack:
+            box = stack.pop()
+            if box >= 0:
+                spans[box] = (spans[box][0], i)
+    return spans
 
 
 def boxed_contents(text: str) -> list[str | None]:
     """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` in order; ``None`` for one whose braces never close."""
-    found: list[str | None] = []
-    for match in _BOXED.finditer(text):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            ch = text[i]
-            if ch == "{" and text[i - 1] != "\\":
-                depth += 1
-            elif ch == "}" and text[i - 1] != "\\":
-                depth -= 1
-                if depth == 0:
-                    found.append(text[start:i])
-                    break
-        else:
-            found.append(None)
-    return found
+    return [None if end is None else text[start:end] for start, end in boxed_spans(text)]
 
 
 def last_boxed(text: str) -> str | None:
     """Contents of the last balanced ``\\boxed{...}``, or ``None``."""
-    closed = [b for b in boxed_contents(text[-MAX_SCAN_CHARS:]) if b is not None]
-    return closed[-1] if closed else None
+    tail = text[-MAX_SCAN_CHARS:]
+    closed = [(start, end) for start, end in boxed_spans(tail) if end is not None]
+    return tail[closed[-1][0] : closed[-1][1]] if closed else None
 
 
 def answer_is(text: str) -> str | None:

@@ -45,11 +45,13 @@ from .workers import WorkerPool, WorkerStartError
 # math-verify warns on every call that its own timeout is off: here the deadline is ours (see `grade`).
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
-Outcome = Literal["correct", "wrong", "no_answer", "unparsable_gold", "timeout", "crashed", "error"]
+Outcome = Literal["correct", "wrong", "no_answer", "unparsable_gold", "timeout", "crashed", "error", "oom"]
 
 
-class _ItemTimeout(Exception):
-    pass
+class _ItemTimeout(BaseException):
+    """Raised by the per-item alarm. A BaseException, as math-verify's own ``TimeoutException``: math-verify turns
+    every ``Exception`` into "no match", which would grade an item that ran out of time as wrong (reward 0) instead
+    of not scored."""
 
 
 def _as_latex(text: str) -> str:
@@ -98,6 +100,8 @@ def grade(answer: str | None, gold: str, timeout: float) -> Outcome:
         return _grade_unbounded(answer, gold)
     except _ItemTimeout:
         return "timeout"
+    except MemoryError:  # over the worker's RLIMIT_AS (see `_worker`), where math-verify lets it through
+        return "oom"
     except RecursionError:  # sympy on deeply nested input
         return "wrong" if _parse_gold_safely(gold) else "unparsable_gold"
     except Exception:
@@ -139,6 +143,9 @@ class Grader:
             at a time); tests inject misbehaving ones.
         start_timeout: seconds a new worker may take to import math-verify and say it is ready (and to import
             ``chunk_function``'s module the first time).
+        memory_limit_mb: address space of each worker process (``RLIMIT_AS``, Linux), imports included (a worker
+            uses about 140 MB before grading); an item that needs more gets ``"oom"`` and its worker is replaced.
+            ``None``: no limit. Not applied when grading in this process (``num_workers=0``).
 
     Worker processes are started on first use, replaced when one hangs or dies, and stopped by :meth:`close`, by
     leaving a ``with Grader(...)`` block, or at interpreter exit. A worker that cannot start raises
@@ -154,6 +161,7 @@ class Grader:
         grace: float = 10.0,
         chunk_function: Callable[[Sequence[tuple[str | None, str]], float], list[Outcome]] = grade_chunk,
         start_timeout: float = 60.0,
+        memory_limit_mb: int | None = 2048,
     ):
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
@@ -168,6 +176,7 @@ class Grader:
         self.grace = float(grace)
         self.chunk_function = chunk_function
         self.start_timeout = float(start_timeout)
+        self.memory_limit_mb = memory_limit_mb
         self._pool: WorkerPool | None = None
         self._start_error: WorkerStartError | None = None
         self._lock = threading.Lock()
@@ -201,7 +210,7 @@ class Grader:
     def _get_pool(self, workers: int) -> WorkerPool:
         if self._pool is None or self._pool.size != workers or self._pool.closed:
             self._drop_pool()
-            self._pool = WorkerPool(workers, start_timeout=self.start_timeout)
+            self._pool = WorkerPool(workers, start_timeout=self.start_timeout, memory_limit_mb=self.memory_limit_mb)
         return self._pool
 
     def _drop_pool(self) -> None:

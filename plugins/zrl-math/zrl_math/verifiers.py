@@ -6,9 +6,10 @@ import logging
 from collections import Counter
 from typing import Any, Literal
 
+from zrl_plugins.framework.log_limits import shorten
 from zrl_plugins.sdk import completion_text
 
-from .extract import EXTRACTION_MODES, ExtractionMode, boxed_contents, extract_answer
+from .extract import EXTRACTION_MODES, ExtractionMode, boxed_spans, extract_answer
 from .grading import Grader
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ class MathCorrect:
         timeout: seconds per item; an item that runs out gets ``None`` (not scored) and counts in
             ``verifier/timeouts``.
         num_workers: grading processes (``None`` = CPU count, ``0`` = in process).
+        memory_limit_mb: address space of each grading process (``RLIMIT_AS``; a worker uses about 140 MB before
+            grading). An item that needs more gets ``None`` (not scored), counts in ``verifier/math_correct/oom``,
+            and its worker is replaced. ``None``: no limit; not applied with ``num_workers=0``.
 
     An item whose grading worker died (segfault, out of memory) gets ``None`` and counts in ``verifier/crashes``.
     Grading workers that cannot start raise :class:`~zrl_math.workers.WorkerStartError` (never a silent ``None``).
@@ -51,6 +55,7 @@ class MathCorrect:
         no_answer_reward: float = -1.0,
         timeout: float = 5.0,
         num_workers: int | None = None,
+        memory_limit_mb: int | None = 2048,
     ):
         if extraction not in EXTRACTION_MODES:
             raise ValueError(f"extraction must be one of {EXTRACTION_MODES}, got {extraction!r}")
@@ -67,8 +72,9 @@ class MathCorrect:
             "timeout": None,
             "crashed": None,
             "unparsable_gold": None,
+            "oom": None,
         }
-        self.grader = Grader(timeout=timeout, num_workers=num_workers)
+        self.grader = Grader(timeout=timeout, num_workers=num_workers, memory_limit_mb=memory_limit_mb)
         self.totals: Counter[str] = Counter()
         self._warned_golds: set[str] = set()
         self.__name__ = "math_correct"
@@ -90,9 +96,9 @@ class MathCorrect:
             if outcome == "unparsable_gold" and str(gold) not in self._warned_golds:
                 self._warned_golds.add(str(gold))
                 logger.warning(
-                    "math_correct: the gold answer of row %d (%r) cannot be parsed; its completions get reward None "
+                    "math_correct: the gold answer of row %d (%s) cannot be parsed; its completions get reward None "
                     "(not scored). Fix the data set's %r column.",
-                    row, gold, self.gold_column,
+                    row, shorten(repr(gold)), self.gold_column,
                 )  # fmt: skip
         log_metric = columns.get("log_metric")
         if callable(log_metric):
@@ -100,6 +106,7 @@ class MathCorrect:
             log_metric("verifier/unparsable_gold", float(counts["unparsable_gold"]))
             log_metric("verifier/errors", float(counts["error"]))
             log_metric("verifier/crashes", float(counts["crashed"]))
+            log_metric(f"verifier/{self.__name__}/oom", float(counts["oom"]))
         return [self.rewards[o] for o in outcomes]
 
     def close(self) -> None:
@@ -116,6 +123,6 @@ class BoxedFormat:
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         rewards: list[float | None] = []
         for completion in completions:
-            boxes = boxed_contents(completion_text(completion))
-            rewards.append(float(len(boxes) == 1 and boxes[0] is not None))
+            boxes = boxed_spans(completion_text(completion))  # spans, not contents: nested boxes would copy O(n²)
+            rewards.append(float(len(boxes) == 1 and boxes[0][1] is not None))
         return rewards

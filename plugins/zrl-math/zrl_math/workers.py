@@ -14,6 +14,9 @@ Guarantees:
   a hang inside C code ends), its item is ``"timeout"``, its other items go to other workers, and a replacement
   is started.
 * **Crashes cost one item.** A worker that dies mid-item (segfault, OOM killer) gives that item ``"crashed"``.
+* **Memory is capped.** With ``memory_limit_mb``, each worker's address space is limited (``RLIMIT_AS``); an item
+  that needs more ends with ``MemoryError``, gets ``"oom"``, and its worker is replaced (a heap that grew that far
+  stays fragmented); its other items go to other workers.
 * **No zombies, no orphans.** Every process started is waited for; :meth:`WorkerPool.close` (also run at exit by
   an ``atexit`` hook) closes the workers' stdin, waits briefly and kills the rest. A worker whose parent dies exits
   on end of stdin, or within a second when busy (a watchdog thread; it cannot run while C code holds the GIL, so a
@@ -82,7 +85,7 @@ def worker_env() -> dict[str, str]:
 class _Worker:
     """One worker process and what it is doing: starting, idle, or grading chunks (``requests``)."""
 
-    def __init__(self, command: Sequence[str], env: dict[str, str]):
+    def __init__(self, command: Sequence[str], env: dict[str, str], memory_limit_mb: int | None = None):
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; read to explain failures
         self.process = subprocess.Popen(
             list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env, close_fds=True
@@ -96,7 +99,8 @@ class _Worker:
         self.deadline = 0.0
         self.last_stderr = ""
         with contextlib.suppress(OSError):  # if it died already, that is reported when its stdout ends
-            self.send({"sys_path": list(sys.path)})
+            limit = None if memory_limit_mb is None else int(memory_limit_mb) << 20
+            self.send({"sys_path": list(sys.path), "memory_limit_bytes": limit})
 
     @property
     def pid(self) -> int:
@@ -167,18 +171,26 @@ class WorkerPool:
     may be called from any thread.
     """
 
-    def __init__(self, size: int, start_timeout: float = 60.0, command: Callable[[], list[str]] | None = None):
+    def __init__(
+        self,
+        size: int,
+        start_timeout: float = 60.0,
+        command: Callable[[], list[str]] | None = None,
+        memory_limit_mb: int | None = None,
+    ):
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, got {size}")
         self.size = size
         self.start_timeout = float(start_timeout)
         self._command = command or worker_command
+        self.memory_limit_mb = memory_limit_mb
         self._workers: list[_Worker] = []
         self._selector = selectors.DefaultSelector()
         self._owner = os.getpid()  # a forked copy of this object must not stop the parent's workers
         self._closed = False
         self.killed = 0  # workers killed because an item hung (each one replaced)
         self.crashed = 0  # workers that died on their own while grading (each one replaced)
+        self.out_of_memory = 0  # workers replaced after an item ran out of memory
         _live_pools.add(self)
 
     @property
@@ -246,7 +258,7 @@ class WorkerPool:
         command, env = self._command(), worker_env()
         while len(self._workers) < self.size:
             try:
-                worker = _Worker(command, env)
+                worker = _Worker(command, env, self.memory_limit_mb)
             except OSError as exc:
                 self._fail_start(f"could not run {command!r}: {exc}")
             self._workers.append(worker)
@@ -299,6 +311,9 @@ class WorkerPool:
                 worker.deadline = time.monotonic() + item_seconds
             elif kind == "item" and worker.busy:
                 outcomes[worker.answered(time.monotonic(), item_seconds, self.start_timeout)] = message[1]
+                if message[1] == "oom":
+                    self._replace(worker, queue)
+                    return
             elif kind == "error" and worker.busy:
                 position, items = worker.requests[0]
                 outcomes[position : position + len(items)] = ["error"] * len(items)
@@ -347,6 +362,19 @@ class WorkerPool:
                 )  # fmt: skip
         if not self._closed:
             self._top_up()  # the replacement gets ready while the other workers go on
+
+    def _replace(self, worker: _Worker, queue: collections.deque) -> None:
+        """Stop a worker whose item ran out of memory and start another; its items not answered yet go back first
+        in the queue."""
+        self._workers.remove(worker)
+        self._selector.unregister(worker.process.stdout)
+        worker.stop()
+        for position, items in reversed(worker.requests):
+            if items:
+                queue.appendleft((position, list(items)))
+        self.out_of_memory += 1
+        if not self._closed:
+            self._top_up()
 
     def _fail_start(self, reason: str) -> None:
         command = " ".join(self._command())
