@@ -183,8 +183,7 @@ def zrl_on_load_checkpoint(trainer: Any, checkpoint_dir: str, state: dict[str, A
 
     :param trainer: the trainer about to resume.
     :param checkpoint_dir: the checkpoint folder being resumed from.
-    :param state: the dict that :func:`zrl_on_save_checkpoint` implementations filled. A key may be missing when the
-        checkpoint was written by an older plugin version: warn and keep defaults rather than fail.
+    :param state: the dict that :func:`zrl_on_save_checkpoint` implementations filled.
 
     Called on every process when ``trainer.train(resume_from_checkpoint=...)`` loads optimizer and scheduler state,
     after the selected components have had their own ``load_state_dict`` called.

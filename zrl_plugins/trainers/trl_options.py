@@ -76,11 +76,9 @@ def resolve(config: Any, per_token_advantages: bool = False) -> None:
         _normalize_then_sum(config, scale, per_token_advantages)
         scale = None  # TRL ignores scale_rewards here: its advantages are the batch-normalized sum
     from_trl = not per_token_advantages and (config.normalizer is None or loss_type is not None)
-    if per_token_advantages:
-        pass
-    elif config.normalizer is None:
+    if not per_token_advantages and config.normalizer is None:
         _from_trl(config, loss_type or TRL_DEFAULTS["loss_type"], scale or TRL_DEFAULTS["scale_rewards"])
-    else:
+    elif not per_token_advantages:
         _check_against_normalizer(config, loss_type, scale)
     _resolve_level(config, from_trl)
     aggregation = config.normalizer_kwargs.get("aggregation") or NORMALIZERS.get(config.normalizer, (None, None))[1]
