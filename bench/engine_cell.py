@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.engine == "fsdp2" and device == "cpu":
-        from zrl_plugins.apps.testing import force_fsdp_on_cpu
+        from zrl_plugins.apps.devices import force_fsdp_on_cpu
 
         force_fsdp_on_cpu()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

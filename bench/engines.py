@@ -71,7 +71,7 @@ def launch_command(engine: str, recipe: str, phase: str, workdir: Path, model: s
         launch += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                    "--dynamo_backend", "no"]  # fmt: skip
         if engine == "fsdp2":
-            from zrl_plugins.apps.testing import FSDP2_CPU_ENV
+            from zrl_plugins.apps.devices import FSDP2_CPU_ENV
 
             env.update(FSDP2_CPU_ENV)
         env["OMP_NUM_THREADS"] = "1"

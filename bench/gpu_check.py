@@ -17,8 +17,9 @@ def main() -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from bench.common import write_results
+    from tests.helpers import compare_with_trl
     from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-    from zrl_plugins.apps.testing import build_tiny_model, compare_with_trl
+    from zrl_plugins.apps.tiny_model import build_tiny_model
 
     assert torch.cuda.is_available(), "needs a GPU"
     workdir = tempfile.mkdtemp()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
-from zrl_plugins.apps.testing import launch_two_cpu_processes
+from tests.helpers import launch_two_cpu_processes
 from zrl_plugins.builtins.estimators import GAEEstimator, ReinforcePlusPlusEstimator, discounted_sum, gae
 from zrl_plugins.framework.errors import ConfigError
 from zrl_plugins.trainers.critic import clipped_value_loss, is_critic_key
@@ -276,8 +276,8 @@ def test_a_critic_inside_the_policy_gives_the_loss_and_gradients_of_separate_mod
     critic kept apart would: the clipped surrogate + vf_coef · clipped value loss, both token means, by hand."""
     import copy
 
+    from tests.helpers import perturbed_batch
     from zrl_plugins import ZRLPPOTrainer
-    from zrl_plugins.apps.testing import perturbed_batch
     from zrl_plugins.trainers.critic import detached_value_model
 
     args = _ppo_config(tmp_path, critic_mode=critic_mode, vf_coef=0.7, cliprange_value=0.05, beta=0.0,

@@ -8,6 +8,7 @@ generation 4.0 s instead of 6.1 s. Without those instructions bf16 is emulated a
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 
@@ -42,3 +43,39 @@ def describe(device: str, bf16: bool) -> str:
     if bf16:
         return f"CPU ({threads} threads), bf16 autocast (native bf16: {'yes' if cpu_supports_bf16() else 'no'})"
     return f"CPU ({threads} threads), fp32"
+
+
+def force_fsdp_on_cpu() -> None:
+    """Make accelerate run FSDP on CPU processes (gloo) instead of silently falling back to DDP.
+
+    Accelerate only turns ``ACCELERATE_USE_FSDP`` into an FSDP run on accelerator devices. FSDP2 itself works on CPU
+    tensors, so CPU tests and the engine matrix's CPU mode flip the distributed type after accelerate has set up a
+    multi-process CPU run. Call it first thing in a process launched with ``--multi_gpu`` and ``use_cpu``; the FSDP
+    options come from the usual ``FSDP_*`` environment variables (see :data:`FSDP2_CPU_ENV`).
+    """
+    from accelerate import state
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    original = state.AcceleratorState.__init__
+    if getattr(original, "_zrl_fsdp_on_cpu", False):
+        return
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if self.distributed_type == DistributedType.MULTI_CPU:
+            os.environ["ACCELERATE_USE_FSDP"] = "true"
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin or FullyShardedDataParallelPlugin()
+
+    init._zrl_fsdp_on_cpu = True
+    state.AcceleratorState.__init__ = init
+
+
+# The environment accelerate's FSDP plugin reads: FSDP2, transformer-layer auto-wrap, sharded checkpoints.
+FSDP2_CPU_ENV = {
+    "ACCELERATE_USE_FSDP": "true",
+    "FSDP_VERSION": "2",
+    "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+    "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT",
+    "FSDP_RESHARD_AFTER_FORWARD": "true",
+}

@@ -248,7 +248,7 @@ class ZRLPluginManager:
         entry = self.entry(kind, name)
         if "plugin_manager" in kwargs:
             raise TypeError(f"{kind} {name!r}: `plugin_manager` is passed by the manager itself, not by the config")
-        if _declares(entry.factory, "plugin_manager"):
+        if accepts_keyword(entry.factory, "plugin_manager", catch_all=False):
             kwargs = {**kwargs, "plugin_manager": self}
         try:
             inspect.signature(entry.factory).bind(**kwargs)
@@ -290,12 +290,14 @@ class ZRLPluginManager:
             raise PluginError(name, hook_name, exc, info.distribution if info else None) from exc
 
 
-def _declares(factory: Callable[..., Any], name: str) -> bool:
-    """Whether ``factory`` names the parameter ``name`` explicitly (a ``**kwargs`` catch-all does not count)."""
+def accepts_keyword(factory: Callable[..., Any], name: str, *, catch_all: bool) -> bool:
+    """Whether ``factory`` takes the keyword ``name``: declared by name, or also through a ``**kwargs`` catch-all
+    when ``catch_all`` (config defaults may go to a catch-all; the manager itself is passed only when declared)."""
     try:
-        return name in inspect.signature(factory).parameters
+        params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
+    return name in params or (catch_all and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()))
 
 
 def _raising_impl(impls: list[Any], exc: BaseException) -> Any:

@@ -37,7 +37,6 @@ TRL methods overridden, and why:
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -54,7 +53,7 @@ from trl.trainer.utils import get_callable_name, is_async_callable, nanmax, nanm
 
 from ..framework.errors import ComponentContractError, ConfigError, DataError, PluginError
 from ..framework.ops import nanstd
-from ..framework.plugins import ZRLPluginManager, get_plugin_manager
+from ..framework.plugins import ZRLPluginManager, accepts_keyword, get_plugin_manager
 from ..framework.protocols import (
     GroupFilter,
     ImportanceWeighting,
@@ -66,6 +65,7 @@ from ..framework.protocols import (
 )
 from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
 from ..framework.verifier_guard import NamedVerifier
+from .batch import loss_mask, mode_of, sequences
 from .config import ZRLConfig
 from .fused_head import completion_positions_only
 from .numerics import NumericalInstabilityError, SkipGuard
@@ -105,14 +105,6 @@ def _guarded_scheduler_class(base: type, guard: SkipGuard) -> type:
         return base.step(self, *args, **kwargs)
 
     return type(f"Guarded{base.__name__}", (base,), {"step": step, "_zrl_guard": guard})
-
-
-def _accepts(factory: Callable[..., Any], name: str) -> bool:
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
@@ -272,7 +264,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         factory = self.zrl_pm.entry(kind, name).factory
         merged = dict(kwargs)
         for key, value in defaults.items():
-            if key not in merged and _accepts(factory, key):
+            if key not in merged and accepts_keyword(factory, key, catch_all=True):
                 merged[key] = value
         return self.zrl_pm.load_component(kind, name, **merged)
 
@@ -294,7 +286,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             batch = self._filter_groups(batch)
         rewards_per_func = gather(batch.rewards_per_func)  # group statistics are taken over the global batch
         rewards = self._shaped_rewards(rewards_per_func, gather(batch.truncated), batch.group_size)
-        mask = batch.output["completion_mask"] * batch.output.get("tool_mask", 1)
+        mask = loss_mask(batch.output)
         rewards = self._assign_advantages(batch.output, rewards, mask, batch.mode, batch.group_size)
         if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
             self._notify_rollout_batch(batch, rewards, rewards_per_func)
@@ -315,8 +307,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         off-policy strategies."""
         with capturing_scores() as scores:
             output = super()._generate_and_score_completions(inputs)
-        mode = "train" if self.model.training else "eval"
-        mask = output["completion_mask"] * output.get("tool_mask", 1)
+        mode = mode_of(self.model)
+        mask = loss_mask(output)
         strategy = self.rollout_strategy
         if strategy.off_policy and "old_per_token_logps" not in output:
             output["old_per_token_logps"] = self._policy_logps(output)
@@ -349,8 +341,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                             dataset=self.train_dataset, process_index=self.accelerator.process_index)  # fmt: skip
         strategy = self.rollout_strategy
         batch, stats = self._call("rollout", self.args.rollout, "refill", strategy.refill, batch, ctx)
-        loss_mask = batch.output["completion_mask"] * batch.output.get("tool_mask", 1)
-        batch.output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        batch.output["num_items_in_batch"] = self.accelerator.gather(loss_mask(batch.output).sum()).sum()
         self._log_rollout_stats(stats, "train")
         return batch
 
@@ -471,10 +462,10 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
     def _policy_logps(self, output: dict[str, Any]) -> torch.Tensor:
         """Per-token log-probs of the completions under the current policy, without gradient."""
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        mode = "train" if self.model.training else "eval"
-        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        input_ids, attention_mask = sequences(output)
+        batch_size = (
+            self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
+        )
         with torch.no_grad():
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 self.model, input_ids, attention_mask, output["completion_ids"].size(1), batch_size=batch_size
@@ -483,7 +474,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
-        mode = "train" if self.model.training else "eval"
+        mode = mode_of(self.model)
         loss = self._policy_objective(self._forward_completions(model, inputs), inputs, mode)
         return self._checked_loss(loss, mode)
 
@@ -514,8 +505,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
     def _forward_completions(self, model, inputs) -> CompletionForward:
         """One forward pass of ``model`` over the batch's prompts + completions: per-token log-probs and entropies of
         the completion tokens (TRL's fused LM head) and the MoE aux loss. The PPO trainer adds values here."""
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        input_ids, attention_mask = sequences(inputs)
         multimodal = {
             key: inputs.get(key)
             for key in (
@@ -545,7 +535,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
     def _policy_objective(self, forward: CompletionForward, inputs: dict[str, Any], mode: str) -> torch.Tensor:
         """Policy loss (the component) → TRL's masks and importance correction → KL term → aggregation (the
         normalizer) → entropy bonus and router aux loss, in TRL's order."""
-        mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+        mask = loss_mask(inputs)
         advantages = inputs["advantages"]
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)

@@ -32,6 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ..framework.errors import ComponentContractError, ConfigError
 from ..framework.ops import token_mean_aggregate
+from .batch import loss_mask, mode_of, sequences
 from .critic import (
     ValueHead,
     attach_value_model,
@@ -302,8 +303,7 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
 
     def _rollout_values(self, output: dict[str, Any]) -> torch.Tensor:
         """V_old of this process's completion tokens (no gradient), in chunks of the per-device batch size."""
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        input_ids, attention_mask = sequences(output)
         length = output["completion_ids"].size(1)
         size = self.args.per_device_train_batch_size
         chunks = []
@@ -332,7 +332,7 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
 
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
-        mode = "train" if self.model.training else "eval"
+        mode = mode_of(self.model)
         forward = self._forward_completions(model, inputs)
         loss = self._policy_objective(forward, inputs, mode)
         if forward.values is not None:
@@ -353,7 +353,7 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
 
     def _value_loss(self, values: torch.Tensor, inputs: dict[str, Any], mode: str) -> torch.Tensor:
         """½·max((V − R)², (clip(V, V_old ± c) − R)²), token mean over the generation batch (docs/methods.md)."""
-        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        mask = loss_mask(inputs)
         clip = self.args.cliprange_value
         per_token, clipped = clipped_value_loss(values, inputs["old_values"], inputs["returns"], clip)
         self._metrics[mode]["critic/value_clip_fraction"].append(self._global_masked_mean(clipped.float(), mask))
