@@ -38,9 +38,9 @@ ACCELERATE_CONFIGS = {"ddp": "multi_gpu.yaml", "fsdp2": "fsdp2.yaml", "zero2": "
 # cell name → (recipe method, the flags that make it that method on a bare config)
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "simplerl_zoo": ("simplerl_zoo", ["--normalizer", "grpo", "--kl_penalty", "k3", "--beta", "0.04"]),
-    "ppo_max": ("ppo_max", ["--normalizer", "gae", "--kl_penalty", "k1", "--beta", "0.01", "--critic_mode", "separate",
-                            "--critic_learning_rate", "1e-5"]),
-    "ppo_max_shared": ("ppo_max", ["--normalizer", "gae", "--kl_penalty", "k1", "--beta", "0.01",
+    "ppo_max": ("ppo_max", ["--advantage_estimator", "gae", "--kl_penalty", "k1", "--beta", "0.01",
+                            "--critic_mode", "separate", "--critic_learning_rate", "1e-5"]),
+    "ppo_max_shared": ("ppo_max", ["--advantage_estimator", "gae", "--kl_penalty", "k1", "--beta", "0.01",
                                    "--critic_mode", "shared", "--critic_learning_rate", "1e-5"]),
     "nested_reft": ("nested_reft", ["--normalizer", "grpo", "--kl_penalty", "none", "--beta", "0", "--rollout",
                                     "nested", "--rollout_kwargs", '{"skip_ratio": 0.25, "correction": "token_tis"}']),

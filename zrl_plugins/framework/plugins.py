@@ -29,50 +29,12 @@ from .errors import (
     PluginError,
     UnknownComponentError,
 )
-from .protocols import (
-    COMPONENT_KINDS,
-    KLController,
-    KLPenalty,
-    Normalizer,
-    PolicyLoss,
-    PromptTemplate,
-    RolloutStrategy,
-    TokenAdvantageEstimator,
-    Verifier,
-)
+from .kinds import COMPONENT_KINDS, KINDS
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_PLUGIN_NAME = "zrl-builtins"
 CORE_DISTRIBUTION = "zrl-plugins"
-
-REGISTRATION_HOOKS = {
-    "verifier": "zrl_register_verifiers",
-    "normalizer": "zrl_register_normalizers",
-    "policy_loss": "zrl_register_policy_losses",
-    "kl_penalty": "zrl_register_kl_penalties",
-    "kl_controller": "zrl_register_kl_controllers",
-    "rollout": "zrl_register_rollouts",
-    "template": "zrl_register_templates",
-}
-KIND_PROTOCOLS: dict[str, tuple[type, ...]] = {
-    "verifier": (Verifier,),
-    "normalizer": (Normalizer, TokenAdvantageEstimator),  # sequence-level (GRPO family) or per-token (PPO)
-    "policy_loss": (PolicyLoss,),
-    "kl_penalty": (KLPenalty,),
-    "kl_controller": (KLController,),
-    "rollout": (RolloutStrategy,),
-    "template": (PromptTemplate,),
-}
-KIND_PLURALS = {
-    "verifier": "verifiers",
-    "normalizer": "normalizers",
-    "policy_loss": "policy losses",
-    "kl_penalty": "KL penalties",
-    "kl_controller": "KL controllers",
-    "rollout": "rollouts",
-    "template": "prompt templates",
-}
 
 
 @dataclass(frozen=True)
@@ -183,7 +145,7 @@ class ZRLPluginManager:
                 del registry[key]
 
     def _run_registration_hooks(self, plugin: object, info: PluginInfo) -> None:
-        for kind, hook_name in REGISTRATION_HOOKS.items():
+        for kind, hook_name in ((k.name, k.hook) for k in KINDS.values()):
             impl = getattr(plugin, hook_name, None)
             if impl is None or self.pm.parse_hookimpl_opts(plugin, hook_name) is None:
                 continue
@@ -222,7 +184,7 @@ class ZRLPluginManager:
         if name in registry:
             return registry[name]
         installed = ", ".join(f"{e.name} ({e.origin})" for e in sorted(registry.values(), key=lambda e: e.name))
-        lines = [f"unknown {kind} {name!r}. Installed {KIND_PLURALS[kind]}: {installed or 'none'}."]
+        lines = [f"unknown {kind} {name!r}. Installed {KINDS[kind].plural}: {installed or 'none'}."]
         close = difflib.get_close_matches(name, list(registry), n=1)
         if close:
             lines.append(f"Did you mean {close[0]!r}?")
@@ -263,7 +225,7 @@ class ZRLPluginManager:
             component = entry.factory(**kwargs)
         except Exception as exc:
             raise PluginError(entry.plugin, f"the factory of {kind} {name!r}", exc, entry.distribution) from exc
-        protocols = KIND_PROTOCOLS[kind]
+        protocols = KINDS[kind].protocols
         if not isinstance(component, protocols):
             names = " or the ".join(f"{p.__name__} protocol" for p in protocols)
             raise ComponentContractError(
@@ -338,8 +300,7 @@ def reset_plugin_manager() -> None:
 def load_component(kind: str, name: str, **kwargs: Any) -> Any:
     """Build a component by name: ``load_component("normalizer", "grpo")``.
 
-    ``kind`` is one of ``"verifier"``, ``"normalizer"``, ``"kl_penalty"``, ``"kl_controller"``, ``"rollout"``.
-    This is what the trainer
-    uses, and what notebooks, tests and other tools should use.
+    ``kind`` is a row of :data:`zrl_plugins.framework.kinds.KINDS`. This is what the trainer uses, and what
+    notebooks, tests and other tools should use.
     """
     return get_plugin_manager().load_component(kind, name, **kwargs)

@@ -37,11 +37,11 @@ TRL methods overridden, and why:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,11 +49,11 @@ import torch
 from accelerate.utils import gather
 from transformers import Trainer
 from trl import GRPOTrainer
-from trl.trainer.utils import get_callable_name, is_async_callable, nanmax, nanmin
+from trl.trainer.utils import nanmax, nanmin
 
-from ..framework.errors import ComponentContractError, ConfigError, DataError, PluginError
+from ..framework.errors import ComponentContractError, ConfigError, DataError
 from ..framework.ops import nanstd
-from ..framework.plugins import ZRLPluginManager, accepts_keyword, get_plugin_manager
+from ..framework.plugins import ZRLPluginManager, get_plugin_manager
 from ..framework.protocols import (
     GroupFilter,
     ImportanceWeighting,
@@ -66,6 +66,7 @@ from ..framework.protocols import (
 from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
 from ..framework.verifier_guard import NamedVerifier
 from .batch import loss_mask, mode_of, sequences
+from .components import Components, build_components, call_plugin, normalizer
 from .config import ZRLConfig
 from .fused_head import completion_positions_only
 from .numerics import NumericalInstabilityError, SkipGuard
@@ -136,28 +137,19 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 f"ZRLGRPOTrainer needs a ZRLConfig (got {type(args).__name__}); ZRLConfig extends GRPOConfig"
             )
         self.zrl_pm = plugin_manager or get_plugin_manager()
-        self._check_supported(args)
+        if args.max_completion_length is None or args.max_completion_length < 1:
+            raise ConfigError(f"max_completion_length must be at least 1, got {args.max_completion_length}")
+        self.components = self._build_components(args)
+        setattr(self, self.components.advantages.kind, self.components.advantages.component)  # .normalizer (GRPO)
+        self.policy_loss = self.components.policy_loss.component
+        self.kl_penalty = self.components.kl_penalty.component
+        self.rollout_strategy = self.components.rollout.component
 
-        self.normalizer = self._build(
-            "normalizer", args.normalizer, args.normalizer_kwargs, max_completion_length=args.max_completion_length
-        )
-        self._check_normalizer(args.normalizer)
-        self.policy_loss = self._build(
-            "policy_loss", args.policy_loss, args.policy_loss_kwargs, **self._policy_loss_defaults(args)
-        )
-        self.kl_penalty = self._build("kl_penalty", args.kl_penalty, args.kl_penalty_kwargs, **self._kl_defaults(args))
-        self.rollout_strategy = self._build("rollout", args.rollout, args.rollout_kwargs)
-        # TRL loads (and calls) a reference model iff beta != 0; make that follow the KL penalty.
-        args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
-
-        verifier_funcs = [
-            self._verifier(name, args.verifier_kwargs.get(name, {}), args.verifier_timeout) for name in args.verifiers
-        ]
         if reward_funcs is None:
             reward_funcs = []
         elif not isinstance(reward_funcs, list):
             reward_funcs = [reward_funcs]
-        reward_funcs = verifier_funcs + reward_funcs
+        reward_funcs = [*self.components.verifiers, *reward_funcs]
         if not reward_funcs and kwargs.get("environment_factory") is None:
             raise ValueError(
                 "no reward: select verifiers by name (ZRLConfig(verifiers=[...]), `--verifiers` on the CLI; installed: "
@@ -174,62 +166,19 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
         self._kl_window = torch.zeros(2)  # (sum of observed KL · tokens, tokens) since the last optimizer step
         self._nonfinite = SkipGuard(args.nonfinite_policy, args.max_consecutive_skips)
-        super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+        # TRL loads (and calls) a reference model iff beta != 0: on a copy of the config, that follows the KL penalty
+        trl_args = copy.copy(args)
+        trl_args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
+        super().__init__(model, reward_funcs, trl_args, *pargs, **kwargs)
         if isinstance(self.rollout_strategy, ValidatesSetup):
             self.rollout_strategy.validate(self)  # e.g. a strategy that cannot work with TRL's vLLM modes refuses
         if self.train_dataset is not None:
             self._check_training_data(self.train_dataset)
 
     # ------------------------------------------------------------------------------------------------ construction
-    @staticmethod
-    def _check_supported(args: ZRLConfig) -> None:
-        if args.max_completion_length is None or args.max_completion_length < 1:
-            raise ConfigError(f"max_completion_length must be at least 1, got {args.max_completion_length}")
-
-    @staticmethod
-    def _policy_loss_defaults(args: ZRLConfig) -> dict[str, Any]:
-        """The config's options a policy loss factory gets unless ``policy_loss_kwargs`` sets them (TRL's meaning:
-        ``epsilon_high`` unset = ``epsilon``)."""
-        defaults: dict[str, Any] = {
-            "epsilon_low": args.epsilon,
-            "epsilon_high": args.epsilon if args.epsilon_high is None else args.epsilon_high,
-            "delta": args.delta,
-            "sapo_temperature_pos": args.sapo_temperature_pos,
-            "sapo_temperature_neg": args.sapo_temperature_neg,
-            "vespo_k_pos": args.vespo_k_pos,
-            "vespo_lambda_pos": args.vespo_lambda_pos,
-            "vespo_k_neg": args.vespo_k_neg,
-            "vespo_lambda_neg": args.vespo_lambda_neg,
-        }
-        if args.importance_sampling_level is not None:
-            defaults["importance_sampling_level"] = args.importance_sampling_level
-        return defaults
-
-    def _call(self, kind: str, name: str, method: str, function: Callable[..., Any], *args: Any) -> Any:
-        """Call a component's method; an exception it raises becomes a :class:`PluginError` naming the plugin, the
-        component and the method (zrl's own contract and numerics errors pass through)."""
-        try:
-            return function(*args)
-        except (ComponentContractError, NumericalInstabilityError, PluginError):
-            raise
-        except Exception as exc:
-            entry = self.zrl_pm.entry(kind, name)
-            raise PluginError(entry.plugin, f"{kind} {name!r}.{method}", exc, entry.distribution) from exc
-
-    def _kl_defaults(self, args: ZRLConfig) -> dict[str, Any]:
-        """Keyword arguments the KL penalty gets unless ``kl_penalty_kwargs`` sets them."""
-        return {"beta": args.beta}
-
-    def _check_normalizer(self, name: str) -> None:
-        if not callable(getattr(self.normalizer, "advantages", None)):
-            raise ConfigError(
-                f"normalizer {name!r} has no sequence-level `advantages(rewards, group_size)`"
-                + (
-                    ": it is a per-token advantage estimator for ZRLPPOTrainer (zrl_plugins.ZRLPPOTrainer)."
-                    if callable(getattr(self.normalizer, "token_advantages", None))
-                    else "."
-                )
-            )
+    def _build_components(self, args: ZRLConfig) -> Components:
+        """The GRPO family: advantages from a normalizer, the KL penalty's β from the config."""
+        return build_components(self.zrl_pm, args, normalizer, {"beta": args.beta})
 
     def _check_training_data(self, dataset: Any, sample: int = 256) -> None:
         """Fail before any generation on data that cannot be trained on."""
@@ -259,24 +208,6 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 f"max_completion_length={self.max_completion_length} that exceeds the model's context of {context} "
                 "tokens. Shorten or filter the prompts, or lower max_completion_length."
             )
-
-    def _build(self, kind: str, name: str, kwargs: dict[str, Any], **defaults: Any) -> Any:
-        factory = self.zrl_pm.entry(kind, name).factory
-        merged = dict(kwargs)
-        for key, value in defaults.items():
-            if key not in merged and accepts_keyword(factory, key, catch_all=True):
-                merged[key] = value
-        return self.zrl_pm.load_component(kind, name, **merged)
-
-    def _verifier(self, name: str, kwargs: dict[str, Any], timeout: float | None) -> Callable[..., Any]:
-        verifier = self.zrl_pm.load_component("verifier", name, **kwargs)
-        entry = self.zrl_pm.entry("verifier", name)
-        if is_async_callable(verifier) or isinstance(verifier, torch.nn.Module):
-            return verifier  # TRL runs these itself (in parallel / as a reward model)
-        wrapped = NamedVerifier(name, verifier, f"{entry.plugin} ({entry.origin})", timeout)
-        if get_callable_name(wrapped) != name:  # pragma: no cover - guards TRL's naming rule
-            raise RuntimeError("TRL would not name the verifier after its component")
-        return wrapped
 
     # ------------------------------------------------------------------------------------------------ rollout pipeline
     def _generate_and_score_completions(self, inputs):
@@ -314,8 +245,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             output["old_per_token_logps"] = self._policy_logps(output)
         if strategy.off_policy and isinstance(strategy, ImportanceWeighting) and "sampling_per_token_logps" in output:
             old, behaviour = output["old_per_token_logps"], output["sampling_per_token_logps"]
-            weigh = strategy.importance_weights
-            weights, stats = self._call("rollout", self.args.rollout, "importance_weights", weigh, old, behaviour, mask)
+            rollout = self.components.rollout
+            weights, stats = call_plugin(self.zrl_pm, rollout, "importance_weights", old, behaviour, mask)
             output["importance_sampling_ratio"] = weights  # the loss multiplies per-token losses by it, as for vLLM
             self._log_rollout_stats(stats, mode)
         local = self._process_slice(output)
@@ -339,8 +270,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
         ctx = RefillContext(score_more=self._score, group_rewards=group_rewards, any_process=any_process,
                             dataset=self.train_dataset, process_index=self.accelerator.process_index)  # fmt: skip
-        strategy = self.rollout_strategy
-        batch, stats = self._call("rollout", self.args.rollout, "refill", strategy.refill, batch, ctx)
+        batch, stats = call_plugin(self.zrl_pm, self.components.rollout, "refill", batch, ctx)
         batch.output["num_items_in_batch"] = self.accelerator.gather(loss_mask(batch.output).sum()).sum()
         self._log_rollout_stats(stats, "train")
         return batch
@@ -444,8 +374,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         )
 
     def _normalized_advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        name = self.args.normalizer
-        advantages = self._call("normalizer", name, "advantages", self.normalizer.advantages, rewards, group_size)
+        name = self.components.advantages.name
+        advantages = call_plugin(self.zrl_pm, self.components.advantages, "advantages", rewards, group_size)
         if not isinstance(advantages, torch.Tensor) or advantages.shape != rewards.shape:
             shape = tuple(advantages.shape) if isinstance(advantages, torch.Tensor) else type(advantages).__name__
             raise ComponentContractError(
@@ -543,8 +473,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         if old_logps is None:
             old_logps = forward.logps.detach()
         sampling_ratio = inputs.get("importance_sampling_ratio")
-        out = self._call("policy_loss", self.args.policy_loss, "__call__", self.policy_loss, forward.logps, old_logps,
-                         advantages, mask, sampling_ratio)  # fmt: skip
+        loss_args = (forward.logps, old_logps, advantages, mask, sampling_ratio)
+        out = call_plugin(self.zrl_pm, self.components.policy_loss, "__call__", *loss_args)
         if not isinstance(out, PolicyLossOutput):
             raise ComponentContractError(
                 f"policy_loss {self.args.policy_loss!r} must return a PolicyLossOutput, got {type(out).__name__}"
@@ -637,17 +567,17 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         )
 
     def _aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        name = self.args.normalizer
-        loss = self._call("normalizer", name, "aggregate", self.normalizer.aggregate, per_token_loss, mask, ctx)
+        kind, name = self.components.advantages.kind, self.components.advantages.name
+        loss = call_plugin(self.zrl_pm, self.components.advantages, "aggregate", per_token_loss, mask, ctx)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ComponentContractError(
-                f"normalizer {name!r}.aggregate must return a scalar tensor, got "
+                f"{kind} {name!r}.aggregate must return a scalar tensor, got "
                 f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}. "
                 "No optimizer step was taken."
             )
         if not torch.isfinite(loss) and torch.isfinite(per_token_loss[mask.bool()]).all():
             raise ComponentContractError(
-                f"normalizer {name!r}.aggregate returned a non-finite loss ({loss.item()}) from finite per-token "
+                f"{kind} {name!r}.aggregate returned a non-finite loss ({loss.item()}) from finite per-token "
                 "losses; no optimizer step was taken."
             )  # non-finite per-token losses are the step's numerics, handled by the trainer's skip guard
         return loss.reshape(())
@@ -737,7 +667,7 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
     # ------------------------------------------------------------------------------------------------ checkpoints
     def _stateful_components(self) -> dict[str, Any]:
         components = {
-            "normalizer": self.normalizer,
+            "normalizer": self.components.advantages.component,
             "kl_penalty": self.kl_penalty.controller,
             "rollout": self.rollout_strategy,
             "nonfinite_guard": self._nonfinite,

@@ -4,8 +4,8 @@ Generation, verifiers, the reference model, PEFT, gradient accumulation, multi-p
 checkpoints are :class:`~zrl_plugins.ZRLGRPOTrainer`'s (hence TRL's). What changes:
 
 * advantages are per token, from a :class:`~zrl_plugins.sdk.TokenAdvantageEstimator` selected as the
-  ``normalizer`` (``gae`` by default): per-token rewards are the (running-scaled, clipped) verifier score at the last
-  completion token minus β·KL_t from the KL plugin (placement ``reward``);
+  ``advantage_estimator`` (``gae`` by default): per-token rewards are the (running-scaled, clipped) verifier score at
+  the last completion token minus β·KL_t from the KL plugin (placement ``reward``);
 * a critic gives V_old at rollout time and is trained with the clipped value loss in the same backward pass as the
   actor. It is attached to the policy as a child module (:mod:`zrl_plugins.trainers.critic`), so the engine the Trainer
   prepares — DDP, DeepSpeed ZeRO-2/3 or FSDP2 — shards, reduces, optimizes and checkpoints actor and critic
@@ -33,6 +33,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from ..framework.errors import ComponentContractError, ConfigError
 from ..framework.ops import token_mean_aggregate
 from .batch import loss_mask, mode_of, sequences
+from .components import Components, advantage_estimator, build_components, call_plugin
 from .critic import (
     ValueHead,
     attach_value_model,
@@ -96,13 +97,16 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             raise ConfigError("ZRLPPOTrainer builds its own optimizer (actor and critic parameter groups)")
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
         self.reward_moments = RunningMoments()
-        if self.normalizer.needs_critic:
+        if self.advantage_estimator.needs_critic:
             attach_value_model(self.model, self._make_critic(critic))
             if self.use_vllm:  # TRL's weight sync walks the policy's parameters, which now include the critic's
                 sync = self.vllm_generation
                 sync._iter_named_params = without_critic(sync._iter_named_params)
         elif critic is not None:
-            warnings.warn(f"normalizer {args.normalizer!r} needs no critic; the critic passed is unused", stacklevel=2)
+            warnings.warn(
+                f"advantage_estimator {args.advantage_estimator!r} needs no critic; the critic passed is unused",
+                stacklevel=2,
+            )
         self._ptx_batches = self._pretrain_batches(pretrain_dataset) if args.ptx_coef > 0 else None
 
     @property
@@ -116,19 +120,9 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         return isinstance(self.critic, ValueHead)
 
     # ------------------------------------------------------------------------------------------------ construction
-    def _kl_defaults(self, args: ZRLPPOConfig) -> dict[str, Any]:
-        return {"beta": args.beta, "placement": "reward"}
-
-    def _check_normalizer(self, name: str) -> None:
-        needed = ("token_advantages", "aggregate")
-        if not all(callable(getattr(self.normalizer, attr, None)) for attr in needed):
-            raise ConfigError(
-                f"normalizer {name!r} is not a per-token advantage estimator (needs {needed} and `needs_critic`); "
-                f"ZRLPPOTrainer uses e.g. `gae` or `reinforce_pp`. Sequence-level normalizers belong to "
-                "ZRLGRPOTrainer."
-            )
-        if not isinstance(getattr(self.normalizer, "needs_critic", None), bool):
-            raise ConfigError(f"normalizer {name!r} must say whether it needs a critic (`needs_critic = True/False`)")
+    def _build_components(self, args: ZRLPPOConfig) -> Components:
+        """PPO: advantages from a per-token estimator, the KL penalty placed in the reward unless configured."""
+        return build_components(self.zrl_pm, args, advantage_estimator, {"beta": args.beta, "placement": "reward"})
 
     def _make_critic(self, critic: torch.nn.Module | None) -> torch.nn.Module:
         dtype = next(self.model.parameters()).dtype  # the critic follows the policy's dtype
@@ -289,13 +283,12 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
     def _token_advantages(
         self, token_rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        name = self.args.normalizer
-        estimate = self.normalizer.token_advantages
-        advantages, returns = self._call("normalizer", name, "token_advantages", estimate, token_rewards, values, mask)
+        estimator = self.components.advantages
+        advantages, returns = call_plugin(self.zrl_pm, estimator, "token_advantages", token_rewards, values, mask)
         for label, x in (("advantages", advantages), ("returns", returns)):
             if not isinstance(x, torch.Tensor) or x.shape != token_rewards.shape or not torch.isfinite(x).all():
                 raise ComponentContractError(
-                    f"normalizer {name!r}.token_advantages must return finite {label} of shape "
+                    f"advantage_estimator {estimator.name!r}.token_advantages must return finite {label} of shape "
                     f"{tuple(token_rewards.shape)}; got {tuple(x.shape) if isinstance(x, torch.Tensor) else x!r}. "
                     "No optimizer step was taken."
                 )

@@ -1,8 +1,8 @@
 """``ZRLPPOConfig``: the PPO / PPO-max options on top of:class:`~zrl_plugins.ZRLConfig` (docs/methods.md#ppo).
 
 PPO's loop maps onto TRL's GRPO machinery: one rollout batch is ``steps_per_generation`` mini-batches (optimizer
-steps), and ``num_iterations`` is the number of PPO epochs over it. The per-token advantage estimator is the
-``normalizer`` (``gae`` by default; ``reinforce_pp`` needs no critic).
+steps), and ``num_iterations`` is the number of PPO epochs over it. The per-token ``advantage_estimator`` (``gae`` by
+default; ``reinforce_pp`` needs no critic) also aggregates the loss, so PPO has no ``normalizer``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..framework.errors import ConfigError
-from .config import ZRLConfig
+from .config import ZRLConfig, _parse_kwargs
 
 REWARD_SCALING = ("none", "std", "mean_std")
 
@@ -25,11 +25,16 @@ class ZRLPPOConfig(ZRLConfig):
 
     _per_token_advantages: ClassVar[bool] = True
 
-    normalizer: str | None = field(
+    advantage_estimator: str = field(
         default="gae",
-        metadata={"help": "Per-token advantage estimator by name (`gae` with a critic, `reinforce_pp` without); its "
-                  "options (`gamma`, `lam`) go in `normalizer_kwargs`."},
-    )  # fmt: skip
+        metadata={
+            "help": "Per-token advantage estimator by name (`gae` with a critic, `reinforce_pp` without); its options "
+            "(`gamma`, `lam`) go in `advantage_estimator_kwargs`."
+        },
+    )
+    advantage_estimator_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of the advantage estimator (JSON object on the CLI)."}
+    )
     beta: float = field(
         default=0.01,
         metadata={"help": "KL coefficient; with PPO the KL penalty is placed in the per-token reward unless "
@@ -81,6 +86,13 @@ class ZRLPPOConfig(ZRLConfig):
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.normalizer is not None or self.normalizer_kwargs:
+            raise ConfigError(
+                f"normalizer {self.normalizer!r} is not a per-token advantage estimator: ZRLPPOTrainer takes its "
+                "advantages (and its loss aggregation) from `advantage_estimator` (e.g. `gae`, `reinforce_pp`), with "
+                "options in `advantage_estimator_kwargs`. Sequence-level normalizers belong to ZRLGRPOTrainer."
+            )
+        self.advantage_estimator_kwargs = _parse_kwargs("advantage_estimator_kwargs", self.advantage_estimator_kwargs)
         if self.critic_mode not in ("separate", "shared"):
             raise ConfigError(f"critic_mode must be 'separate' or 'shared', got {self.critic_mode!r}")
         if self.critic_mode == "shared" and self.critic_model_name_or_path:

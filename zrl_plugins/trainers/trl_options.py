@@ -67,9 +67,9 @@ def resolve(config: Any, per_token_advantages: bool = False) -> None:
     if per_token_advantages:  # PPO: advantages from a critic, aggregation from the per-token estimator
         if loss_type is not None or scale is not None:
             raise ConfigError(
-                f"ZRLPPOTrainer takes its advantages from the per-token estimator `normalizer` "
-                f"({config.normalizer!r}) and its loss from `policy_loss`: loss_type / scale_rewards do not apply; "
-                "drop them (or use ZRLGRPOTrainer, where they select TRL's GRPO variants)."
+                f"ZRLPPOTrainer takes its advantages from the per-token `advantage_estimator` "
+                f"({config.advantage_estimator!r}) and its loss from `policy_loss`: loss_type / scale_rewards do not "
+                "apply; drop them (or use ZRLGRPOTrainer, where they select TRL's GRPO variants)."
             )
         config.policy_loss = config.policy_loss or "clip"
     if getattr(config, "multi_objective_aggregation", "sum_then_normalize") == "normalize_then_sum":
