@@ -68,6 +68,7 @@ from ..framework.verifier_guard import NamedVerifier
 from .batch import loss_mask, mode_of, sequences
 from .components import Components, build_components, call_plugin, normalizer
 from .config import ZRLConfig
+from .controllers import ControllerAttributes, EntropyControl, KLControl, StepControllers
 from .fused_head import completion_positions_only
 from .numerics import NumericalInstabilityError, SkipGuard
 
@@ -108,7 +109,7 @@ def _guarded_scheduler_class(base: type, guard: SkipGuard) -> type:
     return type(f"Guarded{base.__name__}", (base,), {"step": step, "_zrl_guard": guard})
 
 
-class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
+class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
     """GRPO-family trainer whose ingredients are plugins. Same constructor as ``trl.GRPOTrainer``.
 
     Args:
@@ -164,12 +165,15 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 )
             kwargs["rollout_func"] = self.rollout_strategy
 
-        self._kl_window = torch.zeros(2)  # (sum of observed KL · tokens, tokens) since the last optimizer step
+        self.entropy_control = EntropyControl.from_config(args)  # before TRL's __init__, which sets entropy_coef
         self._nonfinite = SkipGuard(args.nonfinite_policy, args.max_consecutive_skips)
         # TRL loads (and calls) a reference model iff beta != 0: on a copy of the config, that follows the KL penalty
         trl_args = copy.copy(args)
         trl_args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
         super().__init__(model, reward_funcs, trl_args, *pargs, **kwargs)
+        samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        self.kl_control = KLControl(self.kl_penalty, samples_per_step * self.accelerator.num_processes)
+        self.add_callback(StepControllers(self._step_controllers))
         if isinstance(self.rollout_strategy, ValidatesSetup):
             self.rollout_strategy.validate(self)  # e.g. a strategy that cannot work with TRL's vLLM modes refuses
         if self.train_dataset is not None:
@@ -304,7 +308,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             logps = self._policy_logps(output)
         per_token_kl = self.kl_penalty.per_token(logps, output["ref_per_token_logps"]) * mask
         self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
-        self._observe_kl(per_token_kl.sum(), mask.sum(), mode)
+        if mode == "train":
+            self.kl_control.observe(per_token_kl.sum(), mask.sum())
         return per_token_kl
 
     def _assign_advantages(
@@ -520,41 +525,17 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         """TRL's entropy bonus (static, or adaptive with its controller) and MoE router aux loss, scaled only for
         gradient accumulation."""
         bonus = torch.zeros((), device=policy_loss.device)
-        if self._entropy_bonus_enabled:
+        if self.entropy_control.enabled:
             effective_mask = mask if entropy_mask is None else mask * entropy_mask
             entropy = (forward.entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0)
-            if self.use_adaptive_entropy:
-                coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
-            else:
-                coef = self.entropy_coef
-            bonus = bonus - coef * entropy / ctx.gradient_accumulation_steps
+            bonus = bonus - self.entropy_control.applied_coef() * entropy / ctx.gradient_accumulation_steps
             self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
-            if self.use_adaptive_entropy and mode == "train":
-                self._update_entropy_controller(forward.entropies, effective_mask)
-            if mode == "train" and self.accelerator.sync_gradients:
-                self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
+            if mode == "train":
+                self.entropy_control.observe(forward.entropies, effective_mask)
         if self.aux_loss_enabled:
             bonus = bonus + self.router_aux_loss_coef * forward.aux_loss / ctx.gradient_accumulation_steps
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(forward.aux_loss).mean().item())
         return bonus
-
-    def _update_entropy_controller(self, entropies: torch.Tensor, mask: torch.Tensor) -> None:
-        """TRL's adaptive entropy controller: window-global token-mean entropy at each optimizer step moves the
-        coefficient by ``entropy_coef_delta`` towards ``entropy_target``, within [min, max]."""
-        stats = torch.stack([(entropies * mask).sum(), mask.sum()]).detach()
-        window = self._entropy_window_stats
-        self._entropy_window_stats = stats if window is None else window + stats
-        if not self.accelerator.sync_gradients:
-            return
-        totals = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
-        world_entropy = (totals[0] / totals[1].clamp(min=1.0)).item()
-        args = self.args
-        if world_entropy <= args.entropy_target:
-            self.entropy_coef = min(self.entropy_coef + args.entropy_coef_delta, args.entropy_coef_max)
-        else:
-            self.entropy_coef = max(self.entropy_coef - args.entropy_coef_delta, args.entropy_coef_min)
-        self._last_world_entropy = world_entropy
-        self._entropy_window_stats = None
 
     def _loss_context(self, inputs: dict[str, Any], mode: str) -> LossContext:
         return LossContext(
@@ -594,7 +575,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         metrics = self._metrics[mode]
         if per_token_kl is not None:
             metrics["kl"].append(global_masked_mean(per_token_kl.detach()))
-            self._observe_kl((per_token_kl.detach() * mask).sum(), mask.sum(), mode)
+            if mode == "train":
+                self.kl_control.observe((per_token_kl.detach() * mask).sum(), mask.sum())
         metrics["entropy"].append(global_masked_mean(entropies))
         ratio = out.ratio.detach()
         metrics["approx_kl"].append(global_masked_mean((ratio - 1) - torch.log(ratio.clamp(min=1e-12))))  # vs π_old
@@ -607,28 +589,20 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             metrics["clip_ratio/high_max"].append(nanmax(self.accelerator.gather(masked_seq_mean(high))).item())
         for name, value in out.metrics.items():
             metrics[name].append(global_masked_mean(value.detach().float()))
-        if mode == "train" and self.accelerator.sync_gradients:
-            self._update_kl_controller()
-            metrics["kl_coef"].append(self.kl_penalty.controller.beta)
 
-    # ------------------------------------------------------------------------------------------------ KL controller
-    def _observe_kl(self, kl_sum: torch.Tensor, tokens: torch.Tensor, mode: str) -> None:
-        if mode == "train":
-            self._kl_window += torch.stack([kl_sum.detach().float().cpu(), tokens.detach().float().cpu()])
+    # ------------------------------------------------------------------------------------------------ controllers
+    def _step_controllers(self) -> None:
+        """Once per optimizer step (:class:`StepControllers`): the KL and entropy coefficients move on what the
+        step's micro-batches showed, over all processes, and are logged as TRL logs them."""
 
-    def _update_kl_controller(self) -> None:
-        """Once per optimizer step: feed the KL observed since the last step (all processes) to the controller."""
-        if self.kl_penalty.controller.beta == 0.0 and not self.kl_penalty.requires_reference:
-            return
-        window = self.accelerator.reduce(self._kl_window.to(self.accelerator.device), reduction="sum").cpu()
-        self._kl_window.zero_()
-        if window[1] > 0 and torch.isfinite(window).all():  # a non-finite step must not poison β for good
-            samples_per_step = (
-                self.args.per_device_train_batch_size
-                * self.args.gradient_accumulation_steps
-                * self.accelerator.num_processes
-            )
-            self.kl_penalty.controller.update(float(window[0] / window[1]), n_steps=samples_per_step)
+        def reduce(x: torch.Tensor) -> torch.Tensor:
+            return self.accelerator.reduce(x.to(self.accelerator.device), reduction="sum")
+
+        self.kl_control.step(reduce)
+        self._metrics["train"]["kl_coef"].append(self.kl_penalty.controller.beta)
+        if self.entropy_control.enabled:
+            self.entropy_control.step(reduce)
+            self._metrics["train"]["entropy_coef"].append(self.entropy_control.coef)
 
     # ------------------------------------------------------------------------------------------------ numerics
     def _get_grad_norm(self, model, grad_norm=None):
