@@ -7,6 +7,20 @@ from typing import Any
 
 import torch
 
+# The multimodal inputs TRL's forward takes, when the batch has them
+MULTIMODAL_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
 
 def loss_mask(batch: Mapping[str, Any]) -> torch.Tensor:
     """The completion tokens the loss counts (B x T): TRL's completion mask less tool-output tokens, when any."""

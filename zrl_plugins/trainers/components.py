@@ -132,3 +132,33 @@ def call_plugin(pm: ZRLPluginManager, selected: Selected, method: str, *args: An
     except Exception as exc:
         entry = pm.entry(selected.kind, selected.name)
         raise PluginError(entry.plugin, f"{selected.kind} {selected.name!r}.{method}", exc, entry.distribution) from exc
+
+
+def trl_reward_funcs(
+    pm: ZRLPluginManager, components: Components, reward_funcs: Any, environments: bool
+) -> list[Callable[..., Any]]:
+    """TRL's ``reward_funcs``: the verifiers selected by name, then the caller's; at least one unless environments
+    give the rewards."""
+    if reward_funcs is None:
+        reward_funcs = []
+    elif not isinstance(reward_funcs, list):
+        reward_funcs = [reward_funcs]
+    reward_funcs = [*components.verifiers, *reward_funcs]
+    if not reward_funcs and not environments:
+        raise ValueError(
+            "no reward: select verifiers by name (ZRLConfig(verifiers=[...]), `--verifiers` on the CLI; installed: "
+            f"{', '.join(pm.names('verifier'))}) or pass reward_funcs to the trainer."
+        )
+    return reward_funcs
+
+
+def trl_rollout_func(components: Components, rollout_func: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """TRL's ``rollout_func``: the rollout strategy when it replaces generation (then the caller may pass none)."""
+    if not components.rollout.component.replaces_generation:
+        return rollout_func
+    if rollout_func is not None:
+        raise ValueError(
+            f"rollout strategy {components.rollout.name!r} replaces generation, and a rollout_func was passed as "
+            "well; use one of the two."
+        )
+    return components.rollout.component

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..framework.errors import ComponentContractError, ConfigError
+from ..framework.errors import ConfigError
 from ..framework.ops import token_mean_aggregate
 from .batch import loss_mask, mode_of, sequences
 from .components import Components, advantage_estimator, build_components, call_plugin
@@ -49,8 +49,12 @@ from .critic import (
     values_in_forward,
     without_critic,
 )
-from .grpo import CompletionForward, ZRLGRPOTrainer
+from .grpo import ZRLGRPOTrainer
+from .loss import CompletionForward
+from .numerics import note_nonfinite_loss
+from .ppo_advantages import check_token_advantages, critic_metrics, last_token_rewards, whitened_and_clipped
 from .ppo_config import ZRLPPOConfig
+from .rollout import Advantages, process_rows
 from .running_stats import RunningMoments
 
 CRITIC_DIR = "critic"
@@ -221,49 +225,41 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
                 yield [dataset[i]["text"] for i in order[start : start + size]]
 
     # ------------------------------------------------------------------------------------------------ rollout
-    def _assign_advantages(
-        self, output: dict[str, Any], rewards: torch.Tensor, mask: torch.Tensor, mode: str, group_size: int
-    ) -> torch.Tensor:
-        local = self._process_slice(output)
-        completion_mask = output["completion_mask"].float()
-        metrics = self._metrics[mode]
-
+    def _advantages(self, output: dict[str, Any], rewards: torch.Tensor, mode: str, group_size: int) -> Advantages:
+        """Per-token rewards (the scaled score at the last completion token, minus β·KL_t) → the estimator, with
+        the critic's V_old → whitening and clipping over the global batch."""
+        local = process_rows(len(output["prompt_ids"]), self.accelerator.process_index)
+        mask, completion_mask = loss_mask(output), output["completion_mask"].float()
+        reduce_sum = self.collective.reduce_sum
         scores = self._scaled_scores(rewards, local, mode)[local]
-        token_rewards = torch.zeros_like(completion_mask)
-        last = (completion_mask.sum(-1).long() - 1).clamp(min=0)
-        token_rewards[torch.arange(len(last), device=last.device), last] = scores.to(token_rewards.dtype)
-
         logps = output.get("old_per_token_logps")
         if logps is None:  # π_old is the current policy here; the loss would use the same values
-            logps = output["old_per_token_logps"] = self._policy_logps(output)
-        metrics["policy/perplexity"].append(self._perplexity(logps, mask))
+            logps = self._policy_logps(output)
+        output = {**output, "old_per_token_logps": logps}
+        metrics = {"policy/perplexity": self._perplexity(logps, mask)}
         if output.get("ref_per_token_logps") is not None:
-            metrics["policy/ref_perplexity"].append(self._perplexity(output["ref_per_token_logps"], mask))
+            metrics["policy/ref_perplexity"] = self._perplexity(output["ref_per_token_logps"], mask)
+        token_rewards = last_token_rewards(scores, completion_mask)
         if self.kl_penalty.placement == "reward" and self.kl_penalty.controller.beta != 0.0:
             token_rewards = token_rewards - self.kl_penalty.controller.beta * self._reward_placed_kl(output, mask, mode)
 
         values = self._rollout_values(output) if self.critic is not None else None
-        advantages, returns = self._token_advantages(token_rewards, values, completion_mask)
+        estimator = self.components.advantages
+        advantages, returns = call_plugin(
+            self.zrl_pm, estimator, "token_advantages", token_rewards, values, completion_mask
+        )
+        check_token_advantages(estimator.name, token_rewards.shape, advantages, returns)
+        columns = {"old_per_token_logps": logps}
         if values is not None:
-            output["old_values"] = values
-            output["returns"] = returns
-            residual_var = self._global_moments(returns - values, mask)[1]
-            return_mean, return_var = self._global_moments(returns, mask)
-            if return_var > 1e-8:  # undefined when every return is equal (e.g. all rewards 0 on the first step)
-                metrics["critic/explained_variance"].append(1.0 - residual_var / return_var)
-            metrics["critic/value_mean"].append(self._global_moments(values, mask)[0])
-            metrics["critic/return_mean"].append(return_mean)
-        if self.args.whiten_advantages:
-            mean, var = self._global_moments(advantages, mask)
-            advantages = (advantages - mean) / math.sqrt(var + 1e-6)
-        if self.args.advantage_clip is not None:
-            advantages = advantages.clamp(-self.args.advantage_clip, self.args.advantage_clip)
-        output["advantages"] = advantages * mask
-        metrics["reward/scaled_mean"].append(self.accelerator.gather(scores).float().mean().item())
-
-        sequence_advantage = (output["advantages"].sum(-1) / mask.sum(-1).clamp(min=1)).detach()
-        self._replace_logged_advantages(self.accelerator.gather(sequence_advantage))
-        return rewards
+            columns.update(old_values=values, returns=returns)
+            metrics.update(critic_metrics(values, returns, mask, reduce_sum))
+        whiten, clip = self.args.whiten_advantages, self.args.advantage_clip
+        advantages = whitened_and_clipped(advantages, mask, whiten, clip, reduce_sum) * mask
+        metrics["reward/scaled_mean"] = self.accelerator.gather(scores).float().mean().item()
+        self._log_metrics(mode, metrics)
+        sequence_advantage = (advantages.sum(-1) / mask.sum(-1).clamp(min=1)).detach()
+        logged = self.accelerator.gather(sequence_advantage)
+        return Advantages(local=advantages, logged=logged, rewards=rewards, columns=columns)
 
     def _scaled_scores(self, rewards: torch.Tensor, local: slice, mode: str) -> torch.Tensor:
         """PPO-max: running reward scaling (Welford over processes and steps) then clipping. NaN (unscorable) → 0."""
@@ -279,20 +275,6 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         if self.args.reward_clip is not None:
             scores = scores.clamp(-self.args.reward_clip, self.args.reward_clip)
         return scores
-
-    def _token_advantages(
-        self, token_rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        estimator = self.components.advantages
-        advantages, returns = call_plugin(self.zrl_pm, estimator, "token_advantages", token_rewards, values, mask)
-        for label, x in (("advantages", advantages), ("returns", returns)):
-            if not isinstance(x, torch.Tensor) or x.shape != token_rewards.shape or not torch.isfinite(x).all():
-                raise ComponentContractError(
-                    f"advantage_estimator {estimator.name!r}.token_advantages must return finite {label} of shape "
-                    f"{tuple(token_rewards.shape)}; got {tuple(x.shape) if isinstance(x, torch.Tensor) else x!r}. "
-                    "No optimizer step was taken."
-                )
-        return advantages, returns
 
     def _rollout_values(self, output: dict[str, Any]) -> torch.Tensor:
         """V_old of this process's completion tokens (no gradient), in chunks of the per-device batch size."""
@@ -311,17 +293,8 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
                 chunks.append(completion_slice(values, length))
         return torch.cat(chunks) * output["completion_mask"]
 
-    def _global_moments(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
-        """Mean and (population) variance of ``x`` over the masked tokens of every process."""
-        x, mask = x.detach().double(), mask.double()
-        totals = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()])
-        total, squares, count = self.accelerator.reduce(totals, reduction="sum").tolist()
-        count = max(count, 1.0)
-        mean = total / count
-        return mean, max(squares / count - mean * mean, 0.0)
-
     def _perplexity(self, logps: torch.Tensor, mask: torch.Tensor) -> float:
-        return float(torch.exp(torch.tensor(-self._global_masked_mean(logps.detach(), mask))))
+        return float(torch.exp(torch.tensor(-self.collective.masked_mean(logps.detach(), mask))))
 
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
@@ -332,7 +305,10 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             loss = loss + self.args.vf_coef * self._value_loss(forward.values, inputs, mode)
         if self._ptx_batches is not None and mode == "train":
             loss = loss + self.args.ptx_coef * self._pretrain_loss()
-        return self._checked_loss(loss, mode)
+        if mode == "train":
+            step = self.state.global_step + 1
+            note_nonfinite_loss(loss, self._nonfinite, self.is_deepspeed_enabled, self._any_process, step)
+        return loss
 
     def _forward_completions(self, model, inputs) -> CompletionForward:
         """The policy's forward pass, plus V(s_t) from the critic on the same tokens, computed inside that pass (a
@@ -349,9 +325,9 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         mask = loss_mask(inputs)
         clip = self.args.cliprange_value
         per_token, clipped = clipped_value_loss(values, inputs["old_values"], inputs["returns"], clip)
-        self._metrics[mode]["critic/value_clip_fraction"].append(self._global_masked_mean(clipped.float(), mask))
+        self._metrics[mode]["critic/value_clip_fraction"].append(self.collective.masked_mean(clipped.float(), mask))
         loss = token_mean_aggregate(per_token, mask, self._loss_context(inputs, mode))
-        self._metrics[mode]["critic/value_loss"].append(self._global_masked_mean(per_token.detach(), mask))
+        self._metrics[mode]["critic/value_loss"].append(self.collective.masked_mean(per_token.detach(), mask))
         return loss
 
     def _pretrain_loss(self) -> torch.Tensor:
