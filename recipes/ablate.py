@@ -24,8 +24,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing, too
-
 from zrl_plugins import hookimpl
 from zrl_plugins.apps.model_loading import RecipeModelConfig
 from zrl_plugins.apps.recipe import RecipeArguments, expand_preset, held_out_results, prepare, trainer_family

@@ -51,3 +51,13 @@ def test_the_ppo_estimators_are_a_kind_of_their_own():
     pm = ZRLPluginManager(load_entrypoints=False)
     assert {"gae", "reinforce_pp"} <= set(pm.names("advantage_estimator"))
     assert not {"gae", "reinforce_pp"} & set(pm.names("normalizer"))
+
+
+def test_the_docs_list_every_kind():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for page in ("README.md", "docs/plugins.md"):
+        rows = [line for line in (root / page).read_text().splitlines() if line.startswith("| `")]
+        listed = {kind for kind in KINDS if any(f"`{kind}`" in row.split("|")[1] for row in rows)}
+        assert listed == set(KINDS), (page, set(KINDS) - listed)

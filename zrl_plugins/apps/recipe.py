@@ -1,8 +1,8 @@
-"""What every recipe script does (``recipes/<method>.py`` is three lines): parse ``RecipeArguments``, the method's
-config and TRL's ``ModelConfig`` with ``TrlParser`` (YAML via ``--config``, CLI overrides, ``--preset cpu-demo`` for
-the sibling demo YAML), build the task's rows with a named prompt template, load the policy as the model flags say
-(dtype, attention, LoRA, 4/8-bit), measure held-out greedy accuracy, train with the behaviour monitor, measure again,
-and write ``summary.json`` and ``training.png`` into ``output_dir``.
+"""What every recipe script does (``recipes/<method>.py`` calls :func:`main` with its method's name): parse
+``RecipeArguments``, the method's config and TRL's ``ModelConfig`` with ``TrlParser`` (YAML via ``--config``, CLI
+overrides, ``--preset cpu-demo`` for the sibling demo YAML), build the task's rows with a named prompt template,
+load the policy as the model flags say (dtype, attention, LoRA, 4/8-bit), measure held-out greedy accuracy, train
+with the behaviour monitor, measure again, and write ``summary.json`` and ``training.png`` into ``output_dir``.
 """
 
 from __future__ import annotations
