@@ -1,8 +1,8 @@
 """Which device a run uses, and whether a CPU computes in bf16 natively.
 
-On a CPU with AVX512-BF16 or AMX, ``torch.autocast("cpu", bfloat16)`` runs the matrix products in hardware bf16:
-measured on this project's 2-core EPYC, SmolLM2's forward + backward took 9.4 s instead of 15.6 s in fp32, and
-generation 4.0 s instead of 6.1 s. Without those instructions bf16 is emulated and slower than fp32.
+On a CPU with AVX512-BF16 or AMX, ``torch.autocast("cpu", bfloat16)`` runs the matrix products in hardware bf16,
+faster than fp32 (``bench/results/cpu_bf16.md``); without those instructions bf16 is emulated and slower than fp32.
+CPU FSDP for the tests and the engine matrix is here too (:func:`force_fsdp_on_cpu`).
 """
 
 from __future__ import annotations
