@@ -174,9 +174,13 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         ):
             if params:
                 optimizer.add_param_group(
-                    {"params": params, "lr": self.args.critic_learning_rate, "weight_decay": weight_decay,
-                     "zrl_critic": True}
-                )  # fmt: skip
+                    {
+                        "params": params,
+                        "lr": self.args.critic_learning_rate,
+                        "weight_decay": weight_decay,
+                        "zrl_critic": True,
+                    }
+                )
         return optimizer
 
     def _clip_grad_norm(self, model: torch.nn.Module) -> torch.Tensor | float | None:

@@ -37,22 +37,28 @@ class ZRLPPOConfig(ZRLConfig):
     )
     beta: float = field(
         default=0.01,
-        metadata={"help": "KL coefficient; with PPO the KL penalty is placed in the per-token reward unless "
-                  "`kl_penalty_kwargs` sets `placement`."},
-    )  # fmt: skip
+        metadata={
+            "help": "KL coefficient; with PPO the KL penalty is placed in the per-token reward unless "
+            "`kl_penalty_kwargs` sets `placement`."
+        },
+    )
     critic_mode: str = field(
         default="separate",
-        metadata={"help": "`separate`: the critic is its own backbone copy with a value head (own learning rate); "
-                  "`shared`: a value head on the policy's own backbone (no second copy; the value loss, weighted by "
-                  "`vf_coef`, also trains the backbone)."},
-    )  # fmt: skip
+        metadata={
+            "help": "`separate`: the critic is its own backbone copy with a value head (own learning rate); "
+            "`shared`: a value head on the policy's own backbone (no second copy; the value loss, weighted by "
+            "`vf_coef`, also trains the backbone)."
+        },
+    )
     vf_coef: float = field(default=1.0, metadata={"help": "Weight of the value loss in the total loss."})
     critic_model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Model to initialise the critic from (e.g. a reward model saved as a sequence- or "
-                  "token-classification model, whose `score` head is reused); default: the policy's weights with a "
-                  "new zero-initialised value head."},
-    )  # fmt: skip
+        metadata={
+            "help": "Model to initialise the critic from (e.g. a reward model saved as a sequence- or "
+            "token-classification model, whose `score` head is reused); default: the policy's weights with a "
+            "new zero-initialised value head."
+        },
+    )
     critic_learning_rate: float = field(
         default=1.5e-6, metadata={"help": "Learning rate of the critic (the actor uses `learning_rate`)."}
     )
@@ -66,9 +72,11 @@ class ZRLPPOConfig(ZRLConfig):
     )
     reward_scaling: str = field(
         default="std",
-        metadata={"help": "Running reward scaling (Welford statistics over all processes and steps, saved in "
-                  "checkpoints): `none`, `std` (r / σ), or `mean_std` ((r − μ) / σ)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Running reward scaling (Welford statistics over all processes and steps, saved in "
+            "checkpoints): `none`, `std` (r / σ), or `mean_std` ((r − μ) / σ)."
+        },
+    )
     reward_clip: float | None = field(
         default=10.0, metadata={"help": "Clip the (scaled) sequence reward to ±reward_clip; null turns it off."}
     )
@@ -81,9 +89,11 @@ class ZRLPPOConfig(ZRLConfig):
     )
     ptx_coef: float = field(
         default=0.0,
-        metadata={"help": "Weight of the pretraining (language-modelling) loss mixed into the actor loss; needs the "
-                  "trainer's `pretrain_dataset`. 0 = off (PPO-max's default)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Weight of the pretraining (language-modelling) loss mixed into the actor loss; needs the "
+            "trainer's `pretrain_dataset`. 0 = off (PPO-max's default)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.normalizer is not None or self.normalizer_kwargs:

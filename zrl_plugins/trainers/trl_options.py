@@ -47,8 +47,13 @@ NORMALIZERS = {
     "batch": (None, "token_mean"),
     "none": (None, "token_mean"),
 }
-AGGREGATION_LOSS_TYPE = {"sequence_mean": "grpo", "batch_token_mean": "bnpo", "constant": "dr_grpo",
-                         "token_mean": "dapo", "sequence_sum": "luspo"}  # fmt: skip
+AGGREGATION_LOSS_TYPE = {
+    "sequence_mean": "grpo",
+    "batch_token_mean": "bnpo",
+    "constant": "dr_grpo",
+    "token_mean": "dapo",
+    "sequence_sum": "luspo",
+}
 POLICY_LOSS_PLUGINS = {"cispo": "zrl-losses", "sapo": "zrl-losses", "luspo": "zrl-losses", "vespo": "zrl-losses"}
 
 
