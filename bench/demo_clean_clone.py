@@ -26,17 +26,20 @@ def table(summary: dict) -> str:
     """The markdown table of a clean-clone result."""
     before, after = summary["accuracy_before"], summary["accuracy_after"]
     (lb, hb), (la, ha) = summary["accuracy_before_interval"], summary["accuracy_after_interval"]
-    return "\n".join([
-        "| held-out problems | greedy accuracy before (95 % CI) | after (95 % CI) | gain | job wall minutes | device |",
-        "|---|---|---|---|---|---|",
-        f"| {summary['held_out_problems']} | {before:.3f} ({lb:.3f}–{hb:.3f}) | {after:.3f} ({la:.3f}–{ha:.3f}) | "
-        f"{after - before:+.3f} | {summary['wall_minutes']} | {summary['device']} |",
-        "",
-        f"`bash scripts/demo.sh` on a fresh clone of {summary['commit'][:10]}: {summary['steps']} GRPO steps, "
-        f"{summary['seconds_per_step']} s/step. Job wall minutes: the demo's own clock, both evaluations included; "
-        f"`demo.sh` as a whole after setup took {summary['job_wall_minutes']} min (it also converts SmolLM2's GGUF "
-        f"once and starts Python); setup (venv, packages) took {summary['setup_minutes']} min before it.",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "| held-out problems | greedy accuracy before (95 % CI) | after (95 % CI) | gain | job wall minutes "
+            "| device |",
+            "|---|---|---|---|---|---|",
+            f"| {summary['held_out_problems']} | {before:.3f} ({lb:.3f}–{hb:.3f}) | {after:.3f} ({la:.3f}–{ha:.3f}) | "
+            f"{after - before:+.3f} | {summary['wall_minutes']} | {summary['device']} |",
+            "",
+            f"`bash scripts/demo.sh` on a fresh clone of {summary['commit'][:10]}: {summary['steps']} GRPO steps, "
+            f"{summary['seconds_per_step']} s/step. Job wall minutes: the demo's own clock, both evaluations included; "
+            f"`demo.sh` as a whole after setup took {summary['job_wall_minutes']} min (it also converts SmolLM2's GGUF "
+            f"once and starts Python); setup (venv, packages) took {summary['setup_minutes']} min before it.",
+        ]
+    )
 
 
 def main() -> dict:

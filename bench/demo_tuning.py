@@ -47,28 +47,57 @@ def main(argv: list[str] | None = None) -> dict:
         results = json.loads(previous.read_text()).get("variants", {})
     for name in names:
         out = Path(tempfile.mkdtemp(prefix=f"demo-{name}-"))
-        command = [sys.executable, "-m", "zrl_plugins.apps.demo", "--evaluate_on", "validation", "--n_validation",
-                   str(args.n_validation), "--max_steps", str(args.max_steps), "--output_dir", str(out),
-                   *VARIANTS[name]]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "zrl_plugins.apps.demo",
+            "--evaluate_on",
+            "validation",
+            "--n_validation",
+            str(args.n_validation),
+            "--max_steps",
+            str(args.max_steps),
+            "--output_dir",
+            str(out),
+            *VARIANTS[name],
+        ]
         print(f"[demo_tuning] {name}: {' '.join(command[3:])}", flush=True)
         subprocess.run(command, check=True)
         summary = json.loads((out / "summary.json").read_text())
-        results[name] = {k: summary[k] for k in ("accuracy_before", "accuracy_after", "accuracy_before_interval",
-                                                 "accuracy_after_interval", "seconds_per_step", "wall_minutes",
-                                                 "train_reward_per_step", "device", "demo_args")}  # fmt: skip
-        rows = ["| variant | prompts × generations, steps | validation before → after (95 % CI of after) | s/step | "
-                "wall min |", "|---|---|---|---|---|"]  # fmt: skip
+        results[name] = {
+            k: summary[k]
+            for k in (
+                "accuracy_before",
+                "accuracy_after",
+                "accuracy_before_interval",
+                "accuracy_after_interval",
+                "seconds_per_step",
+                "wall_minutes",
+                "train_reward_per_step",
+                "device",
+                "demo_args",
+            )
+        }
+        rows = [
+            "| variant | prompts × generations, steps | validation before → after (95 % CI of after) | s/step | "
+            "wall min |",
+            "|---|---|---|---|---|",
+        ]
         for key, r in results.items():
             low, high = r["accuracy_after_interval"]
             a = r["demo_args"]
-            rows.append(f"| {key} | {a['prompts_per_step']} × {a['num_generations']}, {a['max_steps']} | "
-                        f"{r['accuracy_before']:.3f} → {r['accuracy_after']:.3f} ({low:.2f}–{high:.2f}) | "
-                        f"{r['seconds_per_step']} | {r['wall_minutes']} |")  # fmt: skip
-        table = "\n".join(rows) + (f"\n\n{args.n_validation} validation problems (taken from the training problems, "
-                                   "never trained on), same seed; device: " + r["device"] + ". Seconds per step "
-                                   "were measured while other jobs shared the 2 cores for some variants "
-                                   "(lr1e-4, lr2e-5, lr5e-5, lr2e-5_4x4): compare learning, not speed, across "
-                                   "rows.")  # fmt: skip
+            rows.append(
+                f"| {key} | {a['prompts_per_step']} × {a['num_generations']}, {a['max_steps']} | "
+                f"{r['accuracy_before']:.3f} → {r['accuracy_after']:.3f} ({low:.2f}–{high:.2f}) | "
+                f"{r['seconds_per_step']} | {r['wall_minutes']} |"
+            )
+        table = "\n".join(rows) + (
+            f"\n\n{args.n_validation} validation problems (taken from the training problems, "
+            "never trained on), same seed; device: " + r["device"] + ". Seconds per step "
+            "were measured while other jobs shared the 2 cores for some variants "
+            "(lr1e-4, lr2e-5, lr5e-5, lr2e-5_4x4): compare learning, not speed, across "
+            "rows."
+        )
         write_results("demo_tuning", {"variants": results}, table)
     return results
 

@@ -42,16 +42,56 @@ def recipe_argv(recipe: str, phase: str, workdir: Path, model: str, steps: int, 
     _, extra = RECIPES[recipe]
     gpu = device == "cuda"
     argv = [
-        "--model_name_or_path", model, "--verifiers", "digit_share", "--n_eval", "0", "--n_train", "64",
-        "--template", "plain", "--template_kwargs", '{"chat": false}',
-        "--per_device_train_batch_size", "8", "--num_generations", "4", "--max_completion_length", "16",
-        "--learning_rate", "1e-5", "--lr_scheduler_type", "constant", "--logging_steps", "1",
-        "--save_strategy", "steps", "--save_steps", str(steps), "--save_only_model", "false",
-        "--report_to", "none", "--seed", "0", "--gradient_checkpointing", "false", "--disable_tqdm", "true",
-        "--output_dir", str(workdir / "run"), "--use_cpu", "false",
-        "--dtype", "auto", "--bf16", "true" if gpu else "false",
-        "--attn_implementation", "sdpa", *extra,
-    ]  # fmt: skip
+        "--model_name_or_path",
+        model,
+        "--verifiers",
+        "digit_share",
+        "--n_eval",
+        "0",
+        "--n_train",
+        "64",
+        "--template",
+        "plain",
+        "--template_kwargs",
+        '{"chat": false}',
+        "--per_device_train_batch_size",
+        "8",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "16",
+        "--learning_rate",
+        "1e-5",
+        "--lr_scheduler_type",
+        "constant",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        str(steps),
+        "--save_only_model",
+        "false",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        "--gradient_checkpointing",
+        "false",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(workdir / "run"),
+        "--use_cpu",
+        "false",
+        "--dtype",
+        "auto",
+        "--bf16",
+        "true" if gpu else "false",
+        "--attn_implementation",
+        "sdpa",
+        *extra,
+    ]
     if phase == "train":
         return [*argv, "--max_steps", str(steps)]
     return [
@@ -70,8 +110,11 @@ def fingerprint(trainer: Any) -> dict[str, list[float]]:
 
     model = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
     state = trainer.accelerator.get_state_dict(model)
-    return {k: [float(v.double().sum()), float(v.double().pow(2).sum())] for k, v in (state or {}).items()
-            if torch.is_tensor(v) and v.is_floating_point()}  # fmt: skip
+    return {
+        k: [float(v.double().sum()), float(v.double().pow(2).sum())]
+        for k, v in (state or {}).items()
+        if torch.is_tensor(v) and v.is_floating_point()
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.engine == "fsdp2" and device == "cpu":
-        from zrl_plugins.apps.testing import force_fsdp_on_cpu
+        from zrl_plugins.apps.devices import force_fsdp_on_cpu
 
         force_fsdp_on_cpu()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -123,17 +166,24 @@ def main(argv: list[str] | None = None) -> None:
     begin = prints.get("step_begin", 0)  # a resumed run's history starts with the checkpoint's steps
     history = [h for h in trainer.state.log_history if "loss" in h and h.get("step", 0) > begin]
     result = {
-        "engine": args.engine, "recipe": args.recipe, "phase": args.phase, "device": device,
+        "engine": args.engine,
+        "recipe": args.recipe,
+        "phase": args.phase,
+        "device": device,
         "distributed_type": str(trainer.accelerator.distributed_type),
         "num_processes": trainer.accelerator.num_processes,
-        "steps": [h["step"] for h in history], "grad_norm": [h.get("grad_norm") for h in history],
-        "critic_grad_norm": [h.get("critic/grad_norm") for h in history], "loss": [h.get("loss") for h in history],
-        "step_time": [h.get("step_time") for h in history], "reward_std": [h.get("reward_std") for h in history],
+        "steps": [h["step"] for h in history],
+        "grad_norm": [h.get("grad_norm") for h in history],
+        "critic_grad_norm": [h.get("critic/grad_norm") for h in history],
+        "loss": [h.get("loss") for h in history],
+        "step_time": [h.get("step_time") for h in history],
+        "reward_std": [h.get("reward_std") for h in history],
         "seconds": round(time.time() - started, 1),
         "peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
-        "step_begin": prints.get("step_begin"), "step_end": prints.get("step_end"),
+        "step_begin": prints.get("step_begin"),
+        "step_end": prints.get("step_end"),
         **parameter_counts(trainer.model, exclude=is_critic_key),
-    }  # fmt: skip
+    }
     if trainer.accelerator.is_main_process:
         for when in ("begin", "end"):
             state = prints.get(when, {})

@@ -33,25 +33,96 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ("ddp", "fsdp2", "zero2", "zero3")
-ACCELERATE_CONFIGS = {"ddp": "multi_gpu.yaml", "fsdp2": "fsdp2.yaml", "zero2": "deepspeed_zero2.yaml",
-                      "zero3": "deepspeed_zero3.yaml"}  # fmt: skip
+ACCELERATE_CONFIGS = {
+    "ddp": "multi_gpu.yaml",
+    "fsdp2": "fsdp2.yaml",
+    "zero2": "deepspeed_zero2.yaml",
+    "zero3": "deepspeed_zero3.yaml",
+}
 # cell name → (recipe method, the flags that make it that method on a bare config)
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "simplerl_zoo": ("simplerl_zoo", ["--normalizer", "grpo", "--kl_penalty", "k3", "--beta", "0.04"]),
-    "ppo_max": ("ppo_max", ["--normalizer", "gae", "--kl_penalty", "k1", "--beta", "0.01", "--critic_mode", "separate",
-                            "--critic_learning_rate", "1e-5"]),
-    "ppo_max_shared": ("ppo_max", ["--normalizer", "gae", "--kl_penalty", "k1", "--beta", "0.01",
-                                   "--critic_mode", "shared", "--critic_learning_rate", "1e-5"]),
-    "nested_reft": ("nested_reft", ["--normalizer", "grpo", "--kl_penalty", "none", "--beta", "0", "--rollout",
-                                    "nested", "--rollout_kwargs", '{"skip_ratio": 0.25}',
-                                    "--rollout_correction", "token_tis"]),
-    "dr_grpo_dynamic_sampling": ("dr_grpo", ["--normalizer", "dr_grpo", "--kl_penalty", "none", "--beta", "0",
-                                             "--rollout", "dynamic_sampling", "--rollout_kwargs",
-                                             '{"max_resamples": 2}']),
-    "simplerl_zoo_lora": ("simplerl_zoo", ["--normalizer", "grpo", "--kl_penalty", "k3", "--beta", "0.04",
-                                           "--use_peft", "--lora_r", "8", "--lora_alpha", "16",
-                                           "--learning_rate", "1e-4"]),
-}  # fmt: skip
+    "ppo_max": (
+        "ppo_max",
+        [
+            "--advantage_estimator",
+            "gae",
+            "--kl_penalty",
+            "k1",
+            "--beta",
+            "0.01",
+            "--critic_mode",
+            "separate",
+            "--critic_learning_rate",
+            "1e-5",
+        ],
+    ),
+    "ppo_max_shared": (
+        "ppo_max",
+        [
+            "--advantage_estimator",
+            "gae",
+            "--kl_penalty",
+            "k1",
+            "--beta",
+            "0.01",
+            "--critic_mode",
+            "shared",
+            "--critic_learning_rate",
+            "1e-5",
+        ],
+    ),
+    "nested_reft": (
+        "nested_reft",
+        [
+            "--normalizer",
+            "grpo",
+            "--kl_penalty",
+            "none",
+            "--beta",
+            "0",
+            "--rollout",
+            "nested",
+            "--rollout_kwargs",
+            '{"skip_ratio": 0.25}',
+            "--rollout_correction",
+            "token_tis",
+        ],
+    ),
+    "dr_grpo_dynamic_sampling": (
+        "dr_grpo",
+        [
+            "--normalizer",
+            "dr_grpo",
+            "--kl_penalty",
+            "none",
+            "--beta",
+            "0",
+            "--rollout",
+            "dynamic_sampling",
+            "--rollout_kwargs",
+            '{"max_resamples": 2}',
+        ],
+    ),
+    "simplerl_zoo_lora": (
+        "simplerl_zoo",
+        [
+            "--normalizer",
+            "grpo",
+            "--kl_penalty",
+            "k3",
+            "--beta",
+            "0.04",
+            "--use_peft",
+            "--lora_r",
+            "8",
+            "--lora_alpha",
+            "16",
+            "--learning_rate",
+            "1e-4",
+        ],
+    ),
+}
 PPO_CELLS = ("ppo_max", "ppo_max_shared")
 Launcher = Callable[[list[str], dict[str, str], float], int]
 
@@ -62,27 +133,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(engine: str, recipe: str, phase: str, workdir: Path, model: str, steps: int, device: str,
-                   num_processes: int) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+def launch_command(
+    engine: str, recipe: str, phase: str, workdir: Path, model: str, steps: int, device: str, num_processes: int
+) -> tuple[list[str], dict[str, str]]:
     """The ``accelerate launch`` command line and environment of one phase of one cell."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port())]
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {"TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": pythonpath}
     if device == "cpu" and engine in ("ddp", "fsdp2"):  # gloo processes; FSDP forced on CPU by the cell itself
-        launch += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                   "--dynamo_backend", "no"]  # fmt: skip
+        launch += [
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
         if engine == "fsdp2":
-            from zrl_plugins.apps.testing import FSDP2_CPU_ENV
+            from zrl_plugins.apps.devices import FSDP2_CPU_ENV
 
             env.update(FSDP2_CPU_ENV)
         env["OMP_NUM_THREADS"] = "1"
     else:
         env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "2")  # cells run side by side
         config = ROOT / "recipes" / "accelerate" / ACCELERATE_CONFIGS[engine]
-        launch += ["--config_file", str(config), "--num_processes", str(num_processes),
-                   "--mixed_precision", "bf16" if device == "cuda" else "no"]  # fmt: skip
-    cell = ["-m", "bench.engine_cell", "--engine", engine, "--recipe", recipe, "--phase", phase,
-            "--workdir", str(workdir), "--model", model, "--steps", str(steps)]  # fmt: skip
+        launch += [
+            "--config_file",
+            str(config),
+            "--num_processes",
+            str(num_processes),
+            "--mixed_precision",
+            "bf16" if device == "cuda" else "no",
+        ]
+    cell = [
+        "-m",
+        "bench.engine_cell",
+        "--engine",
+        engine,
+        "--recipe",
+        recipe,
+        "--phase",
+        phase,
+        "--workdir",
+        str(workdir),
+        "--model",
+        model,
+        "--steps",
+        str(steps),
+    ]
     return launch + cell, env
 
 
@@ -90,8 +191,9 @@ def subprocess_launcher(log_path: Path) -> Launcher:
     def launch(command: list[str], env: dict[str, str], timeout: float) -> int:
         with open(log_path, "a") as log:
             try:
-                return subprocess.run(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                      timeout=timeout, cwd=ROOT).returncode  # fmt: skip
+                return subprocess.run(
+                    command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT
+                ).returncode
             except subprocess.TimeoutExpired:
                 log.write(f"\n[engines] timed out after {timeout} s\n")
                 return 124
@@ -143,8 +245,18 @@ def verdict(recipe: str, steps: int, train: dict[str, Any] | None, resume: dict[
     }
 
 
-def run_cell(engine: str, recipe: str, root: Path, model: str, steps: int, device: str, num_processes: int,
-             launcher: Launcher | None = None, timeout: float = 600, keep: bool = False) -> dict[str, Any]:  # fmt: skip
+def run_cell(
+    engine: str,
+    recipe: str,
+    root: Path,
+    model: str,
+    steps: int,
+    device: str,
+    num_processes: int,
+    launcher: Launcher | None = None,
+    timeout: float = 600,
+    keep: bool = False,
+) -> dict[str, Any]:
     """Train, then resume, one cell; returns its record (``green`` when every flag holds)."""
     import shutil
 
@@ -160,8 +272,12 @@ def run_cell(engine: str, recipe: str, root: Path, model: str, steps: int, devic
         phases[phase] = json.loads(path.read_text()) if codes[phase] == 0 and path.exists() else None
         if phases[phase] is None:
             break
-    record = {"engine": engine, "recipe": recipe, **verdict(recipe, steps, phases.get("train"), phases.get("resume")),
-              "return_codes": codes}  # fmt: skip
+    record = {
+        "engine": engine,
+        "recipe": recipe,
+        **verdict(recipe, steps, phases.get("train"), phases.get("resume")),
+        "return_codes": codes,
+    }
     record["green"] = all(record[k] for k in ("ok", "grad_nonzero", "params_changed", "resumed"))
     log = workdir / "log.txt"
     if not record["green"] and log.exists():
@@ -193,14 +309,28 @@ def markdown(cells: Sequence[dict[str, Any]], device: str) -> str:
         if len(norms) > 1:
             spreads.append(f"{recipe} {min(norms):.4g}–{max(norms):.4g} ({(max(norms) / min(norms) - 1) * 100:.2f} %)")
     green = sum(c["green"] for c in cells)
-    lines += ["", f"{green} of {len(cells)} cells green on {device}. Step-1 gradient norm across engines: "
-              + ("; ".join(spreads) or "–") + "."]  # fmt: skip
+    lines += [
+        "",
+        f"{green} of {len(cells)} cells green on {device}. Step-1 gradient norm across engines: "
+        + ("; ".join(spreads) or "–")
+        + ".",
+    ]
     return "\n".join(lines)
 
 
-def run_matrix(engines: Sequence[str], recipes: Sequence[str], root: Path, model: str, steps: int, device: str,
-               num_processes: int, parallel: int = 1, launcher: Launcher | None = None, timeout: float = 600,
-               on_cell: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run_matrix(
+    engines: Sequence[str],
+    recipes: Sequence[str],
+    root: Path,
+    model: str,
+    steps: int,
+    device: str,
+    num_processes: int,
+    parallel: int = 1,
+    launcher: Launcher | None = None,
+    timeout: float = 600,
+    on_cell: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Every engine × recipe cell, ``parallel`` at a time; ``on_cell`` sees the finished cells after each one."""
     cells: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -252,18 +382,40 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     from bench.common import write_results
 
     def save(cells: list[dict[str, Any]]) -> None:
-        payload = {"device": name, "num_processes": gpus or None, "model": args.model, "steps": args.steps,
-                   "parallel": args.parallel, "cells": cells}  # fmt: skip
+        payload = {
+            "device": name,
+            "num_processes": gpus or None,
+            "model": args.model,
+            "steps": args.steps,
+            "parallel": args.parallel,
+            "cells": cells,
+        }
         if args.copy_to:
             out = Path(args.copy_to)
             out.mkdir(parents=True, exist_ok=True)
             (out / f"engines_{tag}.json").write_text(json.dumps(payload, indent=2))
             (out / f"engines_{tag}.md").write_text(markdown(cells, name) + "\n")
 
-    cells = run_matrix(engines, recipes, root, args.model, args.steps, device, max(gpus, 1), args.parallel,
-                       timeout=args.timeout, on_cell=save)  # fmt: skip
-    payload = {"device": name, "num_processes": gpus or None, "model": args.model, "steps": args.steps,
-               "parallel": args.parallel, "cells": cells}  # fmt: skip
+    cells = run_matrix(
+        engines,
+        recipes,
+        root,
+        args.model,
+        args.steps,
+        device,
+        max(gpus, 1),
+        args.parallel,
+        timeout=args.timeout,
+        on_cell=save,
+    )
+    payload = {
+        "device": name,
+        "num_processes": gpus or None,
+        "model": args.model,
+        "steps": args.steps,
+        "parallel": args.parallel,
+        "cells": cells,
+    }
     save(cells)
     write_results(f"engines_{tag}", payload, markdown(cells, name))
     return cells

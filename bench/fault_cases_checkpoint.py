@@ -294,7 +294,7 @@ def _raise_enospc_from(trainer: Any, step: int) -> None:
 
 def cases(workdir: Path) -> list[dict]:
     """Inject every checkpoint fault on a tiny model under ``workdir``; one row per fault."""
-    from zrl_plugins.apps.testing import build_tiny_model
+    from zrl_plugins.apps.tiny_model import build_tiny_model
 
     workdir = Path(workdir)
     model = str(build_tiny_model(workdir / "tiny-llama"))

@@ -74,7 +74,7 @@ class _FaultyVerifiers:
 # ---------------------------------------------------------------------------------------------------- harness
 class Bench:
     def __init__(self, workdir: Path):
-        from zrl_plugins.apps.testing import build_tiny_model
+        from zrl_plugins.apps.tiny_model import build_tiny_model
 
         self.workdir = workdir
         self.model = str(build_tiny_model(workdir / "tiny-llama"))

@@ -17,8 +17,9 @@ def main() -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from bench.common import write_results
+    from tests.helpers import compare_with_trl
     from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-    from zrl_plugins.apps.testing import build_tiny_model, compare_with_trl
+    from zrl_plugins.apps.tiny_model import build_tiny_model
 
     assert torch.cuda.is_available(), "needs a GPU"
     workdir = tempfile.mkdtemp()
@@ -28,9 +29,19 @@ def main() -> None:
     def reward(prompts, completions, **kwargs):
         return [float(sum(ch.isdigit() for ch in c)) + 0.1 * len(c) for c in completions]
 
-    common = dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=8, report_to=[],
-                  bf16=False, save_strategy="no", gradient_checkpointing=False, seed=0, beta=0.04,
-                  loss_type="grpo", scale_rewards="group")  # fmt: skip
+    common = dict(
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        report_to=[],
+        bf16=False,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+        beta=0.04,
+        loss_type="grpo",
+        scale_rewards="group",
+    )
     trl = GRPOTrainer(model, reward, args=GRPOConfig(output_dir=f"{workdir}/t", **common), train_dataset=data)
     zrl = ZRLGRPOTrainer(model, reward, args=ZRLConfig(output_dir=f"{workdir}/z", **common), train_dataset=data)
     result = compare_with_trl(trl, zrl, [dict(data[i]) for i in range(2) for _ in range(4)])

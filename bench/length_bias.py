@@ -33,15 +33,47 @@ ROOT = Path(__file__).resolve().parent.parent
 TASK_FLAGS = ["--task", "word_problems", "--bf16", "true"]
 
 
-def run_ablation(output_dir: Path, seeds: str, max_steps: int, max_completion_length: int, prompts: int,
-                 generations: int, n_eval: int, difficulty: int = 1) -> Path:  # fmt: skip
-    command = [sys.executable, "-W", "ignore", "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "recipes" / "accelerate" / "cpu.yaml"), str(ROOT / "recipes" / "ablate.py"),
-               "--config", str(ROOT / "recipes" / "ablate_cpu_demo.yaml"), "--sweep", "normalizer=grpo,dr_grpo",
-               "--seeds", seeds, *TASK_FLAGS, "--task_difficulty", str(difficulty), "--max_steps", str(max_steps),
-               "--max_completion_length", str(max_completion_length), "--per_device_train_batch_size",
-               str(prompts * generations), "--num_generations", str(generations), "--n_eval", str(n_eval),
-               "--output_dir", str(output_dir)]  # fmt: skip
+def run_ablation(
+    output_dir: Path,
+    seeds: str,
+    max_steps: int,
+    max_completion_length: int,
+    prompts: int,
+    generations: int,
+    n_eval: int,
+    difficulty: int = 1,
+) -> Path:
+    command = [
+        sys.executable,
+        "-W",
+        "ignore",
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "recipes" / "accelerate" / "cpu.yaml"),
+        str(ROOT / "recipes" / "ablate.py"),
+        "--config",
+        str(ROOT / "recipes" / "ablate_cpu_demo.yaml"),
+        "--sweep",
+        "normalizer=grpo,dr_grpo",
+        "--seeds",
+        seeds,
+        *TASK_FLAGS,
+        "--task_difficulty",
+        str(difficulty),
+        "--max_steps",
+        str(max_steps),
+        "--max_completion_length",
+        str(max_completion_length),
+        "--per_device_train_batch_size",
+        str(prompts * generations),
+        "--num_generations",
+        str(generations),
+        "--n_eval",
+        str(n_eval),
+        "--output_dir",
+        str(output_dir),
+    ]
     subprocess.run(command, check=True, cwd=ROOT)
     return output_dir / "ablation.json"
 
@@ -54,9 +86,11 @@ def window_mean(rows: list[dict[str, Any]], key: str) -> float | None:
 def per_seed(rows: list[dict[str, Any]], window: int) -> dict[str, float | None]:
     """One run's first- and last-window means of accuracy and of correct / incorrect lengths."""
     first, last = rows[:window], rows[-window:]
-    out = {f"{key}_{part}": window_mean(chunk, key)
-           for key in ("accuracy", "length_correct", "length_incorrect")
-           for part, chunk in (("first", first), ("last", last))}  # fmt: skip
+    out = {
+        f"{key}_{part}": window_mean(chunk, key)
+        for key in ("accuracy", "length_correct", "length_incorrect")
+        for part, chunk in (("first", first), ("last", last))
+    }
     if out["length_incorrect_first"] is not None and out["length_incorrect_last"] is not None:
         out["length_incorrect_growth"] = out["length_incorrect_last"] - out["length_incorrect_first"]
     return out
@@ -69,8 +103,15 @@ def summarize(report: dict[str, Any], window: int) -> tuple[dict[str, Any], str]
     by_seed = report.get("per_step_by_seed") or single
     seeds = sorted(next(iter(by_seed.values())))
     runs = {value: {seed: per_seed(rows, window) for seed, rows in runs.items()} for value, runs in by_seed.items()}
-    keys = ("accuracy_first", "accuracy_last", "length_correct_first", "length_correct_last", "length_incorrect_first",
-            "length_incorrect_last", "length_incorrect_growth")  # fmt: skip
+    keys = (
+        "accuracy_first",
+        "accuracy_last",
+        "length_correct_first",
+        "length_correct_last",
+        "length_incorrect_first",
+        "length_incorrect_last",
+        "length_incorrect_growth",
+    )
     summary: dict[str, Any] = {"seeds": seeds, "window": window, "per_seed": runs}
     for value, seeded in runs.items():
         summary[value] = {}
@@ -81,8 +122,11 @@ def summarize(report: dict[str, Any], window: int) -> tuple[dict[str, Any], str]
         summary[value].update({k: v for k, v in held.items() if k.startswith("held_out")})
     paired = {}
     for key in ("length_incorrect_last", "length_incorrect_growth"):
-        diffs = [runs["grpo"][s].get(key) - runs["dr_grpo"][s].get(key) for s in seeds
-                 if runs["grpo"][s].get(key) is not None and runs["dr_grpo"][s].get(key) is not None]  # fmt: skip
+        diffs = [
+            runs["grpo"][s].get(key) - runs["dr_grpo"][s].get(key)
+            for s in seeds
+            if runs["grpo"][s].get(key) is not None and runs["dr_grpo"][s].get(key) is not None
+        ]
         mean, low, high = mean_interval(diffs)
         paired[key] = {"grpo_minus_dr_grpo": mean, "ci": [low, high], "per_seed": diffs}
     summary["paired_difference"] = paired
@@ -94,34 +138,48 @@ def summarize(report: dict[str, Any], window: int) -> tuple[dict[str, Any], str]
         interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if len(seeds) > 1 and low is not None else ""
         return f"{s[key]:.{digits}f}{interval}"
 
-    lines = [f"| normalizer | accuracy, first {window} → last {window} steps | held-out greedy before → after | "
-             "length correct, first → last | length incorrect, first → last | growth of incorrect length |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"| normalizer | accuracy, first {window} → last {window} steps | held-out greedy before → after | "
+        "length correct, first → last | length incorrect, first → last | growth of incorrect length |",
+        "|---|---|---|---|---|---|",
+    ]
     for value in ("grpo", "dr_grpo"):
         s = summary[value]
-        lines.append(f"| {value} | {cell(s, 'accuracy_first', 2)} → {cell(s, 'accuracy_last', 2)} | "
-                     f"{cell(s, 'held_out_before', 2)} → {cell(s, 'held_out_after', 2)} | "
-                     f"{cell(s, 'length_correct_first')} → {cell(s, 'length_correct_last')} | "
-                     f"{cell(s, 'length_incorrect_first')} → {cell(s, 'length_incorrect_last')} | "
-                     f"{cell(s, 'length_incorrect_growth')} |")  # fmt: skip
+        lines.append(
+            f"| {value} | {cell(s, 'accuracy_first', 2)} → {cell(s, 'accuracy_last', 2)} | "
+            f"{cell(s, 'held_out_before', 2)} → {cell(s, 'held_out_after', 2)} | "
+            f"{cell(s, 'length_correct_first')} → {cell(s, 'length_correct_last')} | "
+            f"{cell(s, 'length_incorrect_first')} → {cell(s, 'length_incorrect_last')} | "
+            f"{cell(s, 'length_incorrect_growth')} |"
+        )
     steps = len(next(iter(report["per_step"].values())))
-    lines += ["", f"{report['model']}, {report['task']}, {steps} steps each, max {report['max_completion_length']} "
-              f"tokens, {report.get('completions_per_step')} completions a step ({report.get('num_generations')} per "
-              f"prompt), seeds {seeds}: mean [95 % t interval over seeds]; lengths in tokens, means over the "
-              f"{window}-step windows; within a seed only the normalizer differs."]  # fmt: skip
-    for key, label in (("length_incorrect_last", "incorrect length over the last steps"),
-                       ("length_incorrect_growth", "growth of the incorrect length")):  # fmt: skip
+    lines += [
+        "",
+        f"{report['model']}, {report['task']}, {steps} steps each, max {report['max_completion_length']} "
+        f"tokens, {report.get('completions_per_step')} completions a step ({report.get('num_generations')} per "
+        f"prompt), seeds {seeds}: mean [95 % t interval over seeds]; lengths in tokens, means over the "
+        f"{window}-step windows; within a seed only the normalizer differs.",
+    ]
+    for key, label in (
+        ("length_incorrect_last", "incorrect length over the last steps"),
+        ("length_incorrect_growth", "growth of the incorrect length"),
+    ):
         p = paired[key]
         if p["grpo_minus_dr_grpo"] is not None:
             low, high = p["ci"]
             verdict = (
-                "one seed: no interval" if len(p["per_seed"]) < 2
-                else "longer under grpo" if low > 0
-                else "longer under dr_grpo" if high < 0
+                "one seed: no interval"
+                if len(p["per_seed"]) < 2
+                else "longer under grpo"
+                if low > 0
+                else "longer under dr_grpo"
+                if high < 0
                 else "no difference resolved at this many seeds"
-            )  # fmt: skip
-            lines.append(f"Paired grpo − dr_grpo, {label}: {p['grpo_minus_dr_grpo']:+.1f} tokens "
-                         f"[{low:+.1f}, {high:+.1f}] — {verdict}.")  # fmt: skip
+            )
+            lines.append(
+                f"Paired grpo − dr_grpo, {label}: {p['grpo_minus_dr_grpo']:+.1f} tokens "
+                f"[{low:+.1f}, {high:+.1f}] — {verdict}."
+            )
     return summary, "\n".join(lines)
 
 
@@ -135,18 +193,28 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
     parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
     parser.add_argument("--n_eval", type=int, default=100)
-    parser.add_argument("--task_difficulty", type=int, default=1,
-                        help="steps per word problem; SmolLM2-135M solves ~2 %% of 2-step ones: too few correct "
-                             "completions for a group to carry a gradient")  # fmt: skip
+    parser.add_argument(
+        "--task_difficulty",
+        type=int,
+        default=1,
+        help="steps per word problem; SmolLM2-135M solves ~2 %% of 2-step ones: too few correct "
+        "completions for a group to carry a gradient",
+    )
     args = parser.parse_args()
 
     from bench.common import RESULTS, write_results
 
     with tempfile.TemporaryDirectory() as tmp:
         source = args.source or run_ablation(
-            Path(tmp) / "ablation", args.seeds, args.max_steps, args.max_completion_length, args.prompts,
-            args.generations, args.n_eval, args.task_difficulty,
-        )  # fmt: skip
+            Path(tmp) / "ablation",
+            args.seeds,
+            args.max_steps,
+            args.max_completion_length,
+            args.prompts,
+            args.generations,
+            args.n_eval,
+            args.task_difficulty,
+        )
         report = json.loads(source.read_text())
         if report["field"] != "normalizer" or not {"grpo", "dr_grpo"} <= set(report["values"]):
             raise SystemExit(f"{source} is not a normalizer=grpo,dr_grpo ablation")

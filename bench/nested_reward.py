@@ -38,12 +38,27 @@ def main() -> None:
     for name, (rollout, correction) in VARIANTS.items():
         kwargs = {"skip_ratio": args.skip_ratio} if rollout == "nested" else {}
         config = ZRLConfig(
-            output_dir=tempfile.mkdtemp(), verifiers=["last_number"], kl_penalty="none", learning_rate=2e-5,
-            lr_scheduler_type="constant", per_device_train_batch_size=32, num_generations=8, max_completion_length=24,
-            max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
-            gradient_checkpointing=False, seed=0, disable_tqdm=True, rollout=rollout, rollout_kwargs=kwargs,
+            output_dir=tempfile.mkdtemp(),
+            verifiers=["last_number"],
+            kl_penalty="none",
+            learning_rate=2e-5,
+            lr_scheduler_type="constant",
+            per_device_train_batch_size=32,
+            num_generations=8,
+            max_completion_length=24,
+            max_steps=args.steps,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            seed=0,
+            disable_tqdm=True,
+            rollout=rollout,
+            rollout_kwargs=kwargs,
             rollout_correction=correction,
-        )  # fmt: skip
+        )
         trainer = ZRLGRPOTrainer(model, args=config, train_dataset=Dataset.from_list(train))
         trainer.train()
         logs = [h for h in trainer.state.log_history if "reward" in h]
@@ -59,8 +74,13 @@ def main() -> None:
     table = "| variant | mean reward | mean reward, last 3 steps |\n|---|---|---|\n" + "\n".join(
         f"| {k} | {v['mean_reward']:.3f} | {v['mean_reward_last_3']:.3f} |" for k, v in results.items()
     )
-    payload = {"benchmark": "training reward, default vs nested variants", "steps": args.steps,
-               "skip_ratio": args.skip_ratio, "model": "smollm2", "results": results}  # fmt: skip
+    payload = {
+        "benchmark": "training reward, default vs nested variants",
+        "steps": args.steps,
+        "skip_ratio": args.skip_ratio,
+        "model": "smollm2",
+        "results": results,
+    }
     write_results("nested_reward_smollm2", payload, table)
 
 

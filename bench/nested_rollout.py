@@ -51,8 +51,13 @@ def main() -> None:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            model.generate(**batch, do_sample=True, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                           pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            model.generate(
+                **batch,
+                do_sample=True,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
             if args.device == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - start

@@ -30,10 +30,28 @@ POLICIES = ("random", "block", "calibrated")
 
 def recipe_run(out: Path, rollout: str, rollout_kwargs: dict | None, seed: int, steps: int) -> dict[str, Any]:
     """One nested_reft cpu-demo run (no held-out evaluation) in its own process; its summary.json."""
-    command = [sys.executable, str(ROOT / "recipes" / "nested_reft.py"), "--preset", "cpu-demo", "--max_steps",
-               str(steps), "--n_eval", "0", "--seed", str(seed), "--split_seed", "0", "--output_dir", str(out),
-               "--rollout", rollout, "--bf16", "true",
-               "--rollout_kwargs", json.dumps(rollout_kwargs or {})]  # the preset's are nested's  # fmt: skip
+    command = [
+        sys.executable,
+        str(ROOT / "recipes" / "nested_reft.py"),
+        "--preset",
+        "cpu-demo",
+        "--max_steps",
+        str(steps),
+        "--n_eval",
+        "0",
+        "--seed",
+        str(seed),
+        "--split_seed",
+        "0",
+        "--output_dir",
+        str(out),
+        "--rollout",
+        rollout,
+        "--bf16",
+        "true",
+        "--rollout_kwargs",
+        json.dumps(rollout_kwargs or {}),
+    ]  # the preset's are nested's
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads((out / "summary.json").read_text())
 
@@ -59,8 +77,9 @@ def speed_and_accuracy(budgets: list[int], rounds: int) -> dict[str, Any]:
     layers = model.config.num_hidden_layers
     _, held_out = addition_splits(n_eval=100, seed=0, system="Answer briefly.")
     verifier = get_plugin_manager().load_component("verifier", "last_number")
-    prompts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
-               for r in held_out[:16]]  # fmt: skip
+    prompts = [
+        tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in held_out[:16]
+    ]
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
 
     class Calibrator:  # what NestedRollout.calibrate needs of a trainer, on one process
@@ -81,8 +100,9 @@ def speed_and_accuracy(budgets: list[int], rounds: int) -> dict[str, Any]:
     def generate(skip: list[int]) -> float:
         with skipped_layers(model, skip), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             start = time.perf_counter()
-            model.generate(**batch, do_sample=True, max_new_tokens=24, min_new_tokens=24,
-                           pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            model.generate(
+                **batch, do_sample=True, max_new_tokens=24, min_new_tokens=24, pad_token_id=tokenizer.pad_token_id
+            )
             return time.perf_counter() - start
 
     generate([])
@@ -95,8 +115,11 @@ def speed_and_accuracy(budgets: list[int], rounds: int) -> dict[str, Any]:
     for key, skip in sets.items():
         with skipped_layers(model, skip), torch.autocast("cpu", dtype=torch.bfloat16):
             accuracy, _ = greedy_accuracy(model, tokenizer, held_out, verifier, max_new_tokens=16)
-        results[key] = {"layers": skip, "speedup": statistics.median(times["full"]) / statistics.median(times[key]),
-                        "greedy_accuracy": accuracy}  # fmt: skip
+        results[key] = {
+            "layers": skip,
+            "speedup": statistics.median(times["full"]) / statistics.median(times[key]),
+            "greedy_accuracy": accuracy,
+        }
     return {"num_layers": layers, "sets": results}
 
 
@@ -113,8 +136,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     measured = speed_and_accuracy(budgets, args.rounds)
     work = Path(tempfile.mkdtemp(prefix="nested-selection-"))
-    default = {seed: rewards_of(recipe_run(work / f"default-{seed}", "default", None, seed, args.steps))
-               for seed in seeds}  # fmt: skip
+    default = {
+        seed: rewards_of(recipe_run(work / f"default-{seed}", "default", None, seed, args.steps)) for seed in seeds
+    }
     means = [statistics.mean(r) for r in default.values()]
     spread = (min(means), max(means))
     training: dict[str, Any] = {}
@@ -126,25 +150,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             within = mean >= spread[0]  # at least the weakest default seed
             training[f"{policy}/{count}"] = {"rewards": rewards, "mean_reward": mean, "within_default_spread": within}
     best = {p: max([c for c in budgets if training[f"{p}/{c}"]["within_default_spread"]], default=0) for p in POLICIES}
-    lines = ["| selection | layers skipped | which | tokens/s vs full | greedy acc. (behaviour model) | "
-             "mean training reward | within default's spread |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| selection | layers skipped | which | tokens/s vs full | greedy acc. (behaviour model) | "
+        "mean training reward | within default's spread |",
+        "|---|---|---|---|---|---|---|",
+    ]
     full = measured["sets"]["full"]
-    lines.append(f"| full model | 0 | – | 1.00 | {full['greedy_accuracy']:.2f} | "
-                 f"{statistics.mean(means):.3f} (seeds {seeds}: {spread[0]:.3f}–{spread[1]:.3f}) | – |")  # fmt: skip
+    lines.append(
+        f"| full model | 0 | – | 1.00 | {full['greedy_accuracy']:.2f} | "
+        f"{statistics.mean(means):.3f} (seeds {seeds}: {spread[0]:.3f}–{spread[1]:.3f}) | – |"
+    )
     for count in budgets:
         for policy in POLICIES:
             key = f"{policy}/{count}"
             m, t = measured["sets"][key], training[key]
-            lines.append(f"| {policy} | {count}/{measured['num_layers']} | {m['layers']} | {m['speedup']:.2f} | "
-                         f"{m['greedy_accuracy']:.2f} | {t['mean_reward']:.3f} | "
-                         f"{'yes' if t['within_default_spread'] else 'no'} |")  # fmt: skip
+            lines.append(
+                f"| {policy} | {count}/{measured['num_layers']} | {m['layers']} | {m['speedup']:.2f} | "
+                f"{m['greedy_accuracy']:.2f} | {t['mean_reward']:.3f} | "
+                f"{'yes' if t['within_default_spread'] else 'no'} |"
+            )
     verdict = "; ".join(f"{p}: {best[p]}/{measured['num_layers']}" for p in POLICIES)
-    lines += ["", f"SmolLM2-135M, a + b, {args.steps} steps of the nested_reft cpu-demo recipe (bf16 autocast); the "
-              f"default rollout's mean training reward over {len(seeds)} seeds is the yardstick (a nested run counts "
-              f"as within it when its mean reward is at least the lowest seed's). Largest budget within: "
-              f"{verdict}."]  # fmt: skip
-    payload = {"steps": args.steps, "seeds": seeds, "default_rewards": default, "default_spread": spread,
-               "speed_and_accuracy": measured, "training": training, "largest_budget_within_spread": best}  # fmt: skip
+    lines += [
+        "",
+        f"SmolLM2-135M, a + b, {args.steps} steps of the nested_reft cpu-demo recipe (bf16 autocast); the "
+        f"default rollout's mean training reward over {len(seeds)} seeds is the yardstick (a nested run counts "
+        f"as within it when its mean reward is at least the lowest seed's). Largest budget within: "
+        f"{verdict}.",
+    ]
+    payload = {
+        "steps": args.steps,
+        "seeds": seeds,
+        "default_rewards": default,
+        "default_spread": spread,
+        "speed_and_accuracy": measured,
+        "training": training,
+        "largest_budget_within_spread": best,
+    }
     write_results("nested_selection_smollm2", payload, "\n".join(lines))
     return payload
 

@@ -54,11 +54,20 @@ def main() -> None:
         return [float(sum(ch.isdigit() for ch in str(c))) for c in completions]
 
     common = dict(
-        **shape, learning_rate=1e-6, beta=0.04, logging_steps=1, report_to=[], use_cpu=args.device == "cpu",
+        **shape,
+        learning_rate=1e-6,
+        beta=0.04,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=args.device == "cpu",
         bf16=args.device == "cuda",
         generation_kwargs={"min_new_tokens": shape["max_completion_length"]} if args.fixed_length else None,
-        save_strategy="no", gradient_checkpointing=False, seed=0, disable_tqdm=True, max_steps=args.steps_per_round,
-    )  # fmt: skip
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+        disable_tqdm=True,
+        max_steps=args.steps_per_round,
+    )
     trl_args = GRPOConfig(output_dir=os.path.join(workdir, "trl"), loss_type="grpo", scale_rewards="group", **common)
     zrl_args = ZRLConfig(output_dir=os.path.join(workdir, "zrl"), normalizer="grpo", kl_penalty="k3", **common)
     trainers = {

@@ -29,30 +29,70 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "current": ("the preset: critic lr 5e-5, reward scaling r/σ, λ 0.95, no warm-up", []),
     "lr2e-4": ("critic lr 2e-4", ["--critic_learning_rate", "2e-4"]),
-    "lr2e-4_mean_std": ("critic lr 2e-4, reward scaling (r − μ)/σ", ["--critic_learning_rate", "2e-4",
-                                                                     "--reward_scaling", "mean_std"]),
-    "lr2e-4_mean_std_warmup5": ("critic lr 2e-4, (r − μ)/σ, 5 critic-only warm-up steps",
-                                ["--critic_learning_rate", "2e-4", "--reward_scaling", "mean_std",
-                                 "--critic_warmup_steps", "5"]),
-    "lr2e-4_mean_std_lam1": ("critic lr 2e-4, (r − μ)/σ, GAE λ = 1 (Monte-Carlo returns)",
-                             ["--critic_learning_rate", "2e-4", "--reward_scaling", "mean_std",
-                              "--normalizer_kwargs", '{"gamma": 1.0, "lam": 1.0}']),
-    "lr2e-4_mean_std_lam1_warmup5": ("critic lr 2e-4, (r − μ)/σ, λ = 1, 5 critic-only warm-up steps",
-                                     ["--critic_learning_rate", "2e-4", "--reward_scaling", "mean_std",
-                                      "--critic_warmup_steps", "5",
-                                      "--normalizer_kwargs", '{"gamma": 1.0, "lam": 1.0}']),
-    "lr5e-4_mean_std": ("critic lr 5e-4, (r − μ)/σ", ["--critic_learning_rate", "5e-4", "--reward_scaling",
-                                                      "mean_std"]),
-    "shared_lr1e-3": ("value head on the policy's backbone (critic_mode shared), head lr 1e-3, (r − μ)/σ",
-                      ["--critic_mode", "shared", "--critic_learning_rate", "1e-3", "--reward_scaling", "mean_std"]),
-}  # fmt: skip
+    "lr2e-4_mean_std": (
+        "critic lr 2e-4, reward scaling (r − μ)/σ",
+        ["--critic_learning_rate", "2e-4", "--reward_scaling", "mean_std"],
+    ),
+    "lr2e-4_mean_std_warmup5": (
+        "critic lr 2e-4, (r − μ)/σ, 5 critic-only warm-up steps",
+        ["--critic_learning_rate", "2e-4", "--reward_scaling", "mean_std", "--critic_warmup_steps", "5"],
+    ),
+    "lr2e-4_mean_std_lam1": (
+        "critic lr 2e-4, (r − μ)/σ, GAE λ = 1 (Monte-Carlo returns)",
+        [
+            "--critic_learning_rate",
+            "2e-4",
+            "--reward_scaling",
+            "mean_std",
+            "--advantage_estimator_kwargs",
+            '{"gamma": 1.0, "lam": 1.0}',
+        ],
+    ),
+    "lr2e-4_mean_std_lam1_warmup5": (
+        "critic lr 2e-4, (r − μ)/σ, λ = 1, 5 critic-only warm-up steps",
+        [
+            "--critic_learning_rate",
+            "2e-4",
+            "--reward_scaling",
+            "mean_std",
+            "--critic_warmup_steps",
+            "5",
+            "--advantage_estimator_kwargs",
+            '{"gamma": 1.0, "lam": 1.0}',
+        ],
+    ),
+    "lr5e-4_mean_std": (
+        "critic lr 5e-4, (r − μ)/σ",
+        ["--critic_learning_rate", "5e-4", "--reward_scaling", "mean_std"],
+    ),
+    "shared_lr1e-3": (
+        "value head on the policy's backbone (critic_mode shared), head lr 1e-3, (r − μ)/σ",
+        ["--critic_mode", "shared", "--critic_learning_rate", "1e-3", "--reward_scaling", "mean_std"],
+    ),
+}
 
 
 def run(name: str, steps: int, seed: int) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix=f"ppo-critic-{name}-"))
-    command = [sys.executable, "-W", "ignore", str(ROOT / "recipes" / "ppo_max.py"), "--preset", "cpu-demo",
-               "--max_steps", str(steps), "--n_eval", "0", "--bf16", "true", "--seed", str(seed), "--output_dir",
-               str(out), *CONFIGS[name][1]]  # fmt: skip
+    command = [
+        sys.executable,
+        "-W",
+        "ignore",
+        str(ROOT / "recipes" / "ppo_max.py"),
+        "--preset",
+        "cpu-demo",
+        "--max_steps",
+        str(steps),
+        "--n_eval",
+        "0",
+        "--bf16",
+        "true",
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(out),
+        *CONFIGS[name][1],
+    ]
     print(f"[ppo_critic] {name}: {' '.join(command[3:])}", flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     summary = json.loads((out / "summary.json").read_text())
@@ -88,15 +128,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = json.loads(previous.read_text()).get("configs", {}) if previous.exists() else {}
     for config in args.only.split(",") if args.only else list(CONFIGS):
         results[config] = run(config, args.steps, args.seed)
-        rows = ["| configuration | critic explained variance, last 5 steps | reward, first 5 → last 5 steps |",
-                "|---|---|---|"]  # fmt: skip
+        rows = [
+            "| configuration | critic explained variance, last 5 steps | reward, first 5 → last 5 steps |",
+            "|---|---|---|",
+        ]
         for key, r in results.items():
             ev = r["explained_variance_last5_mean"]
-            rows.append(f"| `{key}`: {r['change']} | {'–' if ev is None else f'{ev:.3f}'} | "
-                        f"{r['reward_first5_mean']:.3f} → {r['reward_last5_mean']:.3f} |")  # fmt: skip
-        rows += ["", f"ppo_max cpu-demo preset (SmolLM2-135M, a + b, 4 prompts × 8, k1 KL in the reward), "
-                 f"{args.steps} steps, seed {args.seed}, bf16 autocast; target: explained variance ≥ 0.3 over the "
-                 "last 5 steps."]  # fmt: skip
+            rows.append(
+                f"| `{key}`: {r['change']} | {'–' if ev is None else f'{ev:.3f}'} | "
+                f"{r['reward_first5_mean']:.3f} → {r['reward_last5_mean']:.3f} |"
+            )
+        rows += [
+            "",
+            f"ppo_max cpu-demo preset (SmolLM2-135M, a + b, 4 prompts × 8, k1 KL in the reward), "
+            f"{args.steps} steps, seed {args.seed}, bf16 autocast; target: explained variance ≥ 0.3 over the "
+            "last 5 steps.",
+        ]
         write_results(name, {"steps": args.steps, "seed": args.seed, "configs": results}, "\n".join(rows))
     return results
 

@@ -37,11 +37,23 @@ def main() -> None:
     train, held_out = addition_splits(n_eval=args.n_eval)
     verifier = load_component("verifier", "last_number")
     shared = dict(
-        verifiers=["last_number"], learning_rate=2e-5, lr_scheduler_type="constant", per_device_train_batch_size=32,
-        num_generations=8, max_completion_length=24, temperature=1.0, max_steps=args.steps, logging_steps=1,
-        save_strategy="no", report_to=[], use_cpu=args.device == "cpu", bf16=args.device == "cuda",
-        gradient_checkpointing=False, seed=0, disable_tqdm=True,
-    )  # fmt: skip
+        verifiers=["last_number"],
+        learning_rate=2e-5,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=32,
+        num_generations=8,
+        max_completion_length=24,
+        temperature=1.0,
+        max_steps=args.steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=args.device == "cpu",
+        bf16=args.device == "cuda",
+        gradient_checkpointing=False,
+        seed=0,
+        disable_tqdm=True,
+    )
     runs = {
         "grpo": (ZRLGRPOTrainer, ZRLConfig(output_dir=tempfile.mkdtemp(), kl_penalty="none", beta=0.0, **shared)),
         # PPO-max defaults (reward scaling + clip, whitening, value clip 0.2, KL 0.01 in the reward); the critic's
@@ -90,8 +102,14 @@ def main() -> None:
         )
         + f"\n\nStep time PPO-max / GRPO (median, same run): {ratio:.2f}"
     )
-    payload = {"benchmark": "PPO-max vs GRPO", "steps": args.steps, "device": args.device, "model": "smollm2",
-               "step_time_ratio_ppo_over_grpo": ratio, "results": results}  # fmt: skip
+    payload = {
+        "benchmark": "PPO-max vs GRPO",
+        "steps": args.steps,
+        "device": args.device,
+        "model": "smollm2",
+        "step_time_ratio_ppo_over_grpo": ratio,
+        "results": results,
+    }
     write_results("ppo_vs_grpo" + ("" if args.device == "cpu" else f"_{args.device}"), payload, table)
 
 

@@ -35,28 +35,59 @@ STUDIES: dict[str, dict[str, Any]] = {
     "reward": {
         "claim": "correctness-only reward beats a format-aware one on a weak model",
         "flags": ["--template", "chat_boxed", "--verifiers", "math_correct"],
-        "sweep": "verifier_kwargs=" + json.dumps([{"math_correct": {**BOXED, "mode": "correct_only"}},
-                                                  {"math_correct": {**BOXED, "mode": "format_aware"}}]),
+        "sweep": "verifier_kwargs="
+        + json.dumps(
+            [{"math_correct": {**BOXED, "mode": "correct_only"}}, {"math_correct": {**BOXED, "mode": "format_aware"}}]
+        ),
         "labels": ["correct_only", "format_aware"],
     },
     "template": {
         "claim": "the simple prompt beats the boxed chat prompt on a weak model",
-        "flags": ["--verifiers", "math_correct", "--verifier_kwargs",
-                  json.dumps({"math_correct": {"extraction": "auto", "mode": "correct_only"}})],
+        "flags": [
+            "--verifiers",
+            "math_correct",
+            "--verifier_kwargs",
+            json.dumps({"math_correct": {"extraction": "auto", "mode": "correct_only"}}),
+        ],
         "sweep": "template=simple,chat_boxed",
         "labels": ["simple", "chat_boxed"],
     },
-}  # fmt: skip
+}
 
 
 def run_study(name: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     study = STUDIES[name]
-    command = [sys.executable, "-W", "ignore", str(ROOT / "recipes" / "ablate.py"), "--recipe", "simplerl_zoo",
-               "--preset", "cpu-demo", "--template_kwargs", "{}", *study["flags"], "--sweep", study["sweep"],
-               "--seeds", args.seeds, "--max_steps", str(args.max_steps), "--max_completion_length",
-               str(args.max_completion_length), "--per_device_train_batch_size", str(args.prompts * args.generations),
-               "--num_generations", str(args.generations), "--n_eval", str(args.n_eval), "--bf16", "true",
-               "--output_dir", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-W",
+        "ignore",
+        str(ROOT / "recipes" / "ablate.py"),
+        "--recipe",
+        "simplerl_zoo",
+        "--preset",
+        "cpu-demo",
+        "--template_kwargs",
+        "{}",
+        *study["flags"],
+        "--sweep",
+        study["sweep"],
+        "--seeds",
+        args.seeds,
+        "--max_steps",
+        str(args.max_steps),
+        "--max_completion_length",
+        str(args.max_completion_length),
+        "--per_device_train_batch_size",
+        str(args.prompts * args.generations),
+        "--num_generations",
+        str(args.generations),
+        "--n_eval",
+        str(args.n_eval),
+        "--bf16",
+        "true",
+        "--output_dir",
+        str(out),
+    ]
     print(f"[simplerl_findings] {name}", flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     return json.loads((out / "ablation.json").read_text())
@@ -69,8 +100,10 @@ def summarize(name: str, report: dict[str, Any]) -> dict[str, Any]:
     seeds = [str(s) for s in report["seeds"]]
     result: dict[str, Any] = {"claim": STUDIES[name]["claim"], "seeds": report["seeds"], "values": {}}
     for value, label in labels.items():
-        last5 = [sum(r["accuracy"] for r in rows[-5:]) / len(rows[-5:])
-                 for rows in report["per_step_by_seed"][value].values()]  # fmt: skip
+        last5 = [
+            sum(r["accuracy"] for r in rows[-5:]) / len(rows[-5:])
+            for rows in report["per_step_by_seed"][value].values()
+        ]
         mean, low, high = mean_interval(last5)
         s = report["summary"][value]
         result["values"][label] = {
@@ -84,11 +117,18 @@ def summarize(name: str, report: dict[str, Any]) -> dict[str, Any]:
         }
     first, second = report["values"]
     by_seed = report["held_out_by_seed"]
-    diffs = [by_seed[first][s][1] - by_seed[second][s][1] for s in seeds if s in by_seed.get(first, {})
-             and s in by_seed.get(second, {})]  # fmt: skip
+    diffs = [
+        by_seed[first][s][1] - by_seed[second][s][1]
+        for s in seeds
+        if s in by_seed.get(first, {}) and s in by_seed.get(second, {})
+    ]
     mean, low, high = mean_interval(diffs)
-    result["paired_held_out_after_difference"] = {"of": f"{labels[first]} − {labels[second]}", "mean": mean,
-                                                  "ci": [low, high], "per_seed": diffs}  # fmt: skip
+    result["paired_held_out_after_difference"] = {
+        "of": f"{labels[first]} − {labels[second]}",
+        "mean": mean,
+        "ci": [low, high],
+        "per_seed": diffs,
+    }
     return result
 
 
@@ -98,8 +138,11 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
             return "–"
         return f"{mean:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else "")
 
-    lines = ["| finding (SimpleRL-Zoo) | value | held-out greedy before → after | training accuracy, last 5 steps | "
-             "paired difference of held-out after | verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| finding (SimpleRL-Zoo) | value | held-out greedy before → after | training accuracy, last 5 steps | "
+        "paired difference of held-out after | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results.values():
         d = r["paired_held_out_after_difference"]
         low, high = d["ci"]
@@ -114,14 +157,19 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         for i, (label, v) in enumerate(r["values"].items()):
             before = "–" if v["held_out_before"] is None else f"{v['held_out_before']:.3f}"
             diff = f"{d['of']}: {cell(d['mean'], d['ci'])}" if i == 0 else ""
-            lines.append(f"| {r['claim'] if i == 0 else ''} | {label} | {before} → "
-                         f"{cell(v['held_out_after'], v['held_out_after_ci'])} | "
-                         f"{cell(v['train_accuracy_last5'], v['train_accuracy_last5_ci'])} | {diff} | "
-                         f"{verdict if i == 0 else ''} |")  # fmt: skip
-    lines += ["", f"SmolLM2-135M-Instruct, a + b, recipe simplerl_zoo (grpo, no KL), {args.max_steps} steps of "
-              f"{args.prompts} prompts × {args.generations}, {args.max_completion_length} tokens, bf16 autocast, "
-              f"{args.n_eval} held-out problems; seeds {args.seeds}: mean [95 % t interval over seeds]; correct = "
-              "verifier score ≥ 1."]  # fmt: skip
+            lines.append(
+                f"| {r['claim'] if i == 0 else ''} | {label} | {before} → "
+                f"{cell(v['held_out_after'], v['held_out_after_ci'])} | "
+                f"{cell(v['train_accuracy_last5'], v['train_accuracy_last5_ci'])} | {diff} | "
+                f"{verdict if i == 0 else ''} |"
+            )
+    lines += [
+        "",
+        f"SmolLM2-135M-Instruct, a + b, recipe simplerl_zoo (grpo, no KL), {args.max_steps} steps of "
+        f"{args.prompts} prompts × {args.generations}, {args.max_completion_length} tokens, bf16 autocast, "
+        f"{args.n_eval} held-out problems; seeds {args.seeds}: mean [95 % t interval over seeds]; correct = "
+        "verifier score ≥ 1.",
+    ]
     return "\n".join(lines)
 
 

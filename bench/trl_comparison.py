@@ -73,21 +73,38 @@ def run_arm(arm: str, steps: int, n_eval: int, seed: int, learning_rate: float, 
     system = demo.system_prompt if arm == "zrl" else None  # None: the chat template's default system prompt
     train, held_out = addition_splits(n_eval=n_eval, seed=seed, system=system)
     verifier = get_plugin_manager().load_component("verifier", "last_number")
-    common = dict(output_dir=str(out), learning_rate=learning_rate, lr_scheduler_type="constant",
-                  per_device_train_batch_size=demo.prompts_per_step * demo.num_generations,
-                  num_generations=demo.num_generations, max_completion_length=demo.max_completion_length,
-                  temperature=1.0,
-                  max_steps=steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=seed,
-                  beta=0.0)  # fmt: skip
+    common = dict(
+        output_dir=str(out),
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=demo.prompts_per_step * demo.num_generations,
+        num_generations=demo.num_generations,
+        max_completion_length=demo.max_completion_length,
+        temperature=1.0,
+        max_steps=steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=seed,
+        beta=0.0,
+    )
     torch.manual_seed(seed)
     if arm == "trl":
         args = GRPOConfig(**common, loss_type="grpo")
-        trainer = GRPOTrainer(path, reward_funcs=verifier, args=args, train_dataset=Dataset.from_list(train),
-                              processing_class=tokenizer)  # fmt: skip
+        trainer = GRPOTrainer(
+            path, reward_funcs=verifier, args=args, train_dataset=Dataset.from_list(train), processing_class=tokenizer
+        )
     else:
-        args = ZRLConfig(**common, verifiers=["last_number"], normalizer="grpo", kl_penalty="none",
-                         bf16=cpu_supports_bf16(), gradient_checkpointing=False,
-                         model_init_kwargs={"dtype": "float32"})  # fmt: skip
+        args = ZRLConfig(
+            **common,
+            verifiers=["last_number"],
+            normalizer="grpo",
+            kl_penalty="none",
+            bf16=cpu_supports_bf16(),
+            gradient_checkpointing=False,
+            model_init_kwargs={"dtype": "float32"},
+        )
         trainer = ZRLGRPOTrainer(path, args=args, train_dataset=Dataset.from_list(train), processing_class=tokenizer)
 
     class StepClock(TrainerCallback):
@@ -151,24 +168,57 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for arm in ("trl", "zrl"):
         out = Path(tempfile.mkdtemp(prefix=f"trl-comparison-{arm}-"))
         print(f"[trl_comparison] {arm}: {args.steps} steps", flush=True)
-        subprocess.run([sys.executable, "-W", "ignore", "-m", "bench.trl_comparison", "--arm", arm, "--out", str(out),
-                        "--steps", str(args.steps), "--n_eval", str(args.n_eval), "--seed", str(args.seed),
-                        "--learning_rate", str(args.learning_rate)], check=True, cwd=ROOT)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-W",
+                "ignore",
+                "-m",
+                "bench.trl_comparison",
+                "--arm",
+                arm,
+                "--out",
+                str(out),
+                "--steps",
+                str(args.steps),
+                "--n_eval",
+                str(args.n_eval),
+                "--seed",
+                str(args.seed),
+                "--learning_rate",
+                str(args.learning_rate),
+            ],
+            check=True,
+            cwd=ROOT,
+        )
         arms[arm] = json.loads((out / "arm.json").read_text())
     trl, zrl = arms["trl"], arms["zrl"]
     speedup = trl["median_step_seconds"] / zrl["median_step_seconds"]
-    rows = ["| arm | grad. ckpt | system prompt (prompt tokens) | median s/step | reward, last 5 steps | "
-            "held-out greedy after (95 % CI) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| arm | grad. ckpt | system prompt (prompt tokens) | median s/step | reward, last 5 steps | "
+        "held-out greedy after (95 % CI) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in (("plain TRL (GRPOConfig defaults)", trl), ("zrl CPU path", zrl)):
         low, high = r["held_out_accuracy_after_interval"]
         s = r["settings"]
-        rows.append(f"| {name} | {'on' if s['gradient_checkpointing'] else 'off'} | {s['system_prompt']} "
-                    f"({s['prompt_tokens_example']}) | {r['median_step_seconds']:.1f} | {r['reward_last5_mean']:.3f} | "
-                    f"{r['held_out_accuracy_after']:.3f} ({low:.2f}–{high:.2f}) |")  # fmt: skip
-    rows += ["", f"Step-time ratio TRL / zrl: **{speedup:.2f}×**, {args.steps} steps each, SmolLM2-135M-Instruct, "
-             f"2 CPU cores, bf16 autocast in both; held-out: {trl['held_out_problems']} a + b problems."]  # fmt: skip
-    result = {"steps": args.steps, "seed": args.seed, "learning_rate": args.learning_rate,
-              "step_time_ratio_trl_over_zrl": speedup, "arms": arms}  # fmt: skip
+        rows.append(
+            f"| {name} | {'on' if s['gradient_checkpointing'] else 'off'} | {s['system_prompt']} "
+            f"({s['prompt_tokens_example']}) | {r['median_step_seconds']:.1f} | {r['reward_last5_mean']:.3f} | "
+            f"{r['held_out_accuracy_after']:.3f} ({low:.2f}–{high:.2f}) |"
+        )
+    rows += [
+        "",
+        f"Step-time ratio TRL / zrl: **{speedup:.2f}×**, {args.steps} steps each, SmolLM2-135M-Instruct, "
+        f"2 CPU cores, bf16 autocast in both; held-out: {trl['held_out_problems']} a + b problems.",
+    ]
+    result = {
+        "steps": args.steps,
+        "seed": args.seed,
+        "learning_rate": args.learning_rate,
+        "step_time_ratio_trl_over_zrl": speedup,
+        "arms": arms,
+    }
     write_results("trl_comparison_cpu", result, "\n".join(rows))
     return result
 

@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from zrl_plugins.apps.testing import build_tiny_model
+    from zrl_plugins.apps.tiny_model import build_tiny_model
 
     path = args.model or str(build_tiny_model(tempfile.mkdtemp()))
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing, too
-
 from zrl_plugins import hookimpl
 from zrl_plugins.apps.model_loading import RecipeModelConfig
 from zrl_plugins.apps.plots import MISSING_MATPLOTLIB, pyplot
@@ -43,14 +41,18 @@ class AblationArguments:
     )
     recipe: str = field(
         default=DEFAULT_RECIPE,
-        metadata={"help": "The recipe whose trainer, presets (`--preset cpu-demo`) and defaults are used: "
-                  "simplerl_zoo, dr_grpo, lite_ppo, ppo_max, nested_reft."},
-    )  # fmt: skip
+        metadata={
+            "help": "The recipe whose trainer, presets (`--preset cpu-demo`) and defaults are used: "
+            "simplerl_zoo, dr_grpo, lite_ppo, ppo_max, nested_reft."
+        },
+    )
     seeds: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated training seeds: every value runs once per seed, on one data split (the "
-                  "config's seed), and the report gives per-step means with 95 % t intervals over seeds."},
-    )  # fmt: skip
+        metadata={
+            "help": "Comma-separated training seeds: every value runs once per seed, on one data split (the "
+            "config's seed), and the report gives per-step means with 95 % t intervals over seeds."
+        },
+    )
 
 
 class StepRecorder:
@@ -129,8 +131,12 @@ def plot(results: dict[str, list[dict[str, Any]]], field_name: str, path: Path, 
         print(MISSING_MATPLOTLIB.format(path=path), file=sys.stderr, flush=True)
         return False
 
-    panels = [("reward", "mean reward"), ("accuracy", "accuracy"), ("length_correct", "mean length, correct"),
-              ("length_incorrect", "mean length, incorrect")]  # fmt: skip
+    panels = [
+        ("reward", "mean reward"),
+        ("accuracy", "accuracy"),
+        ("length_correct", "mean length, correct"),
+        ("length_incorrect", "mean length, incorrect"),
+    ]
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     for ax, (key, title) in zip(axes.flat, panels):
         for value, rows in results.items():
@@ -181,9 +187,11 @@ def table(summary: dict[str, dict[str, Any]], field_name: str, seeds: list[int])
     header = "| reward | accuracy | length correct | length incorrect | held-out before | held-out after |"
     lines = [f"| {field_name} {header}", "|---|---|---|---|---|---|---|"]
     for value, s in summary.items():
-        lines.append(f"| {value} | {cell(s, 'mean_reward', 3)} | {cell(s, 'mean_accuracy', 3)} | "
-                     f"{cell(s, 'mean_length_correct', 1)} | {cell(s, 'mean_length_incorrect', 1)} | "
-                     f"{cell(s, 'held_out_before', 3)} | {cell(s, 'held_out_after', 3)} |")  # fmt: skip
+        lines.append(
+            f"| {value} | {cell(s, 'mean_reward', 3)} | {cell(s, 'mean_accuracy', 3)} | "
+            f"{cell(s, 'mean_length_correct', 1)} | {cell(s, 'mean_length_incorrect', 1)} | "
+            f"{cell(s, 'held_out_before', 3)} | {cell(s, 'held_out_after', 3)} |"
+        )
     note = f"seeds {seeds}: mean [95 % t interval over seeds]" if len(seeds) > 1 else f"seed {seeds[0]}"
     return "\n".join(lines) + f"\n\nMeans over each run's steps; {note}."
 
@@ -212,10 +220,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = {}  # every value × seed is parsed and its rows built before any trains: a bad value fails at once
     for value in values:
         for seed in seeds:
-            value_argv = [*argv, f"--{field_name}", value, "--seed", str(seed), "--split_seed", str(base.seed),
-                          "--output_dir", str(out / f"{field_name}={value}" / f"seed={seed}")]  # fmt: skip
-            runs[value, seed] = prepare(known.recipe, value_argv, extra_dataclasses=(AblationArguments,),
-                                        model_workdir=str(out))  # fmt: skip
+            value_argv = [
+                *argv,
+                f"--{field_name}",
+                value,
+                "--seed",
+                str(seed),
+                "--split_seed",
+                str(base.seed),
+                "--output_dir",
+                str(out / f"{field_name}={value}" / f"seed={seed}"),
+            ]
+            runs[value, seed] = prepare(
+                known.recipe, value_argv, extra_dataclasses=(AblationArguments,), model_workdir=str(out)
+            )
     for (value, seed), run in runs.items():
         key = json.dumps([run.eval_rows, run.config.verifiers, run.config.verifier_kwargs], default=str)
         recorder = StepRecorder()

@@ -6,11 +6,6 @@
 Any config key can be overridden on the command line (e.g. ``--normalizer dr_grpo``); ``--help`` lists them.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing, too
-
 from zrl_plugins.apps.recipe import main
 
 if __name__ == "__main__":

@@ -1,21 +1,6 @@
 from __future__ import annotations
 
-import os
-
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-@pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory):
-    """A tiny random Llama + offline-trained tokenizer, written once per session."""
-    from zrl_plugins.apps.testing import build_tiny_model
-
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama")))
 
 
 @pytest.fixture

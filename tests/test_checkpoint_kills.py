@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from zrl_plugins.apps.testing import launch_two_cpu_processes
+from tests.helpers import launch_two_cpu_processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "checkpoint_kills.py"
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
+from tests.helpers import compare_with_trl
 from zrl_plugins import ZRLGRPOTrainer
-from zrl_plugins.apps.testing import compare_with_trl
 
 COMMON = dict(
     **TINY_TRAINING,

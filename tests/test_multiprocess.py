@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zrl_plugins.apps.testing import launch_two_cpu_processes
+from tests.helpers import launch_two_cpu_processes
 from zrl_plugins.builtins.normalizers import GRPONormalizer
 
 SCRIPT = Path(__file__).parent / "scripts" / "global_groups.py"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import char_count_reward, tiny_config
+from tests.helpers import launch_two_cpu_processes
 from zrl_plugins import ZRLGRPOTrainer
-from zrl_plugins.apps.testing import launch_two_cpu_processes
 from zrl_plugins.framework.errors import ComponentContractError
 from zrl_plugins.trainers.numerics import NumericalInstabilityError, SkipGuard
 

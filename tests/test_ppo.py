@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
-from zrl_plugins.apps.testing import launch_two_cpu_processes
+from tests.helpers import launch_two_cpu_processes
 from zrl_plugins.builtins.estimators import GAEEstimator, ReinforcePlusPlusEstimator, discounted_sum, gae
 from zrl_plugins.framework.errors import ConfigError
 from zrl_plugins.trainers.critic import clipped_value_loss, is_critic_key
@@ -117,7 +117,7 @@ def test_ppo_with_every_option_on(tmp_path, tiny_model_path, arithmetic_dataset)
     args = _ppo_config(
         tmp_path, max_steps=3, critic_warmup_steps=1, reward_scaling="mean_std", reward_clip=1.5,
         whiten_advantages=True, advantage_clip=2.0, cliprange_value=0.2, ptx_coef=0.1, num_iterations=2,
-        steps_per_generation=2, beta=0.05, kl_penalty="k1", normalizer_kwargs={"gamma": 1.0, "lam": 0.9},
+        steps_per_generation=2, beta=0.05, kl_penalty="k1", advantage_estimator_kwargs={"gamma": 1.0, "lam": 0.9},
         kl_penalty_kwargs={"controller": "adaptive", "controller_kwargs": {"target_kl": 0.1, "horizon": 100}},
     )  # fmt: skip
     trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset,
@@ -177,7 +177,7 @@ def test_ppo_updates_the_actor_after_warmup_and_rewards_reach_the_last_token(
 def test_reinforce_pp_needs_no_critic(tmp_path, tiny_model_path, arithmetic_dataset):
     from zrl_plugins import ZRLPPOTrainer
 
-    args = _ppo_config(tmp_path, max_steps=1, normalizer="reinforce_pp")
+    args = _ppo_config(tmp_path, max_steps=1, advantage_estimator="reinforce_pp")
     trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
     assert trainer.critic is None
     trainer.train()
@@ -276,8 +276,8 @@ def test_a_critic_inside_the_policy_gives_the_loss_and_gradients_of_separate_mod
     critic kept apart would: the clipped surrogate + vf_coef · clipped value loss, both token means, by hand."""
     import copy
 
+    from tests.helpers import perturbed_batch
     from zrl_plugins import ZRLPPOTrainer
-    from zrl_plugins.apps.testing import perturbed_batch
     from zrl_plugins.trainers.critic import detached_value_model
 
     args = _ppo_config(tmp_path, critic_mode=critic_mode, vf_coef=0.7, cliprange_value=0.05, beta=0.0,
@@ -344,8 +344,8 @@ def test_the_critic_learns_a_prompt_determined_reward(tmp_path, tiny_model_path)
 
     rows = [{"prompt": f"{word} {i} says"} for i in range(12) for word in ("Alpha", "Beta")]
     args = _ppo_config(tmp_path, max_steps=24, num_generations=2, learning_rate=1e-5, critic_learning_rate=3e-3,
-                       beta=0.0, reward_scaling="none", whiten_advantages=False, normalizer_kwargs={"lam": 1.0},
-                       cliprange_value=None)  # fmt: skip
+                       beta=0.0, reward_scaling="none", whiten_advantages=False, cliprange_value=None,
+                       advantage_estimator_kwargs={"lam": 1.0})  # fmt: skip
     trainer = ZRLPPOTrainer(tiny_model_path, _first_word_reward, args=args, train_dataset=Dataset.from_list(rows))
     trainer.train()
     ev = [h["critic/explained_variance"] for h in trainer.state.log_history if "critic/explained_variance" in h]

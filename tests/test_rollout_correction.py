@@ -12,8 +12,8 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
+from tests.helpers import loss_and_gradients, perturbed_batch
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, load_component
-from zrl_plugins.apps.testing import loss_and_gradients, perturbed_batch
 from zrl_plugins.framework.errors import ComponentContractError, ConfigError
 from zrl_plugins.framework.hookspecs import hookimpl
 from zrl_plugins.framework.protocols import CorrectionOutput

@@ -12,8 +12,8 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from tests.conftest import TINY_TRAINING, char_count_reward
+from tests.helpers import compare_with_trl
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-from zrl_plugins.apps.testing import compare_with_trl
 
 
 def length_reward(prompts, completions, **kwargs):

@@ -10,8 +10,8 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from tests.conftest import TINY_TRAINING, char_count_reward
+from tests.helpers import compare_with_trl
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-from zrl_plugins.apps.testing import compare_with_trl
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
 OPTIONS = dict(TINY_TRAINING, beta=0.04, epsilon_high=0.28, max_steps=1)

@@ -94,7 +94,7 @@ def sync_matches_fresh(workdir: str, variant: str) -> dict[str, Any]:
     from peft import LoraConfig
 
     from zrl_plugins import ZRLGRPOTrainer
-    from zrl_plugins.apps.testing import build_tiny_model
+    from zrl_plugins.apps.tiny_model import build_tiny_model
 
     work = Path(workdir)
     path = build_tiny_model(work / "model", hidden_size=64, tie_word_embeddings=variant == "tied")
@@ -129,7 +129,7 @@ def train(workdir: str, setup: str) -> dict[str, Any]:
     import torch
 
     from zrl_plugins import ZRLGRPOTrainer, ZRLPPOConfig, ZRLPPOTrainer
-    from zrl_plugins.apps.testing import build_tiny_model
+    from zrl_plugins.apps.tiny_model import build_tiny_model
 
     work = Path(workdir)
     path = build_tiny_model(work / "model", hidden_size=64)

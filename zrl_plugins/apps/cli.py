@@ -10,8 +10,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ..framework.kinds import COMPONENT_KINDS
 from ..framework.plugins import ZRLPluginManager, get_plugin_manager
-from ..framework.protocols import COMPONENT_KINDS
 
 
 def plugins_report(pm: ZRLPluginManager) -> dict[str, list[dict[str, str | None]]]:

@@ -139,8 +139,17 @@ def evaluate(
         torch.manual_seed(0)
         sampled_rows = []
         for _ in range(k):
-            texts = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size, do_sample=True,
-                                         temperature=temperature, top_p=1.0, top_k=0)  # fmt: skip
+            texts = generate_completions(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens,
+                batch_size,
+                do_sample=True,
+                temperature=temperature,
+                top_p=1.0,
+                top_k=0,
+            )
             sampled_rows.append(verifier(prompts=prompts, completions=texts, **columns))
         sampled = [list(per_problem) for per_problem in zip(*sampled_rows, strict=True)]
     return {**summarize_scores(scores, lengths, truncated, sampled), "completions": completions[:20]}

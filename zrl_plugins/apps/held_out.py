@@ -66,12 +66,15 @@ class HeldOutAccuracy(TrainerCallback):
         self.log = log
 
     def _measure(self, when: str) -> float:
-        accuracy, self.completions = sharded_greedy_accuracy(self.trainer, self.rows, self.verifier,
-                                                             self.max_new_tokens)  # fmt: skip
+        accuracy, self.completions = sharded_greedy_accuracy(
+            self.trainer, self.rows, self.verifier, self.max_new_tokens
+        )
         if self.trainer.accelerator.is_main_process:
             low, high = wilson_interval(accuracy * len(self.rows), len(self.rows))
-            self.log(f"held-out greedy accuracy {when}: {accuracy:.3f} (95% CI {low:.3f}-{high:.3f}, "
-                     f"{len(self.rows)} problems)")  # fmt: skip
+            self.log(
+                f"held-out greedy accuracy {when}: {accuracy:.3f} (95% CI {low:.3f}-{high:.3f}, "
+                f"{len(self.rows)} problems)"
+            )
         return accuracy
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -25,15 +25,19 @@ class RecipeModelConfig(ModelConfig):
 
     model_name_or_path: str | None = field(
         default="smollm2",
-        metadata={"help": "Local path or hub id; `smollm2` = the embedded SmolLM2-135M-Instruct; `tiny` / `medium` = "
-                  "random Llamas built offline (smoke tests, engine checks)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Local path or hub id; `smollm2` = the embedded SmolLM2-135M-Instruct; `tiny` / `medium` = "
+            "random Llamas built offline (smoke tests, engine checks)."
+        },
+    )
     dtype: str | None = field(
         default="auto",
-        metadata={"help": "Weights dtype. `auto`: bfloat16 on a bf16 GPU when the engine keeps fp32 master weights "
-                  "(DeepSpeed, FSDP2 with mixed precision), else float32 (`--bf16` still computes in bf16 under "
-                  "autocast); or bfloat16 / float16 / float32."},
-    )  # fmt: skip
+        metadata={
+            "help": "Weights dtype. `auto`: bfloat16 on a bf16 GPU when the engine keeps fp32 master weights "
+            "(DeepSpeed, FSDP2 with mixed precision), else float32 (`--bf16` still computes in bf16 under "
+            "autocast); or bfloat16 / float16 / float32."
+        },
+    )
 
 
 def keeps_fp32_master_weights(config: Any) -> bool:

@@ -75,7 +75,7 @@ def resolve_model(name: str, workdir: str | os.PathLike[str]) -> str:
     if name == "smollm2":
         return smollm2_path()
     if name in RANDOM_MODELS:
-        from .testing import build_tiny_model
+        from .tiny_model import build_tiny_model
 
         path = Path(workdir) / name
         if not (path / "config.json").exists():

@@ -1,8 +1,8 @@
-"""What every recipe script does (``recipes/<method>.py`` is three lines): parse ``RecipeArguments``, the method's
-config and TRL's ``ModelConfig`` with ``TrlParser`` (YAML via ``--config``, CLI overrides, ``--preset cpu-demo`` for
-the sibling demo YAML), build the task's rows with a named prompt template, load the policy as the model flags say
-(dtype, attention, LoRA, 4/8-bit), measure held-out greedy accuracy, train with the behaviour monitor, measure again,
-and write ``summary.json`` and ``training.png`` into ``output_dir``.
+"""What every recipe script does (``recipes/<method>.py`` calls :func:`main` with its method's name): parse
+``RecipeArguments``, the method's config and TRL's ``ModelConfig`` with ``TrlParser`` (YAML via ``--config``, CLI
+overrides, ``--preset cpu-demo`` for the sibling demo YAML), build the task's rows with a named prompt template,
+load the policy as the model flags say (dtype, attention, LoRA, 4/8-bit), measure held-out greedy accuracy, train
+with the behaviour monitor, measure again, and write ``summary.json`` and ``training.png`` into ``output_dir``.
 """
 
 from __future__ import annotations
@@ -240,6 +240,16 @@ def cpu_bf16_policy(config: Any, method: str) -> None:
         config.bf16 = False
 
 
+def check_selected_names(manager: ZRLPluginManager, config: Any) -> None:
+    """Fail now, with the installed list, not after loading the model, on a component name nothing registers."""
+    from ..framework.kinds import KINDS
+
+    for kind in KINDS.values():
+        selected = getattr(config, kind.config_field, None) if kind.config_field else None
+        for name in [selected] if isinstance(selected, str) else selected or ():
+            manager.entry(kind.name, name)
+
+
 def prepare(
     method: str,
     argv: Sequence[str],
@@ -280,13 +290,7 @@ def prepare(
         config.verifiers, config.verifier_kwargs = default_verifiers(
             recipe, template.answer_format, manager.names("verifier")
         )
-    selected = {"verifier": config.verifiers, "normalizer": [config.normalizer], "kl_penalty": [config.kl_penalty],
-                "rollout": [config.rollout]}  # fmt: skip
-    if config.rollout_correction is not None:
-        selected["rollout_correction"] = [config.rollout_correction]
-    for kind, names in selected.items():  # an unknown name fails now, with the installed list, not after loading
-        for name in names:
-            manager.entry(kind, name)
+    check_selected_names(manager, config)
     train_rows, eval_rows = task_rows(recipe, config.seed if recipe.split_seed is None else recipe.split_seed)
     first = config.verifiers[0]
     verifier = manager.load_component("verifier", first, **config.verifier_kwargs.get(first, {}))
@@ -300,6 +304,11 @@ def prepare(
         model_path=resolve_model(model_args.model_name_or_path, model_workdir or config.output_dir),
         verifier=verifier, trainer_class=trainer_class,
     )  # fmt: skip
+
+
+def advantage_method(config: Any) -> str:
+    """What turns rewards into advantages (and aggregates the loss): the normalizer, or PPO's advantage estimator."""
+    return config.normalizer if config.normalizer is not None else config.advantage_estimator
 
 
 def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] = ()) -> dict[str, Any]:
@@ -334,7 +343,7 @@ def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] =
 
     summary: dict[str, Any] = {"method": method, "model": model_args.model_name_or_path, "task": recipe.task,
                                "template": recipe.template, "verifiers": config.verifiers,
-                               "normalizer": config.normalizer, "kl_penalty": config.kl_penalty,
+                               "normalizer": advantage_method(config), "kl_penalty": config.kl_penalty,
                                "rollout": config.rollout, "max_steps": config.max_steps,
                                "dtype": config.model_init_kwargs.get("dtype"), "use_peft": model_args.use_peft,
                                "distributed_type": str(trainer.accelerator.distributed_type),

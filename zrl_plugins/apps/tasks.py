@@ -75,8 +75,9 @@ def countdown(n: int, numbers: int = 3, seed: int = 0, max_number: int = 25) -> 
             f"Using the numbers {values}, create an equation that equals {total}. You can use basic arithmetic "
             "operations (+, -, *, /) and each number exactly once. Write the final equation, e.g. (1 + 2) * 3 = 9."
         )
-        rows.append({"question": question, "answer": str(total), "numbers": values, "target": total,
-                     "solution": expression})  # fmt: skip
+        rows.append(
+            {"question": question, "answer": str(total), "numbers": values, "target": total, "solution": expression}
+        )
     return rows
 
 

@@ -27,7 +27,11 @@ def zrl_register_verifiers(register: Register) -> None:
 @hookimpl
 def zrl_register_normalizers(register: Register) -> None:
     register("grpo", GRPONormalizer)
-    register("gae", GAEEstimator)  # per-token estimators of ZRLPPOTrainer
+
+
+@hookimpl
+def zrl_register_advantage_estimators(register: Register) -> None:
+    register("gae", GAEEstimator)
     register("reinforce_pp", ReinforcePlusPlusEstimator)
 
 

@@ -10,10 +10,18 @@ import torch.nn.functional as F
 
 LEFT_PADDED = ("prompt_ids", "prompt_mask")  # TRL pads prompts on the left, completions on the right
 ROW_KEYS = (
-    "prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "tool_mask", "old_per_token_logps",
-    "sampling_per_token_logps", "ref_per_token_logps", "importance_sampling_ratio", "advantages",
+    "prompt_ids",
+    "prompt_mask",
+    "completion_ids",
+    "completion_mask",
+    "tool_mask",
+    "old_per_token_logps",
+    "sampling_per_token_logps",
+    "ref_per_token_logps",
+    "importance_sampling_ratio",
+    "advantages",
     "rollout_correction_mask",
-)  # fmt: skip
+)
 
 
 def uninformative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -37,8 +45,10 @@ def swap_rows(base: dict[str, Any], donor: dict[str, Any], rows: torch.Tensor) -
     padded to the longer of the two (prompts on the left, completions on the right)."""
     unsupported = sorted(k for k in base if k not in ROW_KEYS and k != "num_items_in_batch")
     if unsupported:
-        raise NotImplementedError(f"dynamic sampling cannot merge rollout batches with {unsupported} (multimodal or "
-                                  "tool outputs); use it with text-only data")  # fmt: skip
+        raise NotImplementedError(
+            f"dynamic sampling cannot merge rollout batches with {unsupported} (multimodal or "
+            "tool outputs); use it with text-only data"
+        )
     merged: dict[str, Any] = {}
     for key in ROW_KEYS:
         if key not in base:

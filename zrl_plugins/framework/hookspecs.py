@@ -11,9 +11,10 @@ special-cased: a built-in and a pip-installed component are selected by name in 
 
 There are two families of hooks:
 
-* **registration hooks** (``zrl_register_*``) are called once, when the plugin manager is first built. Each receives
-  a ``register(name, factory)`` callable; the trainer later builds a component with ``factory(**kwargs)``, where
-  ``kwargs`` come from the config (``ZRLConfig.<kind>_kwargs``).
+* **registration hooks** (``zrl_register_*``, one per row of :data:`zrl_plugins.framework.kinds.KINDS`) are
+  called once, when the plugin manager is first built. Each receives a ``register(name, factory)`` callable; the
+  trainer later builds a component with ``factory(**kwargs)``, where ``kwargs`` come from the config
+  (``ZRLConfig.<kind>_kwargs``).
 * **observer hooks** (``zrl_on_*``) are called by the trainer while it runs, through pluggy's own hook caller: every
   implementation is called, in pluggy's order (later registrations first; ``@hookimpl(tryfirst=True)`` /
   ``trylast=True`` move one to the front or back) and ``@hookimpl(wrapper=True)`` wraps the others. They return
@@ -23,12 +24,12 @@ There are two families of hooks:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from .kinds import KINDS, Kind
 
 PROJECT_NAME = "zrl"
 ENTRY_POINT_GROUP = "zrl"
@@ -38,107 +39,27 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Registration hooks
+# Registration hooks: one per row of the kinds table (zrl_plugins.framework.kinds), e.g. zrl_register_verifiers
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@hookspec
-def zrl_register_verifiers(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Register reward verifiers.
+def _registration_spec(kind: Kind) -> Callable[..., None]:
+    def spec(register: Callable[[str, Callable[..., Any]], None]) -> None:
+        pass
 
-    :param register: ``register(name, factory)``. ``factory(**kwargs)`` must return a
-        :class:`zrl_plugins.sdk.Verifier`: a TRL reward function
-        ``(prompts, completions, **columns) -> list[float | None]``. A plain TRL reward function can be registered
-        by passing a factory that returns it, e.g. ``register("len", lambda: my_reward_fn)``.
+    spec.__name__ = spec.__qualname__ = kind.hook
+    spec.__doc__ = f"""Register {kind.plural}: {kind.help}.
+
+    :param register: ``register(name, factory)``. ``factory(**kwargs)`` {kind.factory_doc}
 
     Called once per plugin when the plugin manager is built. Registering a name that another plugin already
-    registered for verifiers raises :class:`zrl_plugins.sdk.DuplicateComponentError` naming both distributions.
+    registered for {kind.plural} raises :class:`zrl_plugins.sdk.DuplicateComponentError` naming both distributions.
     """
+    return hookspec(spec)
 
 
-@hookspec
-def zrl_register_normalizers(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Register advantage normalizers (advantage formula + loss aggregation).
-
-    :param register: ``register(name, factory)``. ``factory(**kwargs)`` must return a
-        :class:`zrl_plugins.sdk.Normalizer`. The trainer passes the config's ``normalizer_kwargs`` plus the
-        keyword ``max_completion_length`` when the factory accepts it.
-
-    Called once per plugin when the plugin manager is built.
-    """
-
-
-@hookspec
-def zrl_register_policy_losses(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Register policy losses (the per-token policy objective: PPO's clipped surrogate, CISPO, SAPO, ...).
-
-    :param register: ``register(name, factory)``. ``factory(**kwargs)`` must return a
-        :class:`zrl_plugins.sdk.PolicyLoss`; the trainer passes the config's clip ranges, ``delta``,
-        ``importance_sampling_level`` and loss-specific options (``sapo_*``, ``vespo_*``) to factories that accept
-        them, unless ``policy_loss_kwargs`` sets them.
-
-    Called once per plugin when the plugin manager is built. The trainer selects one by name (``policy_loss``, or
-    from TRL's ``loss_type``).
-    """
-
-
-@hookspec
-def zrl_register_kl_penalties(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Register KL penalties (per-token estimator, placement and coefficient controller).
-
-    :param register: ``register(name, factory)``. ``factory(**kwargs)`` must return a
-        :class:`zrl_plugins.sdk.KLPenalty`. The trainer passes the config's ``kl_penalty_kwargs`` plus
-        ``beta=args.beta`` when ``beta`` is not in those kwargs and the factory accepts it.
-
-    Called once per plugin when the plugin manager is built.
-    """
-
-
-@hookspec
-def zrl_register_kl_controllers(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Register KL coefficient controllers, selectable by any estimator-based KL penalty.
-
-    :param register: ``register(name, factory)``. ``factory(beta=..., **kwargs)`` must return a
-        :class:`zrl_plugins.sdk.KLController`; ``beta`` is the initial coefficient and ``kwargs`` come from
-        ``kl_penalty_kwargs["controller_kwargs"]`` (e.g. ``{"target_kl": 6.0, "horizon": 10000}``).
-
-    Called once per plugin when the plugin manager is built.
-    """
-
-
-@hookspec
-def zrl_register_templates(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Register prompt templates (how a problem statement becomes the model's prompt).
-
-    :param register: ``register(name, factory)``. ``factory(**kwargs)`` must return a
-        :class:`zrl_plugins.sdk.PromptTemplate`: ``template(question) -> str | list[message]``, with an
-        ``answer_format`` attribute saying where the final answer is expected.
-
-    Called once per plugin when the plugin manager is built. Recipes select a template by name (``--template``).
-    """
-
-
-@hookspec
-def zrl_register_rollouts(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Register rollout strategies (how completions and their behaviour log-probs are produced).
-
-    :param register: ``register(name, factory)``. ``factory(**kwargs)`` must return a
-        :class:`zrl_plugins.sdk.RolloutStrategy`.
-
-    Called once per plugin when the plugin manager is built.
-    """
-
-
-@hookspec
-def zrl_register_rollout_corrections(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Register rollout corrections (importance weights and rejection masks for the behaviour/π_old mismatch).
-
-    :param register: ``register(name, factory)``. ``factory(**kwargs)`` must return a
-        :class:`zrl_plugins.sdk.RolloutCorrection`; ``kwargs`` come from ``ZRLConfig.rollout_correction_kwargs``.
-
-    Called once per plugin when the plugin manager is built. The trainer selects one by name
-    (``rollout_correction``, or from TRL's ``vllm_importance_sampling_*`` options).
-    """
+for _kind in KINDS.values():
+    globals()[_kind.hook] = _registration_spec(_kind)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -198,8 +119,7 @@ def zrl_on_load_checkpoint(trainer: Any, checkpoint_dir: str, state: dict[str, A
 
     :param trainer: the trainer about to resume.
     :param checkpoint_dir: the checkpoint folder being resumed from.
-    :param state: the dict that :func:`zrl_on_save_checkpoint` implementations filled. A key may be missing when the
-        checkpoint was written by an older plugin version: warn and keep defaults rather than fail.
+    :param state: the dict that :func:`zrl_on_save_checkpoint` implementations filled.
 
     Called on every process when ``trainer.train(resume_from_checkpoint=...)`` loads optimizer and scheduler state,
     after the selected components have had their own ``load_state_dict`` called.

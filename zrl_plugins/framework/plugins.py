@@ -29,55 +29,13 @@ from .errors import (
     PluginError,
     UnknownComponentError,
 )
+from .kinds import COMPONENT_KINDS, KINDS
 from .kwarg_types import check_kwarg_types
-from .protocols import (
-    COMPONENT_KINDS,
-    KLController,
-    KLPenalty,
-    Normalizer,
-    PolicyLoss,
-    PromptTemplate,
-    RolloutCorrection,
-    RolloutStrategy,
-    TokenAdvantageEstimator,
-    Verifier,
-)
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_PLUGIN_NAME = "zrl-builtins"
 CORE_DISTRIBUTION = "zrl-plugins"
-
-REGISTRATION_HOOKS = {
-    "verifier": "zrl_register_verifiers",
-    "normalizer": "zrl_register_normalizers",
-    "policy_loss": "zrl_register_policy_losses",
-    "kl_penalty": "zrl_register_kl_penalties",
-    "kl_controller": "zrl_register_kl_controllers",
-    "rollout": "zrl_register_rollouts",
-    "rollout_correction": "zrl_register_rollout_corrections",
-    "template": "zrl_register_templates",
-}
-KIND_PROTOCOLS: dict[str, tuple[type, ...]] = {
-    "verifier": (Verifier,),
-    "normalizer": (Normalizer, TokenAdvantageEstimator),  # sequence-level (GRPO family) or per-token (PPO)
-    "policy_loss": (PolicyLoss,),
-    "kl_penalty": (KLPenalty,),
-    "kl_controller": (KLController,),
-    "rollout": (RolloutStrategy,),
-    "rollout_correction": (RolloutCorrection,),
-    "template": (PromptTemplate,),
-}
-KIND_PLURALS = {
-    "verifier": "verifiers",
-    "normalizer": "normalizers",
-    "policy_loss": "policy losses",
-    "kl_penalty": "KL penalties",
-    "kl_controller": "KL controllers",
-    "rollout": "rollouts",
-    "rollout_correction": "rollout corrections",
-    "template": "prompt templates",
-}
 
 
 @dataclass(frozen=True)
@@ -188,7 +146,7 @@ class ZRLPluginManager:
                 del registry[key]
 
     def _run_registration_hooks(self, plugin: object, info: PluginInfo) -> None:
-        for kind, hook_name in REGISTRATION_HOOKS.items():
+        for kind, hook_name in ((k.name, k.hook) for k in KINDS.values()):
             impl = getattr(plugin, hook_name, None)
             if impl is None or self.pm.parse_hookimpl_opts(plugin, hook_name) is None:
                 continue
@@ -227,7 +185,7 @@ class ZRLPluginManager:
         if name in registry:
             return registry[name]
         installed = ", ".join(f"{e.name} ({e.origin})" for e in sorted(registry.values(), key=lambda e: e.name))
-        lines = [f"unknown {kind} {name!r}. Installed {KIND_PLURALS[kind]}: {installed or 'none'}."]
+        lines = [f"unknown {kind} {name!r}. Installed {KINDS[kind].plural}: {installed or 'none'}."]
         close = difflib.get_close_matches(name, list(registry), n=1)
         if close:
             lines.append(f"Did you mean {close[0]!r}?")
@@ -253,7 +211,7 @@ class ZRLPluginManager:
         entry = self.entry(kind, name)
         if "plugin_manager" in kwargs:
             raise TypeError(f"{kind} {name!r}: `plugin_manager` is passed by the manager itself, not by the config")
-        if _declares(entry.factory, "plugin_manager"):
+        if accepts_keyword(entry.factory, "plugin_manager", catch_all=False):
             kwargs = {**kwargs, "plugin_manager": self}
         try:
             inspect.signature(entry.factory).bind(**kwargs)
@@ -269,7 +227,7 @@ class ZRLPluginManager:
             component = entry.factory(**kwargs)
         except Exception as exc:
             raise PluginError(entry.plugin, f"the factory of {kind} {name!r}", exc, entry.distribution) from exc
-        protocols = KIND_PROTOCOLS[kind]
+        protocols = KINDS[kind].protocols
         if not isinstance(component, protocols):
             names = " or the ".join(f"{p.__name__} protocol" for p in protocols)
             raise ComponentContractError(
@@ -296,12 +254,14 @@ class ZRLPluginManager:
             raise PluginError(name, hook_name, exc, info.distribution if info else None) from exc
 
 
-def _declares(factory: Callable[..., Any], name: str) -> bool:
-    """Whether ``factory`` names the parameter ``name`` explicitly (a ``**kwargs`` catch-all does not count)."""
+def accepts_keyword(factory: Callable[..., Any], name: str, *, catch_all: bool) -> bool:
+    """Whether ``factory`` takes the keyword ``name``: declared by name, or also through a ``**kwargs`` catch-all
+    when ``catch_all`` (config defaults may go to a catch-all; the manager itself is passed only when declared)."""
     try:
-        return name in inspect.signature(factory).parameters
+        params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
+    return name in params or (catch_all and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()))
 
 
 def _raising_impl(impls: list[Any], exc: BaseException) -> Any:
@@ -342,8 +302,7 @@ def reset_plugin_manager() -> None:
 def load_component(kind: str, name: str, **kwargs: Any) -> Any:
     """Build a component by name: ``load_component("normalizer", "grpo")``.
 
-    ``kind`` is one of ``"verifier"``, ``"normalizer"``, ``"kl_penalty"``, ``"kl_controller"``, ``"rollout"``.
-    This is what the trainer
-    uses, and what notebooks, tests and other tools should use.
+    ``kind`` is a row of :data:`zrl_plugins.framework.kinds.KINDS`. This is what the trainer uses, and what
+    notebooks, tests and other tools should use.
     """
     return get_plugin_manager().load_component(kind, name, **kwargs)

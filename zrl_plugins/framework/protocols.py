@@ -12,20 +12,6 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-COMPONENT_KINDS = (
-    "verifier",
-    "normalizer",
-    "policy_loss",
-    "kl_penalty",
-    "kl_controller",
-    "rollout",
-    "rollout_correction",
-    "template",
-)
-ComponentKind = Literal[
-    "verifier", "normalizer", "policy_loss", "kl_penalty", "kl_controller", "rollout", "rollout_correction", "template"
-]
-
 
 @runtime_checkable
 class Verifier(Protocol):
@@ -87,8 +73,8 @@ class Normalizer(Protocol):
 class TokenAdvantageEstimator(Protocol):
     """A per-token advantage estimator for :class:`~zrl_plugins.ZRLPPOTrainer` (GAE, REINFORCE++, ...).
 
-    Registered in the *normalizer* registry (``zrl_register_normalizers``) and selected the same way
-    (``--normalizer gae``); it replaces the sequence-level ``advantages`` of a :class:`Normalizer`.
+    A kind of its own (``zrl_register_advantage_estimators``), selected by the PPO config's ``advantage_estimator``
+    (``--advantage_estimator gae``); it takes the place of a :class:`Normalizer`'s sequence-level ``advantages``.
 
     Attributes:
         needs_critic: ``True`` → the trainer builds a critic and passes its values; ``False`` → no critic is loaded

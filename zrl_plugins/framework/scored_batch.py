@@ -61,8 +61,9 @@ class ScoredBatch:
         donor = {k: v[order.to(v.device)] for k, v in fresh.output.items() if k in ROW_KEYS}
         output = {**self.output, **swap_rows(self.output, donor, take.to(self.output["completion_ids"].device))}
         inputs = [fresh.inputs[j] if t else row for row, j, t in zip(self.inputs, order.tolist(), take.tolist())]
-        per_func = torch.where(take.to(device).unsqueeze(1), fresh.rewards_per_func[order.to(device)],
-                               self.rewards_per_func)  # fmt: skip
+        per_func = torch.where(
+            take.to(device).unsqueeze(1), fresh.rewards_per_func[order.to(device)], self.rewards_per_func
+        )
         truncated = torch.where(take.to(device), fresh.truncated[order.to(device)], self.truncated)
         return dataclasses.replace(self, inputs=inputs, output=output, rewards_per_func=per_func, truncated=truncated)
 

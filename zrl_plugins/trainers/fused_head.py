@@ -1,13 +1,10 @@
 """Score only the completion positions on CPU: the same log-probs, a third of the LM head's cost.
 
-TRL's fused LM head (``trl.trainer.utils.add_fused_lm_head``) projects hidden states onto the vocabulary in tiles. On
-Triton devices it projects only the positions that have a label (the completion); elsewhere it projects *every*
-position, prompt included, so that tile shapes stay fixed for compiled backends such as Neuron, whose recompilations
-would cost more than the wasted rows. On a CPU in eager mode nothing recompiles, and the projection — kept in fp32
-for accuracy (TRL's ``_addmm_fp32``), 49k × 576 per position on SmolLM2 — is most of a training step: a + b prompts are
-about twice as long as their completions, so two thirds of that work is thrown away. Measured on 2 CPU cores, demo
-settings (16 completions, ~30 prompt + ~13 completion tokens): loss forward 1.32 → 0.78 s, backward 3.88 → 2.02 s,
-step 7.8 → 5.0 s. Positions without a label get log-prob 0 either way, so results are the same.
+TRL's fused LM head projects hidden states onto the vocabulary in tiles. On Triton devices it projects only the
+positions that have a label (the completion); elsewhere it projects *every* position, so that tile shapes stay fixed
+for compiled backends. On a CPU in eager mode nothing recompiles, and the fp32 projection is most of a training step,
+most of it on prompt positions (measured: ``bench/results/fused_head_cpu.md``). Positions without a label get
+log-prob 0 either way, so results are the same.
 
 TRL decides with its private ``_use_triton(device)`` as bound in ``trl.trainer.utils`` (recorded in
 tests/trl_private_api.json); the kernels themselves look it up in their own module, so on CPU they keep their torch

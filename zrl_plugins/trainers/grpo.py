@@ -1,127 +1,69 @@
 """``ZRLGRPOTrainer``: TRL's ``GRPOTrainer`` whose rewards, advantages, loss aggregation, KL and rollouts come from
 plugins selected by name in :class:`~zrl_plugins.ZRLConfig`.
 
-Everything else — data sampling, generation (transformers or TRL's vLLM modes), tool loops, PEFT, reference-model
-handling, gradient accumulation, multi-process gathering, logging, checkpoints — is TRL's, unchanged.
-
-TRL methods overridden, and why:
-
-``__init__``
-    Builds the selected components through the plugin manager, turns verifiers into TRL reward functions, installs a
-    rollout strategy that replaces generation as TRL's ``rollout_func``, and sets ``args.beta`` so that TRL loads a
-    reference model exactly when the KL penalty needs one (``kl_penalty="none"`` → none is loaded).
-``_calculate_rewards``
-    Calls TRL's (reward functions, multi-process gathering) and hands the gathered reward matrix and the truncation
-    flags back as a value (:class:`~zrl_plugins.framework.scored_batch.ScoredBatch`), not as trainer attributes.
-``_generate_and_score_completions``
-    A straight pipeline over a ``ScoredBatch``: score (TRL's generation and rewards) → group filter (a rollout that
-    implements :class:`~zrl_plugins.framework.protocols.GroupFilter`, e.g. DAPO's dynamic sampling, given a
-    ``score_more`` callable) → reward shaping (truncation rule, ``normalize_then_sum``, KL placed in the reward) →
-    the normalizer's advantages on the global batch, sliced to this process as TRL does → π_old log-probs for
-    off-policy rollouts → ``zrl_on_rollout_batch`` observers.
-``_compute_loss``
-    TRL aggregates the per-token loss with a fixed ``if loss_type == ...`` chain and hard-codes the k3 estimator, so
-    the loss is composed here from parts: the forward (TRL's ``_get_per_token_logps_and_entropies``), the
-    ``policy_loss`` component's per-token loss (token or sequence importance level), TRL's masks (off-policy mask,
-    entropy mask, vLLM importance correction), the KL penalty's term, the bonus terms (entropy bonus, static or
-    adaptive, router aux loss), and the normalizer's aggregation. A non-finite loss is left to the step guard
-    (:mod:`zrl_plugins.trainers.numerics`), not blamed on a plugin. The metrics logged are TRL's, plus ``kl_coef``.
-``create_scheduler`` / ``_get_grad_norm``
-    Install the non-finite step guard: a step whose loss or gradient norm is not finite is skipped on every process.
-``log`` (through :class:`_ObservedLog`, placed after ``GRPOTrainer`` in the MRO)
-    Lets ``zrl_on_log`` observers see and extend the metrics dict after TRL has merged its own metrics into it.
-``_save_checkpoint`` / ``train`` / ``_load_optimizer_and_scheduler``
-    Write and restore component state (KL controller, any ``state_dict()`` of a component) and the
-    ``zrl_on_save_checkpoint`` / ``zrl_on_load_checkpoint`` plugin state, next to TRL's own files; mark a checkpoint
-    complete only once every process wrote its part, rotate after that, resume only from a complete checkpoint
-    trained with the same setup (:mod:`zrl_plugins.trainers.checkpoint`, docs/checkpoints.md).
+The class is the list of TRL methods zrl overrides; the work is in small modules: ``components`` (what the config
+selects, built and checked once), ``rollout`` (rewards and advantages), ``loss`` (the policy objective's parts),
+``controllers`` (KL and entropy coefficients, moved once per optimizer step), ``numerics`` (the non-finite step
+guard), ``checkpoint`` (complete, safely loaded, setup-checked checkpoints), ``vllm_cpu`` (TRL's colocated vLLM on
+vLLM's CPU build). Everything else — sampling, generation (transformers or TRL's vLLM modes), tool loops, PEFT, the
+reference model, gradient accumulation, multi-process gathering, logging — is TRL's, unchanged.
 """
 
 from __future__ import annotations
 
-import inspect
+import copy
 import logging
 import math
-import os
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from accelerate.utils import gather
 from transformers import Trainer
 from trl import GRPOTrainer
-from trl.trainer.utils import get_callable_name, is_async_callable, nanmax, nanmin
 
-from ..framework.data_checks import check_training_data
-from ..framework.errors import ComponentContractError, ConfigError, DataError, PluginError
+from ..framework.data_checks import check_training_data as check_data_before_loading
+from ..framework.errors import ConfigError
 from ..framework.log_limits import bound_messages
-from ..framework.ops import nanstd
 from ..framework.plugins import ZRLPluginManager, get_plugin_manager
 from ..framework.protocols import (
     GroupFilter,
     LossContext,
-    NeedsColumns,
     ObservesMismatch,
-    PolicyLossOutput,
     Stateful,
     ValidatesSetup,
 )
 from ..framework.rollout_correction import checked_correction, mismatch_stats
 from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
-from ..framework.verifier_guard import AsyncNamedVerifier, NamedVerifier
-from . import checkpoint
-from .checkpoint import STATE_FILE  # noqa: F401  (the file name the hookspec documents)
+from ..framework.verifier_guard import NamedVerifier
+from . import checkpoint, loss
+from .batch import MULTIMODAL_KEYS, loss_mask, mode_of, sequences
+from .components import Components, build_components, call_plugin, normalizer, trl_reward_funcs, trl_rollout_func
 from .config import ZRLConfig
+from .controllers import ControllerAttributes, EntropyControl, KLControl, StepControllers
 from .correction_options import warn_truncated_support
+from .data_checks import check_prompt_lengths, verifier_columns
 from .fused_head import completion_positions_only
-from .numerics import NumericalInstabilityError, SkipGuard
+from .loss import Collective, CompletionForward
+from .numerics import SkipGuard, guarded_scheduler_class, note_nonfinite_loss
+from .rollout import Advantages, RewardRule, process_rows, replace_tail, rollout_stats, sequence_advantages
 from .vllm_cpu import check_vllm_options, engine_options, install_cpu_weight_sync, vllm_runs_on_cpu
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class CompletionForward:
-    """What one training forward pass yields for the completion tokens (B x T each; ``aux_loss`` a scalar)."""
-
-    logps: torch.Tensor
-    entropies: torch.Tensor | None
-    aux_loss: torch.Tensor | None = None
-    values: torch.Tensor | None = None  # V(s_t) of a PPO critic computed in the same pass
+STATE_FILE = checkpoint.STATE_FILE  # the file name the hookspec documents
 
 
 class _ObservedLog(Trainer):
     """Sits between ``GRPOTrainer`` and ``Trainer`` in the MRO so observers see TRL's merged metrics."""
 
+    zrl_pm: ZRLPluginManager
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        self._observe_log(logs)
+        self.zrl_pm.call_observer("zrl_on_log", trainer=self, logs=logs)
         super().log(logs, start_time)
 
-    def _observe_log(self, logs: dict[str, float]) -> None:  # overridden below
-        pass
 
-
-def _guarded_scheduler_class(base: type, guard: SkipGuard) -> type:
-    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if guard.skip_scheduler:
-            guard.skip_scheduler = False
-            return None
-        return base.step(self, *args, **kwargs)
-
-    return type(f"Guarded{base.__name__}", (base,), {"step": step, "_zrl_guard": guard})
-
-
-def _accepts(factory: Callable[..., Any], name: str) -> bool:
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
+class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
     """GRPO-family trainer whose ingredients are plugins. Same constructor as ``trl.GRPOTrainer``.
 
     Args:
@@ -150,164 +92,58 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
                 f"ZRLGRPOTrainer needs a ZRLConfig (got {type(args).__name__}); ZRLConfig extends GRPOConfig"
             )
         self.zrl_pm = plugin_manager or get_plugin_manager()
-        self._check_supported(args)
         bound_messages(GRPOTrainer.__module__)  # TRL quotes a whole row when no reward function scored it
+        if args.max_completion_length is None or args.max_completion_length < 1:
+            raise ConfigError(f"max_completion_length must be at least 1, got {args.max_completion_length}")
+        self.components = self._build_components(args)
+        setattr(self, self.components.advantages.kind, self.components.advantages.component)  # .normalizer (GRPO)
+        self.policy_loss = self.components.policy_loss.component
+        self.kl_penalty = self.components.kl_penalty.component
+        self.rollout_strategy = self.components.rollout.component
+        self.rollout_correction = self.components.rollout_correction.component
+        self.correction_name = self.components.rollout_correction.name
 
-        self.normalizer = self._build(
-            "normalizer", args.normalizer, args.normalizer_kwargs, max_completion_length=args.max_completion_length
-        )
-        self._check_normalizer(args.normalizer)
-        self.policy_loss = self._build(
-            "policy_loss", args.policy_loss, args.policy_loss_kwargs, **self._policy_loss_defaults(args)
-        )
-        self.kl_penalty = self._build("kl_penalty", args.kl_penalty, args.kl_penalty_kwargs, **self._kl_defaults(args))
-        self.rollout_strategy = self._build("rollout", args.rollout, args.rollout_kwargs)
-        # unset outside vLLM (correction_options.py): TIS for an off-policy rollout strategy, else none
-        self.correction_name = args.rollout_correction or ("token_tis" if self.rollout_strategy.off_policy else "none")
-        correction_kwargs = args.rollout_correction_kwargs
-        self.rollout_correction = self._build("rollout_correction", self.correction_name, correction_kwargs)
-        # TRL loads (and calls) a reference model iff beta != 0; make that follow the KL penalty.
-        args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
+        environments = kwargs.get("environment_factory") is not None
+        reward_funcs = trl_reward_funcs(self.zrl_pm, self.components, reward_funcs, environments)
+        kwargs["rollout_func"] = trl_rollout_func(self.components, kwargs.get("rollout_func"))
 
-        verifier_funcs = [self._verifier(name, args.verifier_kwargs.get(name, {}), args) for name in args.verifiers]
-        if reward_funcs is None:
-            reward_funcs = []
-        elif not isinstance(reward_funcs, list):
-            reward_funcs = [reward_funcs]
-        reward_funcs = verifier_funcs + reward_funcs
-        if not reward_funcs and kwargs.get("environment_factory") is None:
-            raise ValueError(
-                "no reward: select verifiers by name (ZRLConfig(verifiers=[...]), `--verifiers` on the CLI; installed: "
-                f"{', '.join(self.zrl_pm.names('verifier'))}) or pass reward_funcs to the trainer."
-            )
-
-        if self.rollout_strategy.replaces_generation:
-            if kwargs.get("rollout_func") is not None:
-                raise ValueError(
-                    f"rollout strategy {args.rollout!r} replaces generation, and a rollout_func was passed as well; "
-                    "use one of the two."
-                )
-            kwargs["rollout_func"] = self.rollout_strategy
-
-        self._kl_window = torch.zeros(2)  # (sum of observed KL · tokens, tokens) since the last optimizer step
+        self.entropy_control = EntropyControl.from_config(args)  # before TRL's __init__, which sets entropy_coef
         self._nonfinite = SkipGuard(args.nonfinite_policy, args.max_consecutive_skips)
+        # TRL loads (and calls) a reference model iff beta != 0: on a copy of the config, that follows the KL penalty
+        trl_args = copy.copy(args)
+        trl_args.beta = float(self.kl_penalty.controller.beta) if self.kl_penalty.requires_reference else 0.0
         train_dataset = kwargs.get("train_dataset", pargs[0] if pargs else None)
         if train_dataset is not None:  # before TRL loads the model
-            check_training_data(train_dataset, self._verifier_columns(reward_funcs))
+            check_data_before_loading(train_dataset, verifier_columns(reward_funcs))
         check_vllm_options(args.use_vllm, args.vllm_mode)
         on_cpu = args.use_vllm and vllm_runs_on_cpu()
         eager = on_cpu if args.vllm_enforce_eager is None else args.vllm_enforce_eager
         with engine_options(**({"enforce_eager": True} if args.use_vllm and eager else {})):
-            super().__init__(model, reward_funcs, args, *pargs, **kwargs)
+            super().__init__(model, reward_funcs, trl_args, *pargs, **kwargs)
         if on_cpu and args.vllm_mode == "colocate":
             install_cpu_weight_sync(self.vllm_generation)
         self.vllm_importance_sampling_correction = False  # TRL's ratio: the rollout_correction component computes it
         warn_truncated_support(args, self.correction_name)
+        self.reward_rule = RewardRule(self.reward_weights, args.multi_objective_aggregation, args.truncated_reward)
+        samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        self.kl_control = KLControl(self.kl_penalty, samples_per_step * self.accelerator.num_processes)
+        self.add_callback(StepControllers(self._step_controllers))
+        accelerator = self.accelerator
+        self.collective = Collective(
+            lambda x: accelerator.reduce(x, reduction="sum"), accelerator.gather, accelerator.gather_for_metrics
+        )
         if isinstance(self.rollout_strategy, ValidatesSetup):
             self.rollout_strategy.validate(self)  # e.g. a strategy that cannot work with TRL's vLLM modes refuses
         if self.train_dataset is not None:
-            self._check_training_data(self.train_dataset)
+            # with environments, each prompt is rendered with its environment's tools only at batch time
+            tokenize = self._tokenize_prompts if self.environment_factories is None else None
+            context = getattr(self.model.config, "max_position_embeddings", None)
+            check_prompt_lengths(self.train_dataset, tokenize, context, self.max_completion_length)
 
     # ------------------------------------------------------------------------------------------------ construction
-    @staticmethod
-    def _check_supported(args: ZRLConfig) -> None:
-        if args.max_completion_length is None or args.max_completion_length < 1:
-            raise ConfigError(f"max_completion_length must be at least 1, got {args.max_completion_length}")
-
-    @staticmethod
-    def _policy_loss_defaults(args: ZRLConfig) -> dict[str, Any]:
-        """The config's options a policy loss factory gets unless ``policy_loss_kwargs`` sets them (TRL's meaning:
-        ``epsilon_high`` unset = ``epsilon``)."""
-        defaults: dict[str, Any] = {
-            "epsilon_low": args.epsilon,
-            "epsilon_high": args.epsilon if args.epsilon_high is None else args.epsilon_high,
-            "delta": args.delta,
-            "sapo_temperature_pos": args.sapo_temperature_pos,
-            "sapo_temperature_neg": args.sapo_temperature_neg,
-            "vespo_k_pos": args.vespo_k_pos,
-            "vespo_lambda_pos": args.vespo_lambda_pos,
-            "vespo_k_neg": args.vespo_k_neg,
-            "vespo_lambda_neg": args.vespo_lambda_neg,
-        }
-        if args.importance_sampling_level is not None:
-            defaults["importance_sampling_level"] = args.importance_sampling_level
-        return defaults
-
-    def _call(self, kind: str, name: str, method: str, function: Callable[..., Any], *args: Any) -> Any:
-        """Call a component's method; an exception it raises becomes a :class:`PluginError` naming the plugin, the
-        component and the method (zrl's own contract and numerics errors pass through)."""
-        try:
-            return function(*args)
-        except (ComponentContractError, NumericalInstabilityError, PluginError):
-            raise
-        except Exception as exc:
-            entry = self.zrl_pm.entry(kind, name)
-            raise PluginError(entry.plugin, f"{kind} {name!r}.{method}", exc, entry.distribution) from exc
-
-    def _kl_defaults(self, args: ZRLConfig) -> dict[str, Any]:
-        """Keyword arguments the KL penalty gets unless ``kl_penalty_kwargs`` sets them."""
-        return {"beta": args.beta}
-
-    def _check_normalizer(self, name: str) -> None:
-        if not callable(getattr(self.normalizer, "advantages", None)):
-            raise ConfigError(
-                f"normalizer {name!r} has no sequence-level `advantages(rewards, group_size)`"
-                + (
-                    ": it is a per-token advantage estimator for ZRLPPOTrainer (zrl_plugins.ZRLPPOTrainer)."
-                    if callable(getattr(self.normalizer, "token_advantages", None))
-                    else "."
-                )
-            )
-
-    @staticmethod
-    def _verifier_columns(reward_funcs: list[Any]) -> dict[str, tuple[str, ...]]:
-        """Data set columns each verifier reads (its ``required_columns``), by reward function name."""
-        needed = {}
-        for func in reward_funcs:
-            verifier = func.verifier if isinstance(func, NamedVerifier) else func
-            if isinstance(verifier, NeedsColumns):
-                needed[get_callable_name(func)] = tuple(verifier.required_columns)
-        return needed
-
-    def _check_training_data(self, dataset: Any, sample: int = 256) -> None:
-        """Fail before any generation on prompts that do not fit the model's context (the checks that need no
-        tokenizer ran before the model loaded: :func:`~zrl_plugins.framework.data_checks.check_training_data`)."""
-        if not hasattr(dataset, "__len__"):
-            return  # a streaming data set: nothing to check without consuming it
-        columns = set(dataset.column_names or [])
-        context = getattr(self.model.config, "max_position_embeddings", None)
-        if context is None or "prompt" not in columns or self.environment_factories is not None:
-            return  # with environments, each prompt is rendered with its environment's tools only at batch time
-        rows = min(len(dataset), sample)
-        prompt_ids, _, _ = self._tokenize_prompts([dataset[i]["prompt"] for i in range(rows)])
-        longest = max(range(rows), key=lambda i: len(prompt_ids[i]))
-        if len(prompt_ids[longest]) + self.max_completion_length > context:
-            raise DataError(
-                f"row {longest} of train_dataset has a prompt of {len(prompt_ids[longest])} tokens; with "
-                f"max_completion_length={self.max_completion_length} that exceeds the model's context of {context} "
-                "tokens. Shorten or filter the prompts, or lower max_completion_length."
-            )
-
-    def _build(self, kind: str, name: str, kwargs: dict[str, Any], **defaults: Any) -> Any:
-        factory = self.zrl_pm.entry(kind, name).factory
-        merged = dict(kwargs)
-        for key, value in defaults.items():
-            if key not in merged and _accepts(factory, key):
-                merged[key] = value
-        return self.zrl_pm.load_component(kind, name, **merged)
-
-    def _verifier(self, name: str, kwargs: dict[str, Any], args: ZRLConfig) -> Callable[..., Any]:
-        verifier = self.zrl_pm.load_component("verifier", name, **kwargs)
-        entry = self.zrl_pm.entry("verifier", name)
-        if isinstance(verifier, torch.nn.Module):
-            return verifier  # TRL runs it itself, as a reward model
-        guard = AsyncNamedVerifier if is_async_callable(verifier) else NamedVerifier  # TRL awaits async ones together
-        origin = entry.origin if entry.origin.startswith("(") else f"({entry.origin})"
-        wrapped = guard(name, verifier, f"{entry.plugin} {origin}", args.verifier_timeout,
-                        args.verifier_max_consecutive_timeouts)  # fmt: skip
-        if get_callable_name(wrapped) != name:  # pragma: no cover - guards TRL's naming rule
-            raise RuntimeError("TRL would not name the verifier after its component")
-        return wrapped
+    def _build_components(self, args: ZRLConfig) -> Components:
+        """The GRPO family: advantages from a normalizer, the KL penalty's β from the config."""
+        return build_components(self.zrl_pm, args, normalizer, {"beta": args.beta})
 
     # ------------------------------------------------------------------------------------------------ rollout pipeline
     def _generate_and_score_completions(self, inputs):
@@ -316,12 +152,25 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         if batch.mode == "train" and isinstance(self.rollout_strategy, GroupFilter):
             batch = self._filter_groups(batch)
         rewards_per_func = gather(batch.rewards_per_func)  # group statistics are taken over the global batch
-        rewards = self._shaped_rewards(rewards_per_func, gather(batch.truncated), batch.group_size)
-        mask = batch.output["completion_mask"] * batch.output.get("tool_mask", 1)
-        rewards = self._assign_advantages(batch.output, rewards, mask, batch.mode, batch.group_size)
+        rewards = self.reward_rule.rewards(rewards_per_func, gather(batch.truncated), batch.group_size)
+        advantages = self._advantages(batch.output, rewards, batch.mode, batch.group_size)
+        output = {**batch.output, **advantages.columns, "advantages": advantages.local}
+        replace_tail(self._logs["advantages"], advantages.logged)  # TRL logged its own normalizer's advantages
         if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
-            self._notify_rollout_batch(batch, rewards, rewards_per_func)
-        return batch.output
+            view = {
+                "prompts": [x.get("prompt") for x in batch.inputs],
+                "completions": self.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True),
+                "rewards": advantages.rewards.detach(),
+                "rewards_per_func": rewards_per_func.detach(),
+                "reward_func_names": list(self.reward_func_names),
+                "advantages": output["advantages"].detach(),
+                "completion_ids": output["completion_ids"],
+                "completion_mask": output["completion_mask"],
+                "mode": batch.mode,
+                "step": self.state.global_step,
+            }
+            self.zrl_pm.call_observer("zrl_on_rollout_batch", trainer=self, batch=view)
+        return output
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # TRL's own definition of truncation (as in its `completions/clipped_ratio`): no EOS (or pad) at the end
@@ -338,27 +187,28 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         correction to compute) and the rollout correction wherever the behaviour policy reported log-probs."""
         with capturing_scores() as scores:
             output = super()._generate_and_score_completions(inputs)
-        mode = "train" if self.model.training else "eval"
-        mask = output["completion_mask"] * output.get("tool_mask", 1)
+        mode = mode_of(self.model)
+        mask = loss_mask(output)
         behaviour = output.get("sampling_per_token_logps")
         correcting = behaviour is not None and self.correction_name != "none"
         if (self.rollout_strategy.off_policy or correcting) and "old_per_token_logps" not in output:
             output["old_per_token_logps"] = self._policy_logps(output)
         if behaviour is not None and "old_per_token_logps" in output:
             self._correct_rollout(output, mask, mode)
-        local = self._process_slice(output)
+        local = process_rows(len(output["prompt_ids"]), self.accelerator.process_index)
         device = scores.rewards_per_func.device
         truncated = torch.tensor(scores.truncated, dtype=torch.bool, device=device)
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        return ScoredBatch(inputs=list(inputs), output=output, rewards_per_func=scores.rewards_per_func[local],
-                           truncated=truncated, mode=mode, group_size=group_size)  # fmt: skip
+        rewards_per_func = scores.rewards_per_func[local]
+        return ScoredBatch(list(inputs), output, rewards_per_func, truncated, mode, group_size)
 
     def _correct_rollout(self, output: dict[str, Any], mask: torch.Tensor, mode: str) -> None:
         """The rollout correction: its weights become ``importance_sampling_ratio`` (the loss multiplies by it), its
         rejection mask ``rollout_correction_mask`` (multiplied into the loss mask); the mismatch is logged."""
-        old, behaviour, name = output["old_per_token_logps"], output["sampling_per_token_logps"], self.correction_name
-        out = self._call("rollout_correction", name, "__call__", self.rollout_correction, old, behaviour, mask)
-        weights, rejection = checked_correction(name, out, old, mask)
+        old, behaviour = output["old_per_token_logps"], output["sampling_per_token_logps"]
+        selected = self.components.rollout_correction
+        out = call_plugin(self.zrl_pm, selected, "__call__", old, behaviour, mask)
+        weights, rejection = checked_correction(selected.name, out, old, mask)
         output["importance_sampling_ratio"] = weights
         if rejection is not None:
             output["rollout_correction_mask"] = rejection
@@ -368,53 +218,29 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         stats = mismatch_stats(old, behaviour, mask, weights, rejection)
         stats.update({f"rollout/{key}": value for key, value in out.metrics.items()})
         if isinstance(self.rollout_strategy, ObservesMismatch):
-            observe = self.rollout_strategy.observe_mismatch
-            self._call("rollout", self.args.rollout, "observe_mismatch", observe, stats)
-        self._log_rollout_stats(stats, mode, prefix="")
+            call_plugin(self.zrl_pm, self.components.rollout, "observe_mismatch", stats)
+        self._log_metrics(mode, rollout_stats(stats, self.accelerator.gather, self.accelerator.device, prefix=""))
 
     def _filter_groups(self, batch: ScoredBatch) -> ScoredBatch:
         """Hand the batch to the rollout strategy's group filter (DAPO dynamic sampling), with the core's means to
         score more rows; then recount the loss tokens over all processes."""
 
-        def any_process(flag: bool) -> bool:
-            return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.accelerator.device)) > 0)
-
         def group_rewards(scored: ScoredBatch) -> torch.Tensor:
-            return self._shaped_rewards(scored.rewards_per_func, scored.truncated, scored.group_size).view(
-                -1, scored.group_size
-            )
+            rewards = self.reward_rule.rewards(scored.rewards_per_func, scored.truncated, scored.group_size)
+            return rewards.view(-1, scored.group_size)
 
-        ctx = RefillContext(score_more=self._score, group_rewards=group_rewards, any_process=any_process,
-                            dataset=self.train_dataset, process_index=self.accelerator.process_index)  # fmt: skip
-        strategy = self.rollout_strategy
-        batch, stats = self._call("rollout", self.args.rollout, "refill", strategy.refill, batch, ctx)
-        loss_mask = batch.output["completion_mask"] * batch.output.get("tool_mask", 1)
-        loss_mask = loss_mask * batch.output.get("rollout_correction_mask", 1)
-        batch.output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-        self._log_rollout_stats(stats, "train")
+        ctx = RefillContext(
+            score_more=self._score,
+            group_rewards=group_rewards,
+            any_process=self._any_process,
+            dataset=self.train_dataset,
+            process_index=self.accelerator.process_index,
+        )
+        batch, stats = call_plugin(self.zrl_pm, self.components.rollout, "refill", batch, ctx)
+        kept = loss_mask(batch.output) * batch.output.get("rollout_correction_mask", 1)
+        batch.output["num_items_in_batch"] = self.accelerator.gather(kept.sum()).sum()
+        self._log_metrics("train", rollout_stats(stats, self.accelerator.gather, self.accelerator.device))
         return batch
-
-    def _shaped_rewards(self, rewards_per_func: torch.Tensor, truncated: torch.Tensor, group_size: int) -> torch.Tensor:
-        """One reward per completion from the reward functions, as TRL combines them: weighted sum
-        (``sum_then_normalize``) or weighted sum of each function's group-normalized rewards (``normalize_then_sum``);
-        NaN where every function said None; then Dr. GRPO's truncation rule (``truncated_reward``)."""
-        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
-        unscorable = torch.isnan(rewards_per_func).all(dim=1)
-        if self.args.multi_objective_aggregation == "normalize_then_sum":
-            grouped = rewards_per_func.view(-1, group_size, rewards_per_func.size(1))
-            mean = torch.nanmean(grouped, dim=1, keepdim=True)
-            std = nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
-            rewards_per_func = ((grouped - mean) / (std + 1e-4)).view(-1, rewards_per_func.size(1))
-        rewards = (rewards_per_func * weights).nansum(dim=1)
-        rewards[unscorable] = torch.nan
-        if self.args.truncated_reward is not None:
-            rewards[truncated] = self.args.truncated_reward
-        return rewards
-
-    def _process_slice(self, output: dict[str, Any]) -> slice:
-        """This process's rows of a gathered (global) per-completion tensor."""
-        rows = len(output["prompt_ids"])
-        return slice(self.accelerator.process_index * rows, (self.accelerator.process_index + 1) * rows)
 
     def _reward_placed_kl(self, output: dict[str, Any], mask: torch.Tensor, mode: str) -> torch.Tensor:
         """β-free per-token KL of this process's rows (B x T, masked) for a KL penalty placed in the reward."""
@@ -422,99 +248,27 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         if logps is None:
             logps = self._policy_logps(output)
         per_token_kl = self.kl_penalty.per_token(logps, output["ref_per_token_logps"]) * mask
-        self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
-        self._observe_kl(per_token_kl.sum(), mask.sum(), mode)
+        self._metrics[mode]["kl"].append(self.collective.masked_mean(per_token_kl, mask))
+        if mode == "train":
+            self.kl_control.observe(per_token_kl.sum(), mask.sum())
         return per_token_kl
 
-    def _assign_advantages(
-        self, output: dict[str, Any], rewards: torch.Tensor, mask: torch.Tensor, mode: str, group_size: int
-    ) -> torch.Tensor:
-        """Set ``output["advantages"]`` (this process's rows) from the global rewards; return the rewards used.
-
-        GRPO family: a reward-placed KL is summed per sequence and subtracted before the normalizer runs on the
-        global batch. The PPO trainer overrides this with per-token rewards and a critic.
-        """
+    def _advantages(self, output: dict[str, Any], rewards: torch.Tensor, mode: str, group_size: int) -> Advantages:
+        """The normalizer's advantages of the global rewards, a reward-placed KL summed per sequence and subtracted
+        first. The PPO trainer overrides this with per-token rewards, an estimator and a critic."""
         if self.kl_penalty.placement == "reward" and self.kl_penalty.controller.beta != 0.0:
-            sequence_kl = gather(self._reward_placed_kl(output, mask, mode).sum(-1))
+            sequence_kl = gather(self._reward_placed_kl(output, loss_mask(output), mode).sum(-1))
             rewards = rewards - self.kl_penalty.controller.beta * sequence_kl
-
-        if mode == "eval" and group_size < 2:  # a group of one has no relative advantage (TRL's are 0 too)
-            advantages = torch.zeros_like(rewards)
-        else:
-            advantages = self._normalized_advantages(rewards, group_size)
-        output["advantages"] = advantages[self._process_slice(output)]
-        self._replace_logged_advantages(advantages)
-        return rewards
-
-    def _replace_logged_advantages(self, advantages: torch.Tensor) -> None:
-        tail = self._logs["advantages"]  # keep TRL's completions table consistent with what is trained on
-        for _ in range(min(len(advantages), len(tail))):
-            tail.pop()
-        tail.extend(advantages.tolist())
-
-    def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
-        """Mean of ``x`` over the masked tokens of all processes (over rows when ``x`` is per sequence, B x 1)."""
-        if x.shape[1] == 1:
-            local_sum, local_count = x.sum(), torch.tensor(float(x.shape[0]), device=x.device)
-        else:
-            local_sum, local_count = (x * mask).sum(), mask.sum().float()
-        totals = self.accelerator.reduce(torch.stack([local_sum, local_count]), reduction="sum")
-        return (totals[0] / totals[1].clamp(min=1.0)).item()
-
-    def _log_rollout_stats(self, stats: dict[str, float], mode: str, prefix: str = "rollout/") -> None:
-        """Log a rollout strategy's statistics over all processes (min of ``*min*``, max of ``*max*``, else mean)."""
-        names = sorted(stats)
-        if not names:
-            return
-        gathered = self.accelerator.gather(torch.tensor([stats[k] for k in names], device=self.accelerator.device))
-        gathered = gathered.view(-1, len(names))
-        for i, name in enumerate(names):
-            column = gathered[:, i]
-            value = column.min() if "min" in name else column.max() if "max" in name else column.mean()
-            self._metrics[mode][f"{prefix}{name}"].append(value.item())
-
-    def _notify_rollout_batch(self, batch: ScoredBatch, rewards: torch.Tensor, rewards_per_func: torch.Tensor) -> None:
-        output = batch.output
-        self.zrl_pm.call_observer(
-            "zrl_on_rollout_batch",
-            trainer=self,
-            batch={
-                "prompts": [x.get("prompt") for x in batch.inputs],
-                "completions": self.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True),
-                "rewards": rewards.detach(),
-                "rewards_per_func": rewards_per_func.detach(),
-                "reward_func_names": list(self.reward_func_names),
-                "advantages": output["advantages"].detach(),
-                "completion_ids": output["completion_ids"],
-                "completion_mask": output["completion_mask"],
-                "mode": batch.mode,
-                "step": self.state.global_step,
-            },
-        )
-
-    def _normalized_advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        name = self.args.normalizer
-        advantages = self._call("normalizer", name, "advantages", self.normalizer.advantages, rewards, group_size)
-        if not isinstance(advantages, torch.Tensor) or advantages.shape != rewards.shape:
-            shape = tuple(advantages.shape) if isinstance(advantages, torch.Tensor) else type(advantages).__name__
-            raise ComponentContractError(
-                f"normalizer {name!r} returned advantages of shape {shape} for {rewards.numel()} rewards; expected "
-                f"({rewards.numel()},), one per completion. No optimizer step was taken."
-            )
-        if not torch.isfinite(advantages).all():
-            bad = (~torch.isfinite(advantages)).nonzero().flatten()[:8].tolist()
-            raise ComponentContractError(
-                f"normalizer {name!r} returned NaN or infinite advantages (rows {bad}, rewards there: "
-                f"{rewards[bad].tolist()}); unscorable rows must get advantage 0. No optimizer step was taken."
-            )
-        return advantages
+        advantages = sequence_advantages(self.zrl_pm, self.components.advantages, rewards, group_size, mode)
+        local = process_rows(len(output["prompt_ids"]), self.accelerator.process_index)
+        return Advantages(local=advantages[local], logged=advantages, rewards=rewards)
 
     def _policy_logps(self, output: dict[str, Any]) -> torch.Tensor:
         """Per-token log-probs of the completions under the current policy, without gradient."""
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        mode = "train" if self.model.training else "eval"
-        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        input_ids, attention_mask = sequences(output)
+        batch_size = (
+            self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
+        )
         with torch.no_grad():
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 self.model, input_ids, attention_mask, output["completion_ids"].size(1), batch_size=batch_size
@@ -523,27 +277,11 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
-        mode = "train" if self.model.training else "eval"
+        mode = mode_of(self.model)
         loss = self._policy_objective(self._forward_completions(model, inputs), inputs, mode)
-        return self._checked_loss(loss, mode)
-
-    def _checked_loss(self, loss: torch.Tensor, mode: str) -> torch.Tensor:
-        """A non-finite training loss is a numerical fault of the step (see :mod:`zrl_plugins.trainers.numerics`):
-        noted for the optimizer-step decision. DeepSpeed steps inside its backward, so there every process stops at
-        once."""
-        if mode != "train":
-            return loss
-        if self.is_deepspeed_enabled:
-            faulty = torch.tensor(float(not torch.isfinite(loss)), device=self.accelerator.device)
-            if self.accelerator.reduce(faulty, reduction="sum") > 0:
-                raise NumericalInstabilityError(
-                    f"step {self.state.global_step + 1}: the training loss is not finite on some process. DeepSpeed "
-                    "steps inside its backward, so the step cannot be skipped and training stops. This is a "
-                    "numerical fault of the run, not of a plugin: lower the learning rate, train in bf16 rather "
-                    "than fp16, or check the data of that step."
-                )
-        elif not torch.isfinite(loss):
-            self._nonfinite.note_fault(f"the training loss is {loss.item()}")
+        if mode == "train":
+            step = self.state.global_step + 1
+            note_nonfinite_loss(loss, self._nonfinite, self.is_deepspeed_enabled, self._any_process, step)
         return loss
 
     def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any):
@@ -554,23 +292,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
     def _forward_completions(self, model, inputs) -> CompletionForward:
         """One forward pass of ``model`` over the batch's prompts + completions: per-token log-probs and entropies of
         the completion tokens (TRL's fused LM head) and the MoE aux loss. The PPO trainer adds values here."""
-        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        multimodal = {
-            key: inputs.get(key)
-            for key in (
-                "pixel_values",
-                "image_grid_thw",
-                "num_images",
-                "pixel_attention_mask",
-                "spatial_shapes",
-                "num_tiles",
-                "image_sizes",
-                "token_type_ids",
-                "mm_token_type_ids",
-                "image_position_ids",
-            )
-        }
+        input_ids, attention_mask = sequences(inputs)
+        multimodal = {key: inputs.get(key) for key in MULTIMODAL_KEYS}
         logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
             input_ids,
@@ -584,8 +307,8 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
 
     def _policy_objective(self, forward: CompletionForward, inputs: dict[str, Any], mode: str) -> torch.Tensor:
         """Policy loss (the component) → TRL's masks and importance correction → KL term → aggregation (the
-        normalizer) → entropy bonus and router aux loss, in TRL's order."""
-        mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+        normalizer) → entropy bonus and router aux loss, in TRL's order (:mod:`zrl_plugins.trainers.loss`)."""
+        mask = loss_mask(inputs)
         if "rollout_correction_mask" in inputs:  # the rollout correction's rejections leave the loss
             mask = mask * inputs["rollout_correction_mask"]
         advantages = inputs["advantages"]
@@ -595,24 +318,36 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         if old_logps is None:
             old_logps = forward.logps.detach()
         sampling_ratio = inputs.get("importance_sampling_ratio")
-        out = self._call("policy_loss", self.args.policy_loss, "__call__", self.policy_loss, forward.logps, old_logps,
-                         advantages, mask, sampling_ratio)  # fmt: skip
-        if not isinstance(out, PolicyLossOutput):
-            raise ComponentContractError(
-                f"policy_loss {self.args.policy_loss!r} must return a PolicyLossOutput, got {type(out).__name__}"
-            )
+        loss_inputs = (forward.logps, old_logps, advantages, mask, sampling_ratio)
+        out = loss.policy_loss(self.zrl_pm, self.components.policy_loss, *loss_inputs)
         per_token_loss, entropy_mask = self._masked(out.per_token_loss, forward, inputs, advantages, mask, old_logps)
         if sampling_ratio is not None and not getattr(self.policy_loss, "uses_importance_sampling_ratio", False):
             per_token_loss = per_token_loss * sampling_ratio
-        per_token_kl = self._kl_term(forward.logps, inputs, out.ratio)
-        if per_token_kl is not None:
+        per_token_kl = None
+        if self.kl_penalty.placement == "loss" and self.beta != 0.0:
+            kl_inputs = (forward.logps, inputs["ref_per_token_logps"], out.ratio, self.args.use_bias_correction_kl)
+            per_token_kl = loss.kl_term(self.kl_penalty, *kl_inputs)
             per_token_loss = per_token_loss + self.kl_penalty.controller.beta * per_token_kl
+            if mode == "train":
+                self.kl_control.observe((per_token_kl.detach() * mask).sum(), mask.sum())
 
         ctx = self._loss_context(inputs, mode)
-        loss = self._aggregate(per_token_loss, mask, ctx)
-        loss = loss + self._bonus_terms(loss.detach(), forward, mask, entropy_mask, ctx, mode)
-        self._log_loss_metrics(mode, mask, forward.entropies, per_token_kl, out, advantages)
-        return loss
+        total = loss.aggregate(self.zrl_pm, self.components.advantages, per_token_loss, mask, ctx)
+        bonus, metrics = torch.zeros((), device=total.device), {}
+        if self.entropy_control.enabled:
+            entropy_mask = mask if entropy_mask is None else mask * entropy_mask
+            bonus_inputs = (forward.entropies, entropy_mask, total.detach(), ctx, self.collective)
+            entropy_bonus, metrics = loss.entropy_bonus(self.entropy_control, *bonus_inputs)
+            bonus = bonus + entropy_bonus
+            if mode == "train":
+                self.entropy_control.observe(forward.entropies, entropy_mask)
+        if self.aux_loss_enabled:
+            aux, aux_metrics = loss.aux_loss_term(forward.aux_loss, self.router_aux_loss_coef, ctx, self.collective)
+            bonus, metrics = bonus + aux, {**metrics, **aux_metrics}
+        total = total + bonus
+        metrics.update(loss.policy_metrics(out, forward.entropies, per_token_kl, mask, self.collective))
+        self._log_metrics(mode, metrics)
+        return total
 
     def _masked(self, per_token_loss, forward, inputs, advantages, mask, old_logps):
         """TRL's off-policy sequence mask (DeepSeek-V3.2) and high-entropy token mask; returns the masked loss and
@@ -631,53 +366,6 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             per_token_loss = per_token_loss * entropy_mask
         return per_token_loss, entropy_mask
 
-    def _kl_term(self, logps: torch.Tensor, inputs: dict[str, Any], ratio: torch.Tensor) -> torch.Tensor | None:
-        """β-free per-token KL of a penalty placed in the loss (bias-corrected by the importance ratio when asked)."""
-        if self.kl_penalty.placement != "loss" or self.beta == 0.0:
-            return None
-        per_token_kl = self.kl_penalty.per_token(logps, inputs["ref_per_token_logps"])
-        return per_token_kl * ratio if self.args.use_bias_correction_kl else per_token_kl
-
-    def _bonus_terms(self, policy_loss, forward, mask, entropy_mask, ctx: LossContext, mode: str) -> torch.Tensor:
-        """TRL's entropy bonus (static, or adaptive with its controller) and MoE router aux loss, scaled only for
-        gradient accumulation."""
-        bonus = torch.zeros((), device=policy_loss.device)
-        if self._entropy_bonus_enabled:
-            effective_mask = mask if entropy_mask is None else mask * entropy_mask
-            entropy = (forward.entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0)
-            if self.use_adaptive_entropy:
-                coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
-            else:
-                coef = self.entropy_coef
-            bonus = bonus - coef * entropy / ctx.gradient_accumulation_steps
-            self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
-            if self.use_adaptive_entropy and mode == "train":
-                self._update_entropy_controller(forward.entropies, effective_mask)
-            if mode == "train" and self.accelerator.sync_gradients:
-                self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
-        if self.aux_loss_enabled:
-            bonus = bonus + self.router_aux_loss_coef * forward.aux_loss / ctx.gradient_accumulation_steps
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(forward.aux_loss).mean().item())
-        return bonus
-
-    def _update_entropy_controller(self, entropies: torch.Tensor, mask: torch.Tensor) -> None:
-        """TRL's adaptive entropy controller: window-global token-mean entropy at each optimizer step moves the
-        coefficient by ``entropy_coef_delta`` towards ``entropy_target``, within [min, max]."""
-        stats = torch.stack([(entropies * mask).sum(), mask.sum()]).detach()
-        window = self._entropy_window_stats
-        self._entropy_window_stats = stats if window is None else window + stats
-        if not self.accelerator.sync_gradients:
-            return
-        totals = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
-        world_entropy = (totals[0] / totals[1].clamp(min=1.0)).item()
-        args = self.args
-        if world_entropy <= args.entropy_target:
-            self.entropy_coef = min(self.entropy_coef + args.entropy_coef_delta, args.entropy_coef_max)
-        else:
-            self.entropy_coef = max(self.entropy_coef - args.entropy_coef_delta, args.entropy_coef_min)
-        self._last_world_entropy = world_entropy
-        self._entropy_window_stats = None
-
     def _loss_context(self, inputs: dict[str, Any], mode: str) -> LossContext:
         return LossContext(
             num_items_in_batch=float(inputs["num_items_in_batch"]),
@@ -688,69 +376,27 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             training=mode == "train",
         )
 
-    def _aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-        name = self.args.normalizer
-        loss = self._call("normalizer", name, "aggregate", self.normalizer.aggregate, per_token_loss, mask, ctx)
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise ComponentContractError(
-                f"normalizer {name!r}.aggregate must return a scalar tensor, got "
-                f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}. "
-                "No optimizer step was taken."
-            )
-        if not torch.isfinite(loss) and torch.isfinite(per_token_loss[mask.bool()]).all():
-            raise ComponentContractError(
-                f"normalizer {name!r}.aggregate returned a non-finite loss ({loss.item()}) from finite per-token "
-                "losses; no optimizer step was taken."
-            )  # non-finite per-token losses are the step's numerics, handled by the trainer's skip guard
-        return loss.reshape(())
+    def _any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on some process (a collective call)."""
+        return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.accelerator.device)) > 0)
 
-    def _log_loss_metrics(self, mode, mask, entropies, per_token_kl, out: PolicyLossOutput, advantages) -> None:
-        def masked_seq_mean(x: torch.Tensor) -> torch.Tensor:
-            if x.shape[1] == 1:
-                return x.squeeze(1)
-            return (x * mask).sum(-1) / mask.sum(-1)
+    def _log_metrics(self, mode: str, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self._metrics[mode][name].append(value)
 
-        def global_masked_mean(x: torch.Tensor) -> float:
-            return self._global_masked_mean(x, mask)
+    # ------------------------------------------------------------------------------------------------ controllers
+    def _step_controllers(self) -> None:
+        """Once per optimizer step (:class:`StepControllers`): the KL and entropy coefficients move on what the
+        step's micro-batches showed, over all processes, and are logged as TRL logs them."""
 
-        metrics = self._metrics[mode]
-        if per_token_kl is not None:
-            metrics["kl"].append(global_masked_mean(per_token_kl.detach()))
-            self._observe_kl((per_token_kl.detach() * mask).sum(), mask.sum(), mode)
-        metrics["entropy"].append(global_masked_mean(entropies))
-        ratio = out.ratio.detach()
-        metrics["approx_kl"].append(global_masked_mean((ratio - 1) - torch.log(ratio.clamp(min=1e-12))))  # vs π_old
-        if out.clipped_low is not None and out.clipped_high is not None:
-            low, high = out.clipped_low.float(), out.clipped_high.float()
-            metrics["clip_ratio/low_mean"].append(global_masked_mean(low))
-            metrics["clip_ratio/high_mean"].append(global_masked_mean(high))
-            metrics["clip_ratio/region_mean"].append(global_masked_mean(((low + high) > 0).float()))
-            metrics["clip_ratio/low_min"].append(nanmin(self.accelerator.gather(masked_seq_mean(low))).item())
-            metrics["clip_ratio/high_max"].append(nanmax(self.accelerator.gather(masked_seq_mean(high))).item())
-        for name, value in out.metrics.items():
-            metrics[name].append(global_masked_mean(value.detach().float()))
-        if mode == "train" and self.accelerator.sync_gradients:
-            self._update_kl_controller()
-            metrics["kl_coef"].append(self.kl_penalty.controller.beta)
+        def reduce(x: torch.Tensor) -> torch.Tensor:
+            return self.accelerator.reduce(x.to(self.accelerator.device), reduction="sum")
 
-    # ------------------------------------------------------------------------------------------------ KL controller
-    def _observe_kl(self, kl_sum: torch.Tensor, tokens: torch.Tensor, mode: str) -> None:
-        if mode == "train":
-            self._kl_window += torch.stack([kl_sum.detach().float().cpu(), tokens.detach().float().cpu()])
-
-    def _update_kl_controller(self) -> None:
-        """Once per optimizer step: feed the KL observed since the last step (all processes) to the controller."""
-        if self.kl_penalty.controller.beta == 0.0 and not self.kl_penalty.requires_reference:
-            return
-        window = self.accelerator.reduce(self._kl_window.to(self.accelerator.device), reduction="sum").cpu()
-        self._kl_window.zero_()
-        if window[1] > 0 and torch.isfinite(window).all():  # a non-finite step must not poison β for good
-            samples_per_step = (
-                self.args.per_device_train_batch_size
-                * self.args.gradient_accumulation_steps
-                * self.accelerator.num_processes
-            )
-            self.kl_penalty.controller.update(float(window[0] / window[1]), n_steps=samples_per_step)
+        self.kl_control.step(reduce)
+        self._metrics["train"]["kl_coef"].append(self.kl_penalty.controller.beta)
+        if self.entropy_control.enabled:
+            self.entropy_control.step(reduce)
+            self._metrics["train"]["entropy_coef"].append(self.entropy_control.coef)
 
     # ------------------------------------------------------------------------------------------------ numerics
     def _get_grad_norm(self, model, grad_norm=None):
@@ -779,17 +425,13 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
         for a subclass holding the guard, so its ``state_dict`` — what checkpoints save — is unchanged)."""
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if not getattr(type(scheduler), "_zrl_guard", None):
-            scheduler.__class__ = _guarded_scheduler_class(type(scheduler), self._nonfinite)
+            scheduler.__class__ = guarded_scheduler_class(type(scheduler), self._nonfinite)
         return scheduler
-
-    # ------------------------------------------------------------------------------------------------ observers
-    def _observe_log(self, logs: dict[str, float]) -> None:
-        self.zrl_pm.call_observer("zrl_on_log", trainer=self, logs=logs)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def _stateful_components(self) -> dict[str, Any]:
         components = {
-            "normalizer": self.normalizer,
+            "normalizer": self.components.advantages.component,
             "kl_penalty": self.kl_penalty.controller,
             "rollout": self.rollout_strategy,
             "nonfinite_guard": self._nonfinite,
@@ -802,121 +444,17 @@ class ZRLGRPOTrainer(GRPOTrainer, _ObservedLog):
             if isinstance(v, Stateful) and not isinstance(v, torch.nn.Module)
         }
 
-    def _state_owner(self, key: str) -> str:
-        """Who a component-state entry belongs to, for error messages: the plugin and the component."""
-        kind, _, name = key.partition(":")
-        name = name or getattr(self.args, kind, None)
-        try:
-            return f"plugin {self.zrl_pm.entry(kind, name).plugin!r} ({kind} {name!r}.state_dict())"
-        except (KeyError, ValueError):  # a reward function passed to the trainer directly, or zrl's own guard
-            return f"{key}.state_dict()"
-
-    def _zrl_state(self, checkpoint_dir: str) -> dict[str, Any]:
-        """This process's zrl state, checked to be loadable with ``weights_only=True`` before anything is written."""
-        components = {}
-        for key, component in self._stateful_components().items():
-            components[key] = component.state_dict()
-            checkpoint.validate_state(self._state_owner(key), components[key])
-        plugins: dict[str, Any] = {}
-        self.zrl_pm.call_observer("zrl_on_save_checkpoint", trainer=self, checkpoint_dir=checkpoint_dir, state=plugins)
-        implementers = [impl.plugin_name for impl in self.zrl_pm.pm.hook.zrl_on_save_checkpoint.get_hookimpls()]
-        for key, value in plugins.items():
-            owner = f"plugin {key!r}" if key in implementers else f"one of the plugins {implementers}"
-            checkpoint.validate_state(f"{owner} (zrl_on_save_checkpoint, key {key!r})", value)
-        return {"components": components, "plugins": plugins, "kl_window": self._kl_window.clone()}
-
     def _save_checkpoint(self, model, trial):
-        """TRL's save without its rotation, then every process's zrl state, then — once all processes wrote theirs —
-        the completion marker, then rotation (:mod:`zrl_plugins.trainers.checkpoint`)."""
-        run_dir = self._get_output_dir(trial=trial)
-        checkpoint_dir = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
-        checkpoint.check_free_space(
-            run_dir, checkpoint.estimate_bytes(self.model, self.optimizer, self.args.save_only_model)
-        )
-        failure: BaseException | None = None
-        try:
-            with checkpoint.translated_write_errors(checkpoint_dir):
-                limit, self.args.save_total_limit = self.args.save_total_limit, None
-                try:
-                    super()._save_checkpoint(model, trial)
-                finally:
-                    self.args.save_total_limit = limit
-                state = self._zrl_state(checkpoint_dir)
-                path = os.path.join(checkpoint_dir, checkpoint.STATE_FILE.format(rank=self.accelerator.process_index))
-                checkpoint.write_state(path, state)
-        except Exception as exc:
-            failure = exc
-        failed = torch.tensor(float(failure is not None), device=self.accelerator.device)
-        if self.accelerator.reduce(failed, reduction="sum").item() > 0:
-            if failure is not None:
-                raise failure
-            raise checkpoint.CheckpointError(
-                f"another process failed to write its part of {checkpoint_dir}; the checkpoint is left incomplete"
-            )
-        if self.args.should_save:
-            with checkpoint.translated_write_errors(checkpoint_dir):
-                checkpoint.write_manifest(
-                    checkpoint_dir, self.state.global_step, self.accelerator.num_processes, self._setup()
-                )
-            checkpoint.rotate(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
-        self.accelerator.wait_for_everyone()
-
-    def _setup(self) -> dict[str, Any]:
-        return checkpoint.setup_of(self.args)
+        """TRL's save without its rotation, every process's zrl state, the completion marker, then rotation."""
+        checkpoint.save(self, trial, lambda: super(ZRLGRPOTrainer, self)._save_checkpoint(model, trial))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """Resume only from a complete checkpoint trained with this setup (or with ``resume_override``), and refuse
-        an unreadable zrl state before any step; ``True`` takes the newest complete checkpoint."""
+        """Resume only from a complete checkpoint trained with this setup (or with ``resume_override``)."""
         if resume_from_checkpoint:
-            resume_from_checkpoint, notes = checkpoint.resolve_resume(self.args.output_dir, resume_from_checkpoint)
-            for note in notes:
-                warnings.warn(note, stacklevel=2)
-            changes = checkpoint.check_setup(resume_from_checkpoint, self._setup(), self.args.resume_override)
-            if changes:
-                logger.warning(
-                    "resume_override: this run's setup replaces the checkpoint's where they differ: %s",
-                    checkpoint.describe_changes(changes),
-                )
-            if not self.args.resume_override:
-                self._read_zrl_state(resume_from_checkpoint)  # an unreadable state stops the run before any step
+            resume_from_checkpoint = checkpoint.prepare_resume(self, resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def _read_zrl_state(self, checkpoint_dir: str) -> dict[str, Any]:
-        path, _ = checkpoint.state_file(checkpoint_dir, self.accelerator.process_index)
-        complete = checkpoint.scan(os.path.dirname(os.path.abspath(checkpoint_dir))).complete
-        earlier = [c for c in complete if checkpoint.step_of(c) < checkpoint.step_of(checkpoint_dir)]
-        return checkpoint.load_state(path, earlier[-1] if earlier else None)
 
     def _load_optimizer_and_scheduler(self, checkpoint_dir):
         super()._load_optimizer_and_scheduler(checkpoint_dir)
-        if checkpoint_dir is None:
-            return
-        changes = checkpoint.setup_changes(checkpoint.read_manifest(checkpoint_dir)["setup"], self._setup())
-        replaced = checkpoint.replaced_state_keys(changes)
-        _, note = checkpoint.state_file(checkpoint_dir, self.accelerator.process_index)
-        if note:
-            logger.warning(note)
-        try:
-            state = self._read_zrl_state(checkpoint_dir)
-        except checkpoint.CheckpointError as exc:
-            if not self.args.resume_override:
-                raise
-            logger.warning("%s resume_override: zrl's components start from their initial state.", exc)
-            state, replaced = {"components": {}, "plugins": {}}, set(self._stateful_components())
-        saved = dict(state["components"])
-        if "beta" in changes and "kl_penalty" in saved and "kl_penalty" not in replaced:
-            saved["kl_penalty"] = {**saved["kl_penalty"], "beta": self.kl_penalty.controller.beta}
-        for key, component in self._stateful_components().items():
-            if key in replaced:
-                continue  # a component the override replaced starts from its initial state
-            if key in saved:
-                component.load_state_dict(saved[key])
-            else:
-                warnings.warn(
-                    f"checkpoint {checkpoint_dir} has no state for {key}; keeping its initial state.", stacklevel=2
-                )
-        if "kl_window" in state:
-            self._kl_window = state["kl_window"].clone()
-        self.zrl_pm.call_observer(
-            "zrl_on_load_checkpoint", trainer=self, checkpoint_dir=checkpoint_dir, state=state.get("plugins", {})
-        )
+        if checkpoint_dir is not None:
+            checkpoint.restore(self, checkpoint_dir)

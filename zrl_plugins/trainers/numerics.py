@@ -82,3 +82,33 @@ class SkipGuard:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.skipped_total, self.consecutive = int(state["skipped_total"]), int(state["consecutive"])
+
+
+def note_nonfinite_loss(loss: Any, guard: SkipGuard, deepspeed: bool, any_process: Any, step: int) -> None:
+    """A non-finite training loss is a numerical fault of the step: noted on ``guard`` for the optimizer-step
+    decision. DeepSpeed steps inside its backward, so there every process stops at once (``any_process(flag)``:
+    whether the flag holds on some process)."""
+    import torch
+
+    if deepspeed:
+        if any_process(not bool(torch.isfinite(loss))):
+            raise NumericalInstabilityError(
+                f"step {step}: the training loss is not finite on some process. DeepSpeed steps inside its backward, "
+                "so the step cannot be skipped and training stops. This is a numerical fault of the run, not of a "
+                "plugin: lower the learning rate, train in bf16 rather than fp16, or check the data of that step."
+            )
+    elif not torch.isfinite(loss):
+        guard.note_fault(f"the training loss is {loss.item()}")
+
+
+def guarded_scheduler_class(base: type, guard: SkipGuard) -> type:
+    """A subclass of the scheduler class ``base`` whose ``step`` does nothing once after a skipped optimizer step
+    (a subclass, so that its ``state_dict`` — what checkpoints save — is unchanged)."""
+
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if guard.skip_scheduler:
+            guard.skip_scheduler = False
+            return None
+        return base.step(self, *args, **kwargs)
+
+    return type(f"Guarded{base.__name__}", (base,), {"step": step, "_zrl_guard": guard})

@@ -4,8 +4,8 @@ Generation, verifiers, the reference model, PEFT, gradient accumulation, multi-p
 checkpoints are :class:`~zrl_plugins.ZRLGRPOTrainer`'s (hence TRL's). What changes:
 
 * advantages are per token, from a :class:`~zrl_plugins.sdk.TokenAdvantageEstimator` selected as the
-  ``normalizer`` (``gae`` by default): per-token rewards are the (running-scaled, clipped) verifier score at the last
-  completion token minus β·KL_t from the KL plugin (placement ``reward``);
+  ``advantage_estimator`` (``gae`` by default): per-token rewards are the (running-scaled, clipped) verifier score at
+  the last completion token minus β·KL_t from the KL plugin (placement ``reward``);
 * a critic gives V_old at rollout time and is trained with the clipped value loss in the same backward pass as the
   actor. It is attached to the policy as a child module (:mod:`zrl_plugins.trainers.critic`), so the engine the Trainer
   prepares — DDP, DeepSpeed ZeRO-2/3 or FSDP2 — shards, reduces, optimizes and checkpoints actor and critic
@@ -30,8 +30,10 @@ from typing import Any, ClassVar
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..framework.errors import ComponentContractError, ConfigError
+from ..framework.errors import ConfigError
 from ..framework.ops import token_mean_aggregate
+from .batch import loss_mask, mode_of, sequences
+from .components import Components, advantage_estimator, build_components, call_plugin
 from .critic import (
     ValueHead,
     attach_value_model,
@@ -47,8 +49,12 @@ from .critic import (
     values_in_forward,
     without_critic,
 )
-from .grpo import CompletionForward, ZRLGRPOTrainer
+from .grpo import ZRLGRPOTrainer
+from .loss import CompletionForward
+from .numerics import note_nonfinite_loss
+from .ppo_advantages import check_token_advantages, critic_metrics, last_token_rewards, whitened_and_clipped
 from .ppo_config import ZRLPPOConfig
+from .rollout import Advantages, process_rows
 from .running_stats import RunningMoments
 
 CRITIC_DIR = "critic"
@@ -95,13 +101,16 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             raise ConfigError("ZRLPPOTrainer builds its own optimizer (actor and critic parameter groups)")
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
         self.reward_moments = RunningMoments()
-        if self.normalizer.needs_critic:
+        if self.advantage_estimator.needs_critic:
             attach_value_model(self.model, self._make_critic(critic))
             if self.use_vllm:  # TRL's weight sync walks the policy's parameters, which now include the critic's
                 sync = self.vllm_generation
                 sync._iter_named_params = without_critic(sync._iter_named_params)
         elif critic is not None:
-            warnings.warn(f"normalizer {args.normalizer!r} needs no critic; the critic passed is unused", stacklevel=2)
+            warnings.warn(
+                f"advantage_estimator {args.advantage_estimator!r} needs no critic; the critic passed is unused",
+                stacklevel=2,
+            )
         self._ptx_batches = self._pretrain_batches(pretrain_dataset) if args.ptx_coef > 0 else None
 
     @property
@@ -115,19 +124,9 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         return isinstance(self.critic, ValueHead)
 
     # ------------------------------------------------------------------------------------------------ construction
-    def _kl_defaults(self, args: ZRLPPOConfig) -> dict[str, Any]:
-        return {"beta": args.beta, "placement": "reward"}
-
-    def _check_normalizer(self, name: str) -> None:
-        needed = ("token_advantages", "aggregate")
-        if not all(callable(getattr(self.normalizer, attr, None)) for attr in needed):
-            raise ConfigError(
-                f"normalizer {name!r} is not a per-token advantage estimator (needs {needed} and `needs_critic`); "
-                f"ZRLPPOTrainer uses e.g. `gae` or `reinforce_pp`. Sequence-level normalizers belong to "
-                "ZRLGRPOTrainer."
-            )
-        if not isinstance(getattr(self.normalizer, "needs_critic", None), bool):
-            raise ConfigError(f"normalizer {name!r} must say whether it needs a critic (`needs_critic = True/False`)")
+    def _build_components(self, args: ZRLPPOConfig) -> Components:
+        """PPO: advantages from a per-token estimator, the KL penalty placed in the reward unless configured."""
+        return build_components(self.zrl_pm, args, advantage_estimator, {"beta": args.beta, "placement": "reward"})
 
     def _make_critic(self, critic: torch.nn.Module | None) -> torch.nn.Module:
         dtype = next(self.model.parameters()).dtype  # the critic follows the policy's dtype
@@ -175,9 +174,13 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         ):
             if params:
                 optimizer.add_param_group(
-                    {"params": params, "lr": self.args.critic_learning_rate, "weight_decay": weight_decay,
-                     "zrl_critic": True}
-                )  # fmt: skip
+                    {
+                        "params": params,
+                        "lr": self.args.critic_learning_rate,
+                        "weight_decay": weight_decay,
+                        "zrl_critic": True,
+                    }
+                )
         return optimizer
 
     def _clip_grad_norm(self, model: torch.nn.Module) -> torch.Tensor | float | None:
@@ -226,49 +229,41 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
                 yield [dataset[i]["text"] for i in order[start : start + size]]
 
     # ------------------------------------------------------------------------------------------------ rollout
-    def _assign_advantages(
-        self, output: dict[str, Any], rewards: torch.Tensor, mask: torch.Tensor, mode: str, group_size: int
-    ) -> torch.Tensor:
-        local = self._process_slice(output)
-        completion_mask = output["completion_mask"].float()
-        metrics = self._metrics[mode]
-
+    def _advantages(self, output: dict[str, Any], rewards: torch.Tensor, mode: str, group_size: int) -> Advantages:
+        """Per-token rewards (the scaled score at the last completion token, minus β·KL_t) → the estimator, with
+        the critic's V_old → whitening and clipping over the global batch."""
+        local = process_rows(len(output["prompt_ids"]), self.accelerator.process_index)
+        mask, completion_mask = loss_mask(output), output["completion_mask"].float()
+        reduce_sum = self.collective.reduce_sum
         scores = self._scaled_scores(rewards, local, mode)[local]
-        token_rewards = torch.zeros_like(completion_mask)
-        last = (completion_mask.sum(-1).long() - 1).clamp(min=0)
-        token_rewards[torch.arange(len(last), device=last.device), last] = scores.to(token_rewards.dtype)
-
         logps = output.get("old_per_token_logps")
         if logps is None:  # π_old is the current policy here; the loss would use the same values
-            logps = output["old_per_token_logps"] = self._policy_logps(output)
-        metrics["policy/perplexity"].append(self._perplexity(logps, mask))
+            logps = self._policy_logps(output)
+        output = {**output, "old_per_token_logps": logps}
+        metrics = {"policy/perplexity": self._perplexity(logps, mask)}
         if output.get("ref_per_token_logps") is not None:
-            metrics["policy/ref_perplexity"].append(self._perplexity(output["ref_per_token_logps"], mask))
+            metrics["policy/ref_perplexity"] = self._perplexity(output["ref_per_token_logps"], mask)
+        token_rewards = last_token_rewards(scores, completion_mask)
         if self.kl_penalty.placement == "reward" and self.kl_penalty.controller.beta != 0.0:
             token_rewards = token_rewards - self.kl_penalty.controller.beta * self._reward_placed_kl(output, mask, mode)
 
         values = self._rollout_values(output) if self.critic is not None else None
-        advantages, returns = self._token_advantages(token_rewards, values, completion_mask)
+        estimator = self.components.advantages
+        advantages, returns = call_plugin(
+            self.zrl_pm, estimator, "token_advantages", token_rewards, values, completion_mask
+        )
+        check_token_advantages(estimator.name, token_rewards.shape, advantages, returns)
+        columns = {"old_per_token_logps": logps}
         if values is not None:
-            output["old_values"] = values
-            output["returns"] = returns
-            residual_var = self._global_moments(returns - values, mask)[1]
-            return_mean, return_var = self._global_moments(returns, mask)
-            if return_var > 1e-8:  # undefined when every return is equal (e.g. all rewards 0 on the first step)
-                metrics["critic/explained_variance"].append(1.0 - residual_var / return_var)
-            metrics["critic/value_mean"].append(self._global_moments(values, mask)[0])
-            metrics["critic/return_mean"].append(return_mean)
-        if self.args.whiten_advantages:
-            mean, var = self._global_moments(advantages, mask)
-            advantages = (advantages - mean) / math.sqrt(var + 1e-6)
-        if self.args.advantage_clip is not None:
-            advantages = advantages.clamp(-self.args.advantage_clip, self.args.advantage_clip)
-        output["advantages"] = advantages * mask
-        metrics["reward/scaled_mean"].append(self.accelerator.gather(scores).float().mean().item())
-
-        sequence_advantage = (output["advantages"].sum(-1) / mask.sum(-1).clamp(min=1)).detach()
-        self._replace_logged_advantages(self.accelerator.gather(sequence_advantage))
-        return rewards
+            columns.update(old_values=values, returns=returns)
+            metrics.update(critic_metrics(values, returns, mask, reduce_sum))
+        whiten, clip = self.args.whiten_advantages, self.args.advantage_clip
+        advantages = whitened_and_clipped(advantages, mask, whiten, clip, reduce_sum) * mask
+        metrics["reward/scaled_mean"] = self.accelerator.gather(scores).float().mean().item()
+        self._log_metrics(mode, metrics)
+        sequence_advantage = (advantages.sum(-1) / mask.sum(-1).clamp(min=1)).detach()
+        logged = self.accelerator.gather(sequence_advantage)
+        return Advantages(local=advantages, logged=logged, rewards=rewards, columns=columns)
 
     def _scaled_scores(self, rewards: torch.Tensor, local: slice, mode: str) -> torch.Tensor:
         """PPO-max: running reward scaling (Welford over processes and steps) then clipping. NaN (unscorable) → 0."""
@@ -285,25 +280,9 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             scores = scores.clamp(-self.args.reward_clip, self.args.reward_clip)
         return scores
 
-    def _token_advantages(
-        self, token_rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        name = self.args.normalizer
-        estimate = self.normalizer.token_advantages
-        advantages, returns = self._call("normalizer", name, "token_advantages", estimate, token_rewards, values, mask)
-        for label, x in (("advantages", advantages), ("returns", returns)):
-            if not isinstance(x, torch.Tensor) or x.shape != token_rewards.shape or not torch.isfinite(x).all():
-                raise ComponentContractError(
-                    f"normalizer {name!r}.token_advantages must return finite {label} of shape "
-                    f"{tuple(token_rewards.shape)}; got {tuple(x.shape) if isinstance(x, torch.Tensor) else x!r}. "
-                    "No optimizer step was taken."
-                )
-        return advantages, returns
-
     def _rollout_values(self, output: dict[str, Any]) -> torch.Tensor:
         """V_old of this process's completion tokens (no gradient), in chunks of the per-device batch size."""
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        input_ids, attention_mask = sequences(output)
         length = output["completion_ids"].size(1)
         size = self.args.per_device_train_batch_size
         chunks = []
@@ -318,28 +297,22 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
                 chunks.append(completion_slice(values, length))
         return torch.cat(chunks) * output["completion_mask"]
 
-    def _global_moments(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
-        """Mean and (population) variance of ``x`` over the masked tokens of every process."""
-        x, mask = x.detach().double(), mask.double()
-        totals = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()])
-        total, squares, count = self.accelerator.reduce(totals, reduction="sum").tolist()
-        count = max(count, 1.0)
-        mean = total / count
-        return mean, max(squares / count - mean * mean, 0.0)
-
     def _perplexity(self, logps: torch.Tensor, mask: torch.Tensor) -> float:
-        return float(torch.exp(torch.tensor(-self._global_masked_mean(logps.detach(), mask))))
+        return float(torch.exp(torch.tensor(-self.collective.masked_mean(logps.detach(), mask))))
 
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
-        mode = "train" if self.model.training else "eval"
+        mode = mode_of(self.model)
         forward = self._forward_completions(model, inputs)
         loss = self._policy_objective(forward, inputs, mode)
         if forward.values is not None:
             loss = loss + self.args.vf_coef * self._value_loss(forward.values, inputs, mode)
         if self._ptx_batches is not None and mode == "train":
             loss = loss + self.args.ptx_coef * self._pretrain_loss()
-        return self._checked_loss(loss, mode)
+        if mode == "train":
+            step = self.state.global_step + 1
+            note_nonfinite_loss(loss, self._nonfinite, self.is_deepspeed_enabled, self._any_process, step)
+        return loss
 
     def _forward_completions(self, model, inputs) -> CompletionForward:
         """The policy's forward pass, plus V(s_t) from the critic on the same tokens, computed inside that pass (a
@@ -353,12 +326,12 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
 
     def _value_loss(self, values: torch.Tensor, inputs: dict[str, Any], mode: str) -> torch.Tensor:
         """½·max((V − R)², (clip(V, V_old ± c) − R)²), token mean over the generation batch (docs/methods.md)."""
-        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        mask = loss_mask(inputs)
         clip = self.args.cliprange_value
         per_token, clipped = clipped_value_loss(values, inputs["old_values"], inputs["returns"], clip)
-        self._metrics[mode]["critic/value_clip_fraction"].append(self._global_masked_mean(clipped.float(), mask))
+        self._metrics[mode]["critic/value_clip_fraction"].append(self.collective.masked_mean(clipped.float(), mask))
         loss = token_mean_aggregate(per_token, mask, self._loss_context(inputs, mode))
-        self._metrics[mode]["critic/value_loss"].append(self._global_masked_mean(per_token.detach(), mask))
+        self._metrics[mode]["critic/value_loss"].append(self.collective.masked_mean(per_token.detach(), mask))
         return loss
 
     def _pretrain_loss(self) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """``ZRLPPOConfig``: the PPO / PPO-max options on top of:class:`~zrl_plugins.ZRLConfig` (docs/methods.md#ppo).
 
 PPO's loop maps onto TRL's GRPO machinery: one rollout batch is ``steps_per_generation`` mini-batches (optimizer
-steps), and ``num_iterations`` is the number of PPO epochs over it. The per-token advantage estimator is the
-``normalizer`` (``gae`` by default; ``reinforce_pp`` needs no critic).
+steps), and ``num_iterations`` is the number of PPO epochs over it. The per-token ``advantage_estimator`` (``gae`` by
+default; ``reinforce_pp`` needs no critic) also aggregates the loss, so PPO has no ``normalizer``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..framework.errors import ConfigError
-from .config import ZRLConfig
+from .config import ZRLConfig, _parse_kwargs
 
 REWARD_SCALING = ("none", "std", "mean_std")
 
@@ -25,29 +25,40 @@ class ZRLPPOConfig(ZRLConfig):
 
     _per_token_advantages: ClassVar[bool] = True
 
-    normalizer: str | None = field(
+    advantage_estimator: str = field(
         default="gae",
-        metadata={"help": "Per-token advantage estimator by name (`gae` with a critic, `reinforce_pp` without); its "
-                  "options (`gamma`, `lam`) go in `normalizer_kwargs`."},
-    )  # fmt: skip
+        metadata={
+            "help": "Per-token advantage estimator by name (`gae` with a critic, `reinforce_pp` without); its options "
+            "(`gamma`, `lam`) go in `advantage_estimator_kwargs`."
+        },
+    )
+    advantage_estimator_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of the advantage estimator (JSON object on the CLI)."}
+    )
     beta: float = field(
         default=0.01,
-        metadata={"help": "KL coefficient; with PPO the KL penalty is placed in the per-token reward unless "
-                  "`kl_penalty_kwargs` sets `placement`."},
-    )  # fmt: skip
+        metadata={
+            "help": "KL coefficient; with PPO the KL penalty is placed in the per-token reward unless "
+            "`kl_penalty_kwargs` sets `placement`."
+        },
+    )
     critic_mode: str = field(
         default="separate",
-        metadata={"help": "`separate`: the critic is its own backbone copy with a value head (own learning rate); "
-                  "`shared`: a value head on the policy's own backbone (no second copy; the value loss, weighted by "
-                  "`vf_coef`, also trains the backbone)."},
-    )  # fmt: skip
+        metadata={
+            "help": "`separate`: the critic is its own backbone copy with a value head (own learning rate); "
+            "`shared`: a value head on the policy's own backbone (no second copy; the value loss, weighted by "
+            "`vf_coef`, also trains the backbone)."
+        },
+    )
     vf_coef: float = field(default=1.0, metadata={"help": "Weight of the value loss in the total loss."})
     critic_model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Model to initialise the critic from (e.g. a reward model saved as a sequence- or "
-                  "token-classification model, whose `score` head is reused); default: the policy's weights with a "
-                  "new zero-initialised value head."},
-    )  # fmt: skip
+        metadata={
+            "help": "Model to initialise the critic from (e.g. a reward model saved as a sequence- or "
+            "token-classification model, whose `score` head is reused); default: the policy's weights with a "
+            "new zero-initialised value head."
+        },
+    )
     critic_learning_rate: float = field(
         default=1.5e-6, metadata={"help": "Learning rate of the critic (the actor uses `learning_rate`)."}
     )
@@ -61,9 +72,11 @@ class ZRLPPOConfig(ZRLConfig):
     )
     reward_scaling: str = field(
         default="std",
-        metadata={"help": "Running reward scaling (Welford statistics over all processes and steps, saved in "
-                  "checkpoints): `none`, `std` (r / σ), or `mean_std` ((r − μ) / σ)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Running reward scaling (Welford statistics over all processes and steps, saved in "
+            "checkpoints): `none`, `std` (r / σ), or `mean_std` ((r − μ) / σ)."
+        },
+    )
     reward_clip: float | None = field(
         default=10.0, metadata={"help": "Clip the (scaled) sequence reward to ±reward_clip; null turns it off."}
     )
@@ -76,11 +89,20 @@ class ZRLPPOConfig(ZRLConfig):
     )
     ptx_coef: float = field(
         default=0.0,
-        metadata={"help": "Weight of the pretraining (language-modelling) loss mixed into the actor loss; needs the "
-                  "trainer's `pretrain_dataset`. 0 = off (PPO-max's default)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Weight of the pretraining (language-modelling) loss mixed into the actor loss; needs the "
+            "trainer's `pretrain_dataset`. 0 = off (PPO-max's default)."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.normalizer is not None or self.normalizer_kwargs:
+            raise ConfigError(
+                f"normalizer {self.normalizer!r} is not a per-token advantage estimator: ZRLPPOTrainer takes its "
+                "advantages (and its loss aggregation) from `advantage_estimator` (e.g. `gae`, `reinforce_pp`), with "
+                "options in `advantage_estimator_kwargs`. Sequence-level normalizers belong to ZRLGRPOTrainer."
+            )
+        self.advantage_estimator_kwargs = _parse_kwargs("advantage_estimator_kwargs", self.advantage_estimator_kwargs)
         if self.critic_mode not in ("separate", "shared"):
             raise ConfigError(f"critic_mode must be 'separate' or 'shared', got {self.critic_mode!r}")
         if self.critic_mode == "shared" and self.critic_model_name_or_path:

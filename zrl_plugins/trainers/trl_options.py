@@ -47,8 +47,13 @@ NORMALIZERS = {
     "batch": (None, "token_mean"),
     "none": (None, "token_mean"),
 }
-AGGREGATION_LOSS_TYPE = {"sequence_mean": "grpo", "batch_token_mean": "bnpo", "constant": "dr_grpo",
-                         "token_mean": "dapo", "sequence_sum": "luspo"}  # fmt: skip
+AGGREGATION_LOSS_TYPE = {
+    "sequence_mean": "grpo",
+    "batch_token_mean": "bnpo",
+    "constant": "dr_grpo",
+    "token_mean": "dapo",
+    "sequence_sum": "luspo",
+}
 POLICY_LOSS_PLUGINS = {"cispo": "zrl-losses", "sapo": "zrl-losses", "luspo": "zrl-losses", "vespo": "zrl-losses"}
 
 
@@ -67,20 +72,18 @@ def resolve(config: Any, per_token_advantages: bool = False) -> None:
     if per_token_advantages:  # PPO: advantages from a critic, aggregation from the per-token estimator
         if loss_type is not None or scale is not None:
             raise ConfigError(
-                f"ZRLPPOTrainer takes its advantages from the per-token estimator `normalizer` "
-                f"({config.normalizer!r}) and its loss from `policy_loss`: loss_type / scale_rewards do not apply; "
-                "drop them (or use ZRLGRPOTrainer, where they select TRL's GRPO variants)."
+                f"ZRLPPOTrainer takes its advantages from the per-token `advantage_estimator` "
+                f"({config.advantage_estimator!r}) and its loss from `policy_loss`: loss_type / scale_rewards do not "
+                "apply; drop them (or use ZRLGRPOTrainer, where they select TRL's GRPO variants)."
             )
         config.policy_loss = config.policy_loss or "clip"
     if getattr(config, "multi_objective_aggregation", "sum_then_normalize") == "normalize_then_sum":
         _normalize_then_sum(config, scale, per_token_advantages)
         scale = None  # TRL ignores scale_rewards here: its advantages are the batch-normalized sum
     from_trl = not per_token_advantages and (config.normalizer is None or loss_type is not None)
-    if per_token_advantages:
-        pass
-    elif config.normalizer is None:
+    if not per_token_advantages and config.normalizer is None:
         _from_trl(config, loss_type or TRL_DEFAULTS["loss_type"], scale or TRL_DEFAULTS["scale_rewards"])
-    else:
+    elif not per_token_advantages:
         _check_against_normalizer(config, loss_type, scale)
     _resolve_level(config, from_trl)
     aggregation = config.normalizer_kwargs.get("aggregation") or NORMALIZERS.get(config.normalizer, (None, None))[1]

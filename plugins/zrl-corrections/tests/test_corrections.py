@@ -77,7 +77,7 @@ def test_bad_options_name_the_component():
         load_component("rollout_correction", "batch_norm_is", level="geometric")
 
 
-def test_training_with_a_rollout_that_reports_behaviour_logps(tiny_model_dir, tmp_path):
+def test_training_with_a_rollout_that_reports_behaviour_logps(tiny_model_path, tmp_path):
     """Any rollout_func returning log-probs is corrected: here geometric-mean masking rejects some sequences of a
     behaviour policy that is the policy plus noise, and the run trains on the rest."""
     from datasets import Dataset
@@ -110,7 +110,7 @@ def test_training_with_a_rollout_that_reports_behaviour_logps(tiny_model_dir, tm
         rollout_correction_kwargs={"upper": 1.1},
     )
     trainer = ZRLGRPOTrainer(
-        tiny_model_dir,
+        tiny_model_path,
         lambda completions, **kw: [float(len(c)) for c in completions],
         args=args,
         train_dataset=data,

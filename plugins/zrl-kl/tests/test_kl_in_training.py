@@ -39,9 +39,9 @@ def _betas(trainer):
     return {h["step"]: h["kl_coef"] for h in trainer.state.log_history if "kl_coef" in h}
 
 
-def test_adaptive_beta_moves_and_resume_gives_the_same_sequence(tmp_path, tiny_model_dir):
+def test_adaptive_beta_moves_and_resume_gives_the_same_sequence(tmp_path, tiny_model_path):
     straight = ZRLGRPOTrainer(
-        tiny_model_dir, digits_reward, args=config(tmp_path / "a", save_strategy="steps", save_steps=2, **ADAPTIVE),
+        tiny_model_path, digits_reward, args=config(tmp_path / "a", save_strategy="steps", save_steps=2, **ADAPTIVE),
         train_dataset=DATA,
     )  # fmt: skip
     straight.train()
@@ -50,7 +50,7 @@ def test_adaptive_beta_moves_and_resume_gives_the_same_sequence(tmp_path, tiny_m
     assert len(set(betas.values())) == 4, f"β should change every step: {betas}"
 
     resumed = ZRLGRPOTrainer(
-        tiny_model_dir, digits_reward, args=config(tmp_path / "b", save_strategy="no", **ADAPTIVE), train_dataset=DATA
+        tiny_model_path, digits_reward, args=config(tmp_path / "b", save_strategy="no", **ADAPTIVE), train_dataset=DATA
     )
     resumed.train(resume_from_checkpoint=os.path.join(straight.args.output_dir, "checkpoint-2"))
     resumed_betas = _betas(resumed)  # steps 1-2 come from the checkpoint's history, 3-4 were trained again
@@ -60,19 +60,19 @@ def test_adaptive_beta_moves_and_resume_gives_the_same_sequence(tmp_path, tiny_m
     assert resumed.kl_penalty.controller.beta == pytest.approx(straight.kl_penalty.controller.beta, rel=1e-9)
 
 
-def test_lora_reference_is_the_base_model_with_adapters_disabled(tmp_path, tiny_model_dir):
+def test_lora_reference_is_the_base_model_with_adapters_disabled(tmp_path, tiny_model_path):
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     args = config(tmp_path, kl_penalty="k2", beta=0.1, max_steps=2)
-    trainer = ZRLGRPOTrainer(tiny_model_dir, digits_reward, args=args, train_dataset=DATA, peft_config=lora)
+    trainer = ZRLGRPOTrainer(tiny_model_path, digits_reward, args=args, train_dataset=DATA, peft_config=lora)
     assert trainer.ref_model is None  # no second copy of the weights
     trainer.train()  # the adapters move away from zero
 
     trainer.model.train()
     out = trainer._generate_and_score_completions([dict(DATA[i]) for i in range(2) for _ in range(4)])
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
     ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
     attention = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
     with torch.no_grad():
@@ -84,12 +84,12 @@ def test_lora_reference_is_the_base_model_with_adapters_disabled(tmp_path, tiny_
     assert (policy[mask] - out["ref_per_token_logps"][mask]).abs().max() > 1e-4  # the adapters do matter
 
 
-def test_reference_refresh_with_trls_sync(tmp_path, tiny_model_dir):
+def test_reference_refresh_with_trls_sync(tmp_path, tiny_model_path):
     args = config(
         tmp_path, kl_penalty="low_var_kl", beta=0.1, max_steps=1, sync_ref_model=True, ref_model_sync_steps=1,
         ref_model_mixup_alpha=1.0,
     )  # fmt: skip
-    trainer = ZRLGRPOTrainer(tiny_model_dir, digits_reward, args=args, train_dataset=DATA)
+    trainer = ZRLGRPOTrainer(tiny_model_path, digits_reward, args=args, train_dataset=DATA)
     before = {n: p.detach().clone() for n, p in trainer.ref_model.named_parameters()}
     trainer.train()
     policy = dict(trainer.model.named_parameters())

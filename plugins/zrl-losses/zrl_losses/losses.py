@@ -130,6 +130,14 @@ class VESPO:
 
     def __call__(self, logps, old_logps, advantages, mask, importance_sampling_ratio=None) -> PolicyLossOutput:
         log_ratio = logps - old_logps
-        phi = gamma_weights(advantages, log_ratio, mask, importance_sampling_ratio, self.k_pos, self.lambda_pos,
-                            self.k_neg, self.lambda_neg)  # fmt: skip
+        phi = gamma_weights(
+            advantages,
+            log_ratio,
+            mask,
+            importance_sampling_ratio,
+            self.k_pos,
+            self.lambda_pos,
+            self.k_neg,
+            self.lambda_neg,
+        )
         return PolicyLossOutput(-phi * advantages * logps, torch.exp(log_ratio), metrics={"vespo/phi_seq_mean": phi})

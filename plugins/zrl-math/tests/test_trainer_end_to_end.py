@@ -17,7 +17,7 @@ def test_entry_point_registers_both_verifiers():
         assert entry.version == importlib.metadata.version("zrl-math")
 
 
-def test_two_step_run_with_math_correct_by_name(tiny_model_dir, tmp_path):
+def test_two_step_run_with_math_correct_by_name(tiny_model_path, tmp_path):
     rows = [{"prompt": f"What is {a} + {a}? Put it in \\boxed{{}}.", "answer": str(2 * a)} for a in range(8)]
     args = ZRLConfig(
         output_dir=str(tmp_path), verifiers=["math_correct", "boxed_format"],
@@ -25,7 +25,7 @@ def test_two_step_run_with_math_correct_by_name(tiny_model_dir, tmp_path):
         per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=2, logging_steps=1,
         report_to=[], use_cpu=True, bf16=False, save_strategy="no", gradient_checkpointing=False, kl_penalty="none",
     )  # fmt: skip
-    trainer = ZRLGRPOTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_list(rows))
+    trainer = ZRLGRPOTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))
     assert trainer.reward_func_names == ["math_correct", "boxed_format"]
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]

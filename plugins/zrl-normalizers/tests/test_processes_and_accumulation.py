@@ -11,20 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from zrl_plugins.apps.testing import launch_two_cpu_processes
+from tests.helpers import launch_two_cpu_processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "one_step_gradients.py"
 NORMALIZERS = ["grpo", "dr_grpo", "lite_ppo", "batch", "rloo", "none"]
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_gradient_of_two_accumulation_steps(tiny_model_dir, tmp_path):
+def test_two_processes_give_the_gradient_of_two_accumulation_steps(tiny_model_path, tmp_path):
     accumulated, distributed = tmp_path / "accumulated", tmp_path / "distributed"
     accumulated.mkdir(), distributed.mkdir()
-    one = subprocess.run([sys.executable, str(SCRIPT), tiny_model_dir, str(accumulated), "2"],
+    one = subprocess.run([sys.executable, str(SCRIPT), tiny_model_path, str(accumulated), "2"],
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert one.returncode == 0, one.stderr[-4000:]
-    two = launch_two_cpu_processes(SCRIPT, tiny_model_dir, str(distributed), "1")
+    two = launch_two_cpu_processes(SCRIPT, tiny_model_path, str(distributed), "1")
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]
 
     for name in NORMALIZERS:

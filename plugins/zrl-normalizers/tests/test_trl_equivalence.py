@@ -7,8 +7,8 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from tests.helpers import compare_with_trl
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-from zrl_plugins.apps.testing import compare_with_trl
 
 DATA = Dataset.from_list([{"prompt": f"What is {a} + {a + 1}?", "answer": str(2 * a + 1)} for a in range(16)])
 COMMON = dict(
@@ -29,14 +29,14 @@ def reward(prompts, completions, **kwargs):
     ],
 )
 @pytest.mark.parametrize("accumulation", [1, 2])
-def test_matches_trl(tmp_path, tiny_model_dir, normalizer, trl_options, accumulation):
+def test_matches_trl(tmp_path, tiny_model_path, normalizer, trl_options, accumulation):
     options = {**COMMON, "gradient_accumulation_steps": accumulation}
     trl = GRPOTrainer(
-        tiny_model_dir, reward, args=GRPOConfig(output_dir=str(tmp_path / "t"), **options, **trl_options),
+        tiny_model_path, reward, args=GRPOConfig(output_dir=str(tmp_path / "t"), **options, **trl_options),
         train_dataset=DATA,
     )  # fmt: skip
     zrl = ZRLGRPOTrainer(
-        tiny_model_dir, reward, args=ZRLConfig(output_dir=str(tmp_path / "z"), **options, normalizer=normalizer),
+        tiny_model_path, reward, args=ZRLConfig(output_dir=str(tmp_path / "z"), **options, normalizer=normalizer),
         train_dataset=DATA,
     )  # fmt: skip
     result = compare_with_trl(trl, zrl, [dict(DATA[i]) for i in range(2) for _ in range(4)])

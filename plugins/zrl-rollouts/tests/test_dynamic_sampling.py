@@ -73,9 +73,9 @@ def test_swap_rows_pads_prompts_left_and_completions_right():
         swap_rows({**base, "pixel_values": torch.zeros(2)}, donor, torch.tensor([True, False]))
 
 
-def test_training_never_keeps_an_uninformative_group(tiny_model_dir, tmp_path):
+def test_training_never_keeps_an_uninformative_group(tiny_model_path, tmp_path):
     reward = CountingReward()
-    trainer, spy = trainer_for(tiny_model_dir, tmp_path, reward, max_resamples=6)
+    trainer, spy = trainer_for(tiny_model_path, tmp_path, reward, max_resamples=6)
     trainer.train()
     for batch in spy.batches:
         kept = batch["completion_mask"].sum(-1) > 0
@@ -90,9 +90,9 @@ def test_training_never_keeps_an_uninformative_group(tiny_model_dir, tmp_path):
     assert reward.calls > 2  # re-sampling happened
 
 
-def test_the_resampling_bound_holds_and_training_goes_on(tiny_model_dir, tmp_path):
+def test_the_resampling_bound_holds_and_training_goes_on(tiny_model_path, tmp_path):
     reward = CountingReward(constant=True)  # no group is ever informative
-    trainer, spy = trainer_for(tiny_model_dir, tmp_path, reward, max_resamples=2)
+    trainer, spy = trainer_for(tiny_model_path, tmp_path, reward, max_resamples=2)
     trainer.train()
     assert reward.calls == 2 * (1 + 2)  # 2 steps x (the batch + 2 re-sampling rounds)
     log = next(h for h in trainer.state.log_history if "loss" in h)
@@ -101,11 +101,11 @@ def test_the_resampling_bound_holds_and_training_goes_on(tiny_model_dir, tmp_pat
     assert math.isfinite(log["loss"]) and log["loss"] == 0.0
 
 
-def test_wraps_another_strategy_and_checks_group_layout(tiny_model_dir, tmp_path):
+def test_wraps_another_strategy_and_checks_group_layout(tiny_model_path, tmp_path):
     sampler = load_component("rollout", "dynamic_sampling", inner="nested", inner_kwargs={"skip_ratio": 0.25})
     assert sampler.off_policy and sampler.replaces_generation and callable(sampler.observe_mismatch)
     reward = CountingReward()
-    trainer, _ = trainer_for(tiny_model_dir, tmp_path, reward, inner="nested", max_resamples=2)
+    trainer, _ = trainer_for(tiny_model_path, tmp_path, reward, inner="nested", max_resamples=2)
     trainer.train()
     log = next(h for h in trainer.state.log_history if "loss" in h)
     assert "rollout/is_weight_mean" in log and "rollout/kept_groups_final" in log

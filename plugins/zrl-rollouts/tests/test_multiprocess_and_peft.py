@@ -10,15 +10,15 @@ import pytest
 from datasets import Dataset
 from peft import LoraConfig
 
+from tests.helpers import launch_two_cpu_processes
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
-from zrl_plugins.apps.testing import launch_two_cpu_processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "two_processes.py"
 
 
 @pytest.fixture(scope="module")
 def four_layers(tmp_path_factory):
-    from zrl_plugins.apps.testing import build_tiny_model
+    from zrl_plugins.apps.tiny_model import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("four"), num_layers=4))  # layers 1 and 2 can be skipped
 

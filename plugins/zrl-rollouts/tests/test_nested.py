@@ -48,7 +48,7 @@ def digits_reward(prompts, completions, **kwargs):
 
 @pytest.fixture(scope="module")
 def four_layers(tmp_path_factory):
-    from zrl_plugins.apps.testing import build_tiny_model
+    from zrl_plugins.apps.tiny_model import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("four"), num_layers=4))
 

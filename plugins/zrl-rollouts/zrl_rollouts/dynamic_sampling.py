@@ -90,8 +90,11 @@ class DynamicSampling:
             batch = batch.replace_groups(fresh, targets[: len(sources)], sources)
             keep[targets[: len(sources)]] = True
         batch = batch.drop_groups(keep)
-        stats = {"resample_rounds_mean": float(rounds), "kept_groups_initial": initially_kept,
-                 "kept_groups_final": keep.float().mean().item()}  # fmt: skip
+        stats = {
+            "resample_rounds_mean": float(rounds),
+            "kept_groups_initial": initially_kept,
+            "kept_groups_final": keep.float().mean().item(),
+        }
         return batch, stats
 
     def keep_groups(self, grouped_rewards: torch.Tensor) -> torch.Tensor:

@@ -222,6 +222,6 @@ class NestedRollout:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batches = int(state["batches"])
-        self.calibrated_at = int(state.get("calibrated_at", -1))
+        self.calibrated_at = int(state["calibrated_at"])
         # the checkpointed set, so that a resumed run skips exactly what the uninterrupted one would
-        self.calibrated = None if self.recalibrate_on_resume else state.get("calibrated")
+        self.calibrated = None if self.recalibrate_on_resume else state["calibrated"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model_name_or_path", "tiny", "--use_cpu", "--bf16", "false", "--report_to", "none",
         "--per_device_train_batch_size", "8", "--num_generations", "4", "--max_completion_length", "8",
         "--save_strategy", "no", "--gradient_checkpointing", "false", "--logging_steps", "1"]  # fmt: skip

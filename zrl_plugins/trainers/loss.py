@@ -1,0 +1,141 @@
+"""Loss assembly: the parts of one micro-batch's policy objective as functions of tensors and components, each part
+with the metrics TRL logs for it. The trainer composes them in TRL's order (``ZRLGRPOTrainer._policy_objective``):
+policy loss → TRL's masks → KL term → aggregation → entropy bonus and router aux loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from trl.trainer.utils import nanmax, nanmin
+
+from ..framework.errors import ComponentContractError
+from ..framework.plugins import ZRLPluginManager
+from ..framework.protocols import LossContext, PolicyLossOutput
+from .components import Selected, call_plugin
+from .controllers import EntropyControl
+
+Metrics = dict[str, float]
+
+
+@dataclass(frozen=True)
+class CompletionForward:
+    """What one training forward pass yields for the completion tokens (B x T each; ``aux_loss`` a scalar)."""
+
+    logps: torch.Tensor
+    entropies: torch.Tensor | None
+    aux_loss: torch.Tensor | None = None
+    values: torch.Tensor | None = None  # V(s_t) of a PPO critic computed in the same pass
+
+
+@dataclass(frozen=True)
+class Collective:
+    """The all-process operations metrics need (each the identity on one process)."""
+
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor]
+    gather: Callable[[torch.Tensor], torch.Tensor]
+    gather_for_metrics: Callable[[torch.Tensor], torch.Tensor]
+
+    def masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
+        """Mean of ``x`` over the masked tokens of all processes (over rows when ``x`` is per sequence, B x 1)."""
+        if x.shape[1] == 1:
+            local_sum, local_count = x.sum(), torch.tensor(float(x.shape[0]), device=x.device)
+        else:
+            local_sum, local_count = (x * mask).sum(), mask.sum().float()
+        totals = self.reduce_sum(torch.stack([local_sum, local_count]))
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+
+def policy_loss(pm: ZRLPluginManager, selected: Selected, *args: torch.Tensor | None) -> PolicyLossOutput:
+    """The ``policy_loss`` component on ``(logps, old_logps, advantages, mask, sampling_ratio)``, contract checked."""
+    out = call_plugin(pm, selected, "__call__", *args)
+    if not isinstance(out, PolicyLossOutput):
+        raise ComponentContractError(
+            f"policy_loss {selected.name!r} must return a PolicyLossOutput, got {type(out).__name__}"
+        )
+    return out
+
+
+def kl_term(
+    kl_penalty: Any, logps: torch.Tensor, ref_logps: torch.Tensor | None, ratio: torch.Tensor, bias_correction: bool
+) -> torch.Tensor:
+    """β-free per-token KL of a penalty placed in the loss (bias-corrected by the importance ratio when asked)."""
+    per_token_kl = kl_penalty.per_token(logps, ref_logps)
+    return per_token_kl * ratio if bias_correction else per_token_kl
+
+
+def aggregate(
+    pm: ZRLPluginManager, selected: Selected, per_token_loss: torch.Tensor, mask: torch.Tensor, ctx: LossContext
+) -> torch.Tensor:
+    """The per-token loss reduced to the micro-batch's scalar by the normalizer (or PPO's estimator)."""
+    loss = call_plugin(pm, selected, "aggregate", per_token_loss, mask, ctx)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ComponentContractError(
+            f"{selected.kind} {selected.name!r}.aggregate must return a scalar tensor, got "
+            f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}. "
+            "No optimizer step was taken."
+        )
+    if not torch.isfinite(loss) and torch.isfinite(per_token_loss[mask.bool()]).all():
+        raise ComponentContractError(
+            f"{selected.kind} {selected.name!r}.aggregate returned a non-finite loss ({loss.item()}) from finite "
+            "per-token losses; no optimizer step was taken."
+        )  # non-finite per-token losses are the step's numerics, handled by the trainer's skip guard
+    return loss.reshape(())
+
+
+def entropy_bonus(
+    entropy_control: EntropyControl,
+    entropies: torch.Tensor,
+    mask: torch.Tensor,
+    policy_loss_value: torch.Tensor,
+    ctx: LossContext,
+    collective: Collective,
+) -> tuple[torch.Tensor, Metrics]:
+    """TRL's entropy bonus: −coef · token-mean entropy (over ``mask``, the entropy mask applied), scaled only for
+    gradient accumulation; TRL then logs the aggregated policy loss without it."""
+    entropy = (entropies * mask).sum() / mask.sum().clamp(min=1.0)
+    bonus = -entropy_control.applied_coef() * entropy / ctx.gradient_accumulation_steps
+    return bonus, {"policy_loss": collective.gather(policy_loss_value).nanmean().item()}
+
+
+def aux_loss_term(aux_loss: torch.Tensor, coef: float, ctx: LossContext, collective: Collective) -> tuple[Any, Metrics]:
+    """TRL's MoE router aux loss, scaled only for gradient accumulation."""
+    metrics = {"aux_loss": collective.gather_for_metrics(aux_loss).mean().item()}
+    return coef * aux_loss / ctx.gradient_accumulation_steps, metrics
+
+
+def policy_metrics(
+    out: PolicyLossOutput,
+    entropies: torch.Tensor,
+    per_token_kl: torch.Tensor | None,
+    mask: torch.Tensor,
+    collective: Collective,
+) -> Metrics:
+    """TRL's loss metrics: KL to the reference, entropy, approximate KL to π_old, clip fractions, plus what the
+    policy loss reports."""
+
+    def mean(x: torch.Tensor) -> float:
+        return collective.masked_mean(x, mask)
+
+    def masked_seq_mean(x: torch.Tensor) -> torch.Tensor:
+        return x.squeeze(1) if x.shape[1] == 1 else (x * mask).sum(-1) / mask.sum(-1)
+
+    metrics: Metrics = {}
+    if per_token_kl is not None:
+        metrics["kl"] = mean(per_token_kl.detach())
+    metrics["entropy"] = mean(entropies)
+    ratio = out.ratio.detach()
+    metrics["approx_kl"] = mean((ratio - 1) - torch.log(ratio.clamp(min=1e-12)))  # vs π_old
+    if out.clipped_low is not None and out.clipped_high is not None:
+        low, high = out.clipped_low.float(), out.clipped_high.float()
+        metrics["clip_ratio/low_mean"] = mean(low)
+        metrics["clip_ratio/high_mean"] = mean(high)
+        metrics["clip_ratio/region_mean"] = mean(((low + high) > 0).float())
+        metrics["clip_ratio/low_min"] = nanmin(collective.gather(masked_seq_mean(low))).item()
+        metrics["clip_ratio/high_max"] = nanmax(collective.gather(masked_seq_mean(high))).item()
+    for name, value in out.metrics.items():
+        metrics[name] = mean(value.detach().float())
+    return metrics
