@@ -61,3 +61,15 @@ def test_the_docs_list_every_kind():
         rows = [line for line in (root / page).read_text().splitlines() if line.startswith("| `")]
         listed = {kind for kind in KINDS if any(f"`{kind}`" in row.split("|")[1] for row in rows)}
         assert listed == set(KINDS), (page, set(KINDS) - listed)
+
+
+def test_a_ppo_config_points_normalizer_options_to_the_advantage_estimator(tmp_path):
+    from zrl_plugins import ZRLPPOConfig
+    from zrl_plugins.framework.errors import ConfigError
+
+    common = {"output_dir": str(tmp_path), "use_cpu": True, "bf16": False}
+    with pytest.raises(ConfigError, match="advantage_estimator_kwargs"):
+        ZRLPPOConfig(**common, normalizer_kwargs={"lam": 1.0})
+    with pytest.raises(ConfigError, match="not a per-token advantage estimator.*advantage_estimator"):
+        ZRLPPOConfig(**common, normalizer="grpo")
+    assert ZRLPPOConfig(**common, advantage_estimator_kwargs='{"lam": 1.0}').advantage_estimator_kwargs == {"lam": 1.0}

@@ -96,7 +96,12 @@ class ZRLPPOConfig(ZRLConfig):
     )
 
     def __post_init__(self) -> None:
-        if self.normalizer is not None or self.normalizer_kwargs:
+        if self.normalizer_kwargs and self.normalizer is None:
+            raise ConfigError(
+                "ZRLPPOTrainer has no normalizer: its advantage estimator's options go in `advantage_estimator_kwargs` "
+                "(e.g. {'gamma': 1.0, 'lam': 0.95} for `gae`), not in normalizer_kwargs."
+            )
+        if self.normalizer is not None:
             raise ConfigError(
                 f"normalizer {self.normalizer!r} is not a per-token advantage estimator: ZRLPPOTrainer takes its "
                 "advantages (and its loss aggregation) from `advantage_estimator` (e.g. `gae`, `reinforce_pp`), with "
