@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -44,8 +43,16 @@ from .correction_options import warn_truncated_support
 from .data_checks import check_prompt_lengths, verifier_columns
 from .fused_head import completion_positions_only
 from .loss import Collective, CompletionForward
-from .numerics import SkipGuard, guarded_scheduler_class, note_nonfinite_loss
-from .rollout import Advantages, RewardRule, process_rows, replace_tail, rollout_stats, sequence_advantages
+from .numerics import SkipGuard, decide_step, guarded_scheduler_class, note_nonfinite_loss
+from .rollout import (
+    Advantages,
+    RewardRule,
+    process_rows,
+    replace_tail,
+    rollout_batch_view,
+    rollout_stats,
+    sequence_advantages,
+)
 from .vllm_cpu import check_vllm_options, engine_options, install_cpu_weight_sync, vllm_runs_on_cpu
 
 logger = logging.getLogger(__name__)
@@ -157,18 +164,9 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
         output = {**batch.output, **advantages.columns, "advantages": advantages.local}
         replace_tail(self._logs["advantages"], advantages.logged)  # TRL logged its own normalizer's advantages
         if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
-            view = {
-                "prompts": [x.get("prompt") for x in batch.inputs],
-                "completions": self.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True),
-                "rewards": advantages.rewards.detach(),
-                "rewards_per_func": rewards_per_func.detach(),
-                "reward_func_names": list(self.reward_func_names),
-                "advantages": output["advantages"].detach(),
-                "completion_ids": output["completion_ids"],
-                "completion_mask": output["completion_mask"],
-                "mode": batch.mode,
-                "step": self.state.global_step,
-            }
+            completions = self.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True)
+            funcs = (rewards_per_func, list(self.reward_func_names))
+            view = rollout_batch_view(batch, output, completions, advantages.rewards, *funcs, self.state.global_step)
             self.zrl_pm.call_observer("zrl_on_rollout_batch", trainer=self, batch=view)
         return output
 
@@ -403,20 +401,12 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
         """The Trainer asks for the step's gradient norm just before the optimizer step: the place to decide, on
         every process together, whether the step is taken (:mod:`zrl_plugins.trainers.numerics`)."""
         norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        finite = norm is None or math.isfinite(float(norm))
-        if self._nonfinite.pending is None and not finite:
-            self._nonfinite.note_fault(f"the gradient norm is {float(norm)}")
-        faulty = torch.tensor(float(self._nonfinite.pending is not None), device=self.accelerator.device)
-        all_finite = bool(self.accelerator.reduce(faulty, reduction="sum") == 0)
         step, lr = self.state.global_step + 1, self._get_learning_rate()
-        if self.is_deepspeed_enabled:  # the engine has stepped already: all that is left is to stop
-            if not all_finite:
-                self._nonfinite.policy = "raise"
-                self._nonfinite.decide(False, step, lr)
-            return norm
-        if self._nonfinite.decide(all_finite, step, lr):
+        if decide_step(self._nonfinite, norm, self._any_process, self.is_deepspeed_enabled, step, lr):
             for param in model.parameters():
                 param.grad = None  # the optimizer then leaves every weight and its state as they are
+        if self.is_deepspeed_enabled:
+            return norm
         self._metrics["train"]["train/skipped_steps"].append(float(self._nonfinite.skipped_total))
         return norm
 
@@ -438,11 +428,7 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
         }
         for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
             components[f"verifier:{name}"] = func.verifier if isinstance(func, NamedVerifier) else func
-        return {
-            k: v
-            for k, v in components.items()
-            if isinstance(v, Stateful) and not isinstance(v, torch.nn.Module)
-        }
+        return {k: v for k, v in components.items() if isinstance(v, Stateful) and not isinstance(v, torch.nn.Module)}
 
     def _save_checkpoint(self, model, trial):
         """TRL's save without its rotation, every process's zrl state, the completion marker, then rotation."""

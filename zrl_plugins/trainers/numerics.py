@@ -9,6 +9,7 @@ non-finite outputs.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,20 @@ class SkipGuard:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.skipped_total, self.consecutive = int(state["skipped_total"]), int(state["consecutive"])
+
+
+def decide_step(guard: SkipGuard, norm: Any, any_process: Any, deepspeed: bool, step: int, lr: float) -> bool:
+    """At the gradient-norm call just before the optimizer step: whether to drop this step's gradients (every
+    process decides alike). Under DeepSpeed the engine has stepped already, so a fault can only stop the run."""
+    if guard.pending is None and not (norm is None or math.isfinite(float(norm))):
+        guard.note_fault(f"the gradient norm is {float(norm)}")
+    all_finite = not any_process(guard.pending is not None)
+    if deepspeed:
+        if not all_finite:
+            guard.policy = "raise"
+            guard.decide(False, step, lr)
+        return False
+    return guard.decide(all_finite, step, lr)
 
 
 def note_nonfinite_loss(loss: Any, guard: SkipGuard, deepspeed: bool, any_process: Any, step: int) -> None:

@@ -101,3 +101,27 @@ def rollout_stats(
         value = column.min() if "min" in name else column.max() if "max" in name else column.mean()
         metrics[f"{prefix}{name}"] = value.item()
     return metrics
+
+
+def rollout_batch_view(
+    batch: Any,
+    output: dict[str, Any],
+    completions: list[str],
+    rewards: torch.Tensor,
+    rewards_per_func: torch.Tensor,
+    reward_func_names: list[str],
+    step: int,
+) -> dict[str, Any]:
+    """What ``zrl_on_rollout_batch`` observers get: this process's rows, the global rewards, the advantages used."""
+    return {
+        "prompts": [x.get("prompt") for x in batch.inputs],
+        "completions": completions,
+        "rewards": rewards.detach(),
+        "rewards_per_func": rewards_per_func.detach(),
+        "reward_func_names": reward_func_names,
+        "advantages": output["advantages"].detach(),
+        "completion_ids": output["completion_ids"],
+        "completion_mask": output["completion_mask"],
+        "mode": batch.mode,
+        "step": step,
+    }
