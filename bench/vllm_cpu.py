@@ -41,7 +41,10 @@ NEW_TOKENS = 64
 
 def _prompts(tokenizer: Any) -> list[list[int]]:
     texts = [f"What is {a} + {2 * a + 1}? Explain step by step." for a in range(PROMPTS)]
-    return [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True) for t in texts]
+    chats = [[{"role": "user", "content": t}] for t in texts]
+    return [
+        list(tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"]) for c in chats
+    ]
 
 
 def arm_generate_hf(dtype: str) -> dict[str, Any]:
