@@ -52,6 +52,8 @@ TITLES = {
     "simplerl_findings_smollm2": "SimpleRL-Zoo findings on SmolLM2, over seeds",
     "nested_selection_smollm2": "nested: layer selection policies × skip budgets (SmolLM2)",
     "faults": "Fault injection (tiny Llama, CPU): fault injected → outcome",
+    "vllm_cpu": "vLLM's CPU build vs transformers on SmolLM2, 2 CPU cores (python -m bench.vllm_cpu in .venv-vllm)",
+    "truncated_support": "Kept probability mass under top-k / top-p (tiny model): the ratio bias of a correction",
 }
 
 
