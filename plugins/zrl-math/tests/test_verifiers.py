@@ -173,7 +173,9 @@ def test_a_hung_worker_is_killed_its_items_time_out_and_training_goes_on():
     hanging = Grader(num_workers=1, timeout=0.2, chunk_size=2, grace=1.0, chunk_function=hanging_chunk)
     start = time.perf_counter()
     assert hanging.grade_many([("1", "1"), ("2", "2"), ("3", "3")]) == ["timeout"] * 3
-    assert time.perf_counter() - start < 15
+    # the hung worker never returns by itself; the bound is the replacement worker's start-up, which took 25 s on a
+    # slowed 2-core CI machine (10 s normally): wide enough not to flake, far below "waited for the hang"
+    assert time.perf_counter() - start < 60
     assert hanging.restarts == 3  # each item's worker hung: killed and replaced (the pool no longer dies whole)
 
     verifier = load_component("verifier", "math_correct", num_workers=1, timeout=0.2)
