@@ -93,5 +93,5 @@ def test_computing_a_loss_moves_no_controller(tmp_path, tiny_model_path, arithme
     for _ in range(2):
         trainer.compute_loss(trainer.model, batch)
     assert trainer.entropy_coef == 0.05 and trainer.kl_penalty.controller.beta == 0.1
-    trainer._step_controllers()  # what the optimizer step calls
+    trainer.controllers.step()  # what the optimizer step calls
     assert trainer.entropy_coef == pytest.approx(0.07) and trainer.kl_penalty.controller.beta != 0.1

@@ -1,4 +1,4 @@
-"""The value that moves through the trainer's rollout pipeline: one scored rollout batch of this process.
+"""The value that moves through the trainer's rollout pipeline: one scored rollout batch.
 
 ``ZRLGRPOTrainer._generate_and_score_completions`` is a straight pipeline over it — score → group filter → reward
 shaping → advantages → observers — with no state handed from one method to the next through attributes. The only
@@ -23,14 +23,16 @@ from .group_filter import ROW_KEYS, swap_rows
 
 @dataclass
 class ScoredBatch:
-    """One rollout batch of this process after generation and scoring.
+    """One rollout batch after generation and scoring: this process's rows of TRL's batch, the global rewards.
 
     Attributes:
         inputs: this process's data set rows (one per completion).
         output: TRL's batch dict (``prompt_ids``, ``completion_ids``, masks, log-probs, ...) for these rows.
-        rewards_per_func: this process's rows of the reward matrix (rows x reward functions; NaN = not scored).
-        truncated: this process's rows: completion ended without EOS (TRL's definition).
+        rewards_per_func: the reward matrix of every process's rows, as TRL gathers it (rows x reward functions;
+            NaN = not scored); ``local_rewards_per_func`` are this process's rows.
+        truncated: every process's rows: completion ended without EOS (TRL's definition); ``local_truncated``.
         mode: ``"train"`` or ``"eval"``; group_size: completions per prompt.
+        local: this process's rows of the global tensors.
     """
 
     inputs: list[dict[str, Any]]
@@ -39,6 +41,7 @@ class ScoredBatch:
     truncated: torch.Tensor
     mode: str
     group_size: int
+    local: slice
 
     @property
     def rows(self) -> int:
@@ -48,9 +51,17 @@ class ScoredBatch:
     def groups(self) -> int:
         return self.rows // self.group_size
 
+    @property
+    def local_rewards_per_func(self) -> torch.Tensor:
+        return self.rewards_per_func[self.local]
+
+    @property
+    def local_truncated(self) -> torch.Tensor:
+        return self.truncated[self.local]
+
     def replace_groups(self, fresh: ScoredBatch, targets: Sequence[int], sources: Sequence[int]) -> ScoredBatch:
         """This batch with group ``targets[k]`` replaced by ``fresh``'s group ``sources[k]`` (rows, TRL tensors,
-        rewards and truncation alike)."""
+        rewards and truncation alike). Only this process's rows change: :meth:`synced` shares them afterwards."""
         size = self.group_size
         order = torch.arange(self.rows)
         take = torch.zeros(self.rows, dtype=torch.bool)
@@ -61,24 +72,35 @@ class ScoredBatch:
         donor = {k: v[order.to(v.device)] for k, v in fresh.output.items() if k in ROW_KEYS}
         output = {**self.output, **swap_rows(self.output, donor, take.to(self.output["completion_ids"].device))}
         inputs = [fresh.inputs[j] if t else row for row, j, t in zip(self.inputs, order.tolist(), take.tolist())]
-        per_func = torch.where(
-            take.to(device).unsqueeze(1), fresh.rewards_per_func[order.to(device)], self.rewards_per_func
-        )
-        truncated = torch.where(take.to(device), fresh.truncated[order.to(device)], self.truncated)
-        return dataclasses.replace(self, inputs=inputs, output=output, rewards_per_func=per_func, truncated=truncated)
+        rows, fresh_rows = take.to(device), order.to(device)
+        per_func = torch.where(rows.unsqueeze(1), fresh.local_rewards_per_func[fresh_rows], self.local_rewards_per_func)
+        truncated = torch.where(rows, fresh.local_truncated[fresh_rows], self.local_truncated)
+        return self._with_local(per_func, truncated, inputs=inputs, output=output)
 
     def drop_groups(self, keep: torch.Tensor) -> ScoredBatch:
         """This batch with the groups where ``keep`` is False left out of the loss (completion mask 0) and of every
         reward statistic (rewards NaN = unscorable). ``num_items_in_batch`` must be recounted afterwards."""
         dropped = (~keep.bool().cpu()).repeat_interleave(self.group_size)
         device = self.rewards_per_func.device
-        per_func = self.rewards_per_func.clone()
+        per_func = self.local_rewards_per_func.clone()
         per_func[dropped.to(device)] = torch.nan
-        truncated = self.truncated.clone()
+        truncated = self.local_truncated.clone()
         truncated[dropped.to(device)] = False
         mask = self.output["completion_mask"]
         output = {**self.output, "completion_mask": mask * (~dropped).to(mask.device, mask.dtype).unsqueeze(1)}
-        return dataclasses.replace(self, output=output, rewards_per_func=per_func, truncated=truncated)
+        return self._with_local(per_func, truncated, output=output)
+
+    def synced(self, gather: Callable[[torch.Tensor], torch.Tensor]) -> ScoredBatch:
+        """This batch with the global rewards and truncation rebuilt from every process's rows (a collective call:
+        after a group filter changed rows on some processes)."""
+        per_func, truncated = gather(self.local_rewards_per_func), gather(self.local_truncated)
+        return dataclasses.replace(self, rewards_per_func=per_func, truncated=truncated)
+
+    def _with_local(self, per_func: torch.Tensor, truncated: torch.Tensor, **changes: Any) -> ScoredBatch:
+        """A copy whose own rows of the global rewards and truncation are ``per_func`` and ``truncated``."""
+        all_per_func, all_truncated = self.rewards_per_func.clone(), self.truncated.clone()
+        all_per_func[self.local], all_truncated[self.local] = per_func, truncated
+        return dataclasses.replace(self, rewards_per_func=all_per_func, truncated=all_truncated, **changes)
 
 
 @dataclass
@@ -88,8 +110,8 @@ class RefillContext:
     Attributes:
         score_more: generate and score completions for these data set rows (one per completion, grouped) on this
             process; a collective call — every process must make the same number of calls.
-        group_rewards: the (local) rewards a batch's groups are judged on: reward functions weighted and summed,
-            Dr. GRPO's truncation rule applied; ``groups x group_size``.
+        group_rewards: the rewards this process's groups of a batch are judged on: reward functions weighted and
+            summed, Dr. GRPO's truncation rule applied; ``groups x group_size``.
         any_process: whether ``flag`` holds on any process (collective).
         dataset: the training data set (rows by index); process_index: this process's rank.
     """

@@ -513,3 +513,24 @@ def restore(trainer: Any, checkpoint_dir: str) -> None:
     trainer.zrl_pm.call_observer(
         "zrl_on_load_checkpoint", trainer=trainer, checkpoint_dir=checkpoint_dir, state=state.get("plugins", {})
     )
+
+
+class CheckpointOverrides:
+    """The Trainer methods a zrl trainer overrides for checkpoints (mixed in before TRL's trainer): saves are
+    complete or ignored, resume takes only a complete checkpoint of the same setup, and restores every component's
+    state. The trainer names its stateful components in ``_stateful_components``."""
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """TRL's save without its rotation, every process's zrl state, the completion marker, then rotation."""
+        save(self, trial, lambda: super(CheckpointOverrides, self)._save_checkpoint(model, trial))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Resume only from a complete checkpoint trained with this setup (or with ``resume_override``)."""
+        if resume_from_checkpoint:
+            resume_from_checkpoint = prepare_resume(self, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint_dir: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint_dir)
+        if checkpoint_dir is not None:
+            restore(self, checkpoint_dir)

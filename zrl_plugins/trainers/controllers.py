@@ -1,6 +1,7 @@
 """The coefficient controllers that move once per optimizer step: the KL penalty's β and TRL's adaptive entropy
-coefficient. Each is a plain object: the loss code calls ``observe`` on every micro-batch, the trainer calls ``step``
-once per optimizer step with a function that sums a tensor over all processes. Testable without a trainer.
+coefficient. Each is a plain object: ``observe`` takes what a training micro-batch showed (the loss returns it),
+``step`` runs once per optimizer step with a function that sums a tensor over all processes
+(:class:`StepControllers`, the Trainer callback that does both). Testable without a trainer.
 """
 
 from __future__ import annotations
@@ -121,10 +122,26 @@ class ControllerAttributes:
 
 
 class StepControllers(TrainerCallback):
-    """Calls ``step`` once per optimizer step, after the step's last backward and before the optimizer moves."""
+    """The KL and entropy controllers of a trainer: fed by every training micro-batch (:meth:`observe`), moved once
+    per optimizer step (:meth:`step`, which the Trainer calls after the step's last backward and before the optimizer
+    moves), their new coefficients handed to ``log`` as TRL logs them (``kl_coef``, ``entropy_coef``)."""
 
-    def __init__(self, step: Callable[[], None]):
-        self.step = step
+    def __init__(self, kl: KLControl, entropy: EntropyControl, reduce: Reduce, log: Callable[[dict], None]):
+        self.kl, self.entropy, self.reduce, self.log = kl, entropy, reduce, log
+
+    def observe(self, kl: tuple[torch.Tensor, torch.Tensor] | None, entropy: tuple[torch.Tensor, ...] | None) -> None:
+        if kl is not None:
+            self.kl.observe(*kl)
+        if entropy is not None:
+            self.entropy.observe(*entropy)
+
+    def step(self) -> None:
+        self.kl.step(self.reduce)
+        metrics = {"kl_coef": self.kl.kl_penalty.controller.beta}
+        if self.entropy.enabled:
+            self.entropy.step(self.reduce)
+            metrics["entropy_coef"] = self.entropy.coef
+        self.log(metrics)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.step()

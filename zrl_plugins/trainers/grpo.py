@@ -2,17 +2,18 @@
 plugins selected by name in :class:`~zrl_plugins.ZRLConfig`.
 
 The class is the list of TRL methods zrl overrides; the work is in small modules: ``components`` (what the config
-selects, built and checked once), ``rollout`` (rewards and advantages), ``loss`` (the policy objective's parts),
-``controllers`` (KL and entropy coefficients, moved once per optimizer step), ``numerics`` (the non-finite step
-guard), ``checkpoint`` (complete, safely loaded, setup-checked checkpoints), ``vllm_cpu`` (TRL's colocated vLLM on
-vLLM's CPU build). Everything else — sampling, generation (transformers or TRL's vLLM modes), tool loops, PEFT, the
-reference model, gradient accumulation, multi-process gathering, logging — is TRL's, unchanged.
+selects, built and checked once), ``rollout`` (rewards, advantages, the rollout correction), ``loss`` (the policy
+objective as one function), ``controllers`` (KL and entropy coefficients, moved once per optimizer step),
+``numerics`` and ``checkpoint`` (each with the mixin of its Trainer overrides: the non-finite step guard; complete,
+safely loaded, setup-checked checkpoints), ``vllm_cpu`` (TRL's colocated vLLM on vLLM's CPU build). Everything
+else — sampling, generation (transformers or TRL's vLLM modes), tool loops, PEFT, the reference model, gradient
+accumulation, multi-process gathering, logging — is TRL's, unchanged.
 """
-
 from __future__ import annotations
 
 import copy
 import logging
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -24,29 +25,24 @@ from ..framework.data_checks import check_training_data as check_data_before_loa
 from ..framework.errors import ConfigError
 from ..framework.log_limits import bound_messages
 from ..framework.plugins import ZRLPluginManager, get_plugin_manager
-from ..framework.protocols import (
-    GroupFilter,
-    LossContext,
-    ObservesMismatch,
-    Stateful,
-    ValidatesSetup,
-)
-from ..framework.rollout_correction import checked_correction, mismatch_stats
+from ..framework.protocols import GroupFilter, LossContext, Stateful, ValidatesSetup
 from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
 from ..framework.verifier_guard import NamedVerifier
 from . import checkpoint, loss
 from .batch import MULTIMODAL_KEYS, loss_mask, mode_of, sequences
+from .checkpoint import CheckpointOverrides
 from .components import Components, build_components, call_plugin, normalizer, trl_reward_funcs, trl_rollout_func
 from .config import ZRLConfig
 from .controllers import ControllerAttributes, EntropyControl, KLControl, StepControllers
 from .correction_options import warn_truncated_support
 from .data_checks import check_prompt_lengths, verifier_columns
 from .fused_head import completion_positions_only
-from .loss import Collective, CompletionForward
-from .numerics import SkipGuard, decide_step, guarded_scheduler_class, note_nonfinite_loss
+from .loss import Collective, CompletionForward, ObjectiveSetup
+from .numerics import GuardedSteps, SkipGuard, note_nonfinite_loss
 from .rollout import (
     Advantages,
     RewardRule,
+    correct_rollout,
     process_rows,
     replace_tail,
     rollout_batch_view,
@@ -70,7 +66,7 @@ class _ObservedLog(Trainer):
         super().log(logs, start_time)
 
 
-class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
+class ZRLGRPOTrainer(CheckpointOverrides, GuardedSteps, ControllerAttributes, GRPOTrainer, _ObservedLog):
     """GRPO-family trainer whose ingredients are plugins. Same constructor as ``trl.GRPOTrainer``.
 
     Args:
@@ -132,12 +128,31 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
         self.vllm_importance_sampling_correction = False  # TRL's ratio: the rollout_correction component computes it
         warn_truncated_support(args, self.correction_name)
         self.reward_rule = RewardRule(self.reward_weights, args.multi_objective_aggregation, args.truncated_reward)
-        samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        self.kl_control = KLControl(self.kl_penalty, samples_per_step * self.accelerator.num_processes)
-        self.add_callback(StepControllers(self._step_controllers))
         accelerator = self.accelerator
         self.collective = Collective(
-            lambda x: accelerator.reduce(x, reduction="sum"), accelerator.gather, accelerator.gather_for_metrics
+            lambda x: accelerator.reduce(x.to(accelerator.device), reduction="sum"),
+            accelerator.gather,
+            accelerator.gather_for_metrics,
+            accelerator.device,
+        )
+        samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        self.kl_control = KLControl(self.kl_penalty, samples_per_step * accelerator.num_processes)
+        log_train = partial(self._log_metrics, "train")
+        self.controllers = StepControllers(self.kl_control, self.entropy_control, self.collective.reduce_sum, log_train)
+        self.add_callback(self.controllers)
+        quantile = self.top_entropy_quantile
+        high_entropy_mask = partial(self.get_high_entropy_mask, threshold=1 - quantile) if quantile < 1.0 else None
+        self.objective_setup = ObjectiveSetup(
+            pm=self.zrl_pm,
+            policy_loss=self.components.policy_loss,
+            aggregator=self.components.advantages,
+            kl_penalty=self.kl_penalty,
+            kl_in_loss=self.kl_penalty.placement == "loss" and self.beta != 0.0,
+            bias_correction_kl=self.args.use_bias_correction_kl,
+            entropy_control=self.entropy_control,
+            aux_loss_coef=self.router_aux_loss_coef if self.aux_loss_enabled else None,
+            off_policy_mask_threshold=self.off_policy_mask_threshold,
+            high_entropy_mask=high_entropy_mask,
         )
         if isinstance(self.rollout_strategy, ValidatesSetup):
             self.rollout_strategy.validate(self)  # e.g. a strategy that cannot work with TRL's vLLM modes refuses
@@ -158,14 +173,14 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
         batch = self._score(inputs)
         if batch.mode == "train" and isinstance(self.rollout_strategy, GroupFilter):
             batch = self._filter_groups(batch)
-        rewards_per_func = gather(batch.rewards_per_func)  # group statistics are taken over the global batch
-        rewards = self.reward_rule.rewards(rewards_per_func, gather(batch.truncated), batch.group_size)
-        advantages = self._advantages(batch.output, rewards, batch.mode, batch.group_size)
+        # group statistics are taken over the global batch; the advantages are sliced to this process once
+        rewards = self.reward_rule.rewards(batch.rewards_per_func, batch.truncated, batch.group_size)
+        advantages = self._advantages(batch, rewards)
         output = {**batch.output, **advantages.columns, "advantages": advantages.local}
         replace_tail(self._logs["advantages"], advantages.logged)  # TRL logged its own normalizer's advantages
         if self.zrl_pm.has_observers("zrl_on_rollout_batch"):  # decoding text is not free: only when watched
             completions = self.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True)
-            funcs = (rewards_per_func, list(self.reward_func_names))
+            funcs = (batch.rewards_per_func, list(self.reward_func_names))
             view = rollout_batch_view(batch, output, completions, advantages.rewards, *funcs, self.state.global_step)
             self.zrl_pm.call_observer("zrl_on_rollout_batch", trainer=self, batch=view)
         return output
@@ -181,56 +196,40 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
         return rewards_per_func
 
     def _score(self, inputs: list[dict[str, Any]]) -> ScoredBatch:
-        """TRL's generation and scoring of this process's rows, plus π_old log-probs (off-policy strategies, or a
-        correction to compute) and the rollout correction wherever the behaviour policy reported log-probs."""
+        """TRL's generation and scoring of this process's rows (rewards of all processes, as TRL gathers them),
+        plus π_old log-probs (off-policy strategies, or a correction to compute) and the rollout correction
+        wherever the behaviour policy reported log-probs."""
         with capturing_scores() as scores:
             output = super()._generate_and_score_completions(inputs)
         mode = mode_of(self.model)
-        mask = loss_mask(output)
         behaviour = output.get("sampling_per_token_logps")
         correcting = behaviour is not None and self.correction_name != "none"
         if (self.rollout_strategy.off_policy or correcting) and "old_per_token_logps" not in output:
             output["old_per_token_logps"] = self._policy_logps(output)
         if behaviour is not None and "old_per_token_logps" in output:
-            self._correct_rollout(output, mask, mode)
-        local = process_rows(len(output["prompt_ids"]), self.accelerator.process_index)
+            selected = self.components.rollout_correction, self.components.rollout
+            columns, stats = correct_rollout(self.zrl_pm, *selected, output, self.accelerator.gather)
+            output.update(columns)
+            self._log_metrics(mode, rollout_stats(stats, self.accelerator.gather, self.accelerator.device, prefix=""))
         device = scores.rewards_per_func.device
-        truncated = torch.tensor(scores.truncated, dtype=torch.bool, device=device)
+        truncated = gather(torch.tensor(scores.truncated, dtype=torch.bool, device=device))
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        rewards_per_func = scores.rewards_per_func[local]
-        return ScoredBatch(list(inputs), output, rewards_per_func, truncated, mode, group_size)
-
-    def _correct_rollout(self, output: dict[str, Any], mask: torch.Tensor, mode: str) -> None:
-        """The rollout correction: its weights become ``importance_sampling_ratio`` (the loss multiplies by it), its
-        rejection mask ``rollout_correction_mask`` (multiplied into the loss mask); the mismatch is logged."""
-        old, behaviour = output["old_per_token_logps"], output["sampling_per_token_logps"]
-        selected = self.components.rollout_correction
-        out = call_plugin(self.zrl_pm, selected, "__call__", old, behaviour, mask)
-        weights, rejection = checked_correction(selected.name, out, old, mask)
-        output["importance_sampling_ratio"] = weights
-        if rejection is not None:
-            output["rollout_correction_mask"] = rejection
-        # recounted on every process alike (one process may reject nothing while another does)
-        kept = mask if rejection is None else mask * rejection
-        output["num_items_in_batch"] = self.accelerator.gather(kept.sum()).sum()
-        stats = mismatch_stats(old, behaviour, mask, weights, rejection)
-        stats.update({f"rollout/{key}": value for key, value in out.metrics.items()})
-        if isinstance(self.rollout_strategy, ObservesMismatch):
-            call_plugin(self.zrl_pm, self.components.rollout, "observe_mismatch", stats)
-        self._log_metrics(mode, rollout_stats(stats, self.accelerator.gather, self.accelerator.device, prefix=""))
+        local = process_rows(len(output["prompt_ids"]), self.accelerator.process_index)
+        return ScoredBatch(list(inputs), output, scores.rewards_per_func, truncated, mode, group_size, local)
 
     def _filter_groups(self, batch: ScoredBatch) -> ScoredBatch:
         """Hand the batch to the rollout strategy's group filter (DAPO dynamic sampling), with the core's means to
-        score more rows; then recount the loss tokens over all processes."""
+        score more rows; then share the changed rows' rewards and recount the loss tokens over all processes."""
 
         def group_rewards(scored: ScoredBatch) -> torch.Tensor:
-            rewards = self.reward_rule.rewards(scored.rewards_per_func, scored.truncated, scored.group_size)
+            local = (scored.local_rewards_per_func, scored.local_truncated)
+            rewards = self.reward_rule.rewards(*local, scored.group_size)
             return rewards.view(-1, scored.group_size)
 
         ctx = RefillContext(
             score_more=self._score,
             group_rewards=group_rewards,
-            any_process=self._any_process,
+            any_process=self.collective.any_process,
             dataset=self.train_dataset,
             process_index=self.accelerator.process_index,
         )
@@ -238,7 +237,7 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
         kept = loss_mask(batch.output) * batch.output.get("rollout_correction_mask", 1)
         batch.output["num_items_in_batch"] = self.accelerator.gather(kept.sum()).sum()
         self._log_metrics("train", rollout_stats(stats, self.accelerator.gather, self.accelerator.device))
-        return batch
+        return batch.synced(self.accelerator.gather)
 
     def _reward_placed_kl(self, output: dict[str, Any], mask: torch.Tensor, mode: str) -> torch.Tensor:
         """β-free per-token KL of this process's rows (B x T, masked) for a KL penalty placed in the reward."""
@@ -251,15 +250,15 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
             self.kl_control.observe(per_token_kl.sum(), mask.sum())
         return per_token_kl
 
-    def _advantages(self, output: dict[str, Any], rewards: torch.Tensor, mode: str, group_size: int) -> Advantages:
+    def _advantages(self, batch: ScoredBatch, rewards: torch.Tensor) -> Advantages:
         """The normalizer's advantages of the global rewards, a reward-placed KL summed per sequence and subtracted
         first. The PPO trainer overrides this with per-token rewards, an estimator and a critic."""
         if self.kl_penalty.placement == "reward" and self.kl_penalty.controller.beta != 0.0:
-            sequence_kl = gather(self._reward_placed_kl(output, loss_mask(output), mode).sum(-1))
+            sequence_kl = gather(self._reward_placed_kl(batch.output, loss_mask(batch.output), batch.mode).sum(-1))
             rewards = rewards - self.kl_penalty.controller.beta * sequence_kl
-        advantages = sequence_advantages(self.zrl_pm, self.components.advantages, rewards, group_size, mode)
-        local = process_rows(len(output["prompt_ids"]), self.accelerator.process_index)
-        return Advantages(local=advantages[local], logged=advantages, rewards=rewards)
+        selected = self.components.advantages
+        advantages = sequence_advantages(self.zrl_pm, selected, rewards, batch.group_size, batch.mode)
+        return Advantages(local=advantages[batch.local], logged=advantages, rewards=rewards)
 
     def _policy_logps(self, output: dict[str, Any]) -> torch.Tensor:
         """Per-token log-probs of the completions under the current policy, without gradient."""
@@ -279,7 +278,7 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
         loss = self._policy_objective(self._forward_completions(model, inputs), inputs, mode)
         if mode == "train":
             step = self.state.global_step + 1
-            note_nonfinite_loss(loss, self._nonfinite, self.is_deepspeed_enabled, self._any_process, step)
+            note_nonfinite_loss(loss, self._nonfinite, self.is_deepspeed_enabled, self.collective.any_process, step)
         return loss
 
     def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any):
@@ -304,65 +303,14 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
         return CompletionForward(logps=logps, entropies=entropies, aux_loss=aux_loss)
 
     def _policy_objective(self, forward: CompletionForward, inputs: dict[str, Any], mode: str) -> torch.Tensor:
-        """Policy loss (the component) → TRL's masks and importance correction → KL term → aggregation (the
-        normalizer) → entropy bonus and router aux loss, in TRL's order (:mod:`zrl_plugins.trainers.loss`)."""
-        mask = loss_mask(inputs)
-        if "rollout_correction_mask" in inputs:  # the rollout correction's rejections leave the loss
-            mask = mask * inputs["rollout_correction_mask"]
-        advantages = inputs["advantages"]
-        if advantages.dim() == 1:
-            advantages = advantages.unsqueeze(1)
-        old_logps = inputs.get("old_per_token_logps")
-        if old_logps is None:
-            old_logps = forward.logps.detach()
-        sampling_ratio = inputs.get("importance_sampling_ratio")
-        loss_inputs = (forward.logps, old_logps, advantages, mask, sampling_ratio)
-        out = loss.policy_loss(self.zrl_pm, self.components.policy_loss, *loss_inputs)
-        per_token_loss, entropy_mask = self._masked(out.per_token_loss, forward, inputs, advantages, mask, old_logps)
-        if sampling_ratio is not None and not getattr(self.policy_loss, "uses_importance_sampling_ratio", False):
-            per_token_loss = per_token_loss * sampling_ratio
-        per_token_kl = None
-        if self.kl_penalty.placement == "loss" and self.beta != 0.0:
-            kl_inputs = (forward.logps, inputs["ref_per_token_logps"], out.ratio, self.args.use_bias_correction_kl)
-            per_token_kl = loss.kl_term(self.kl_penalty, *kl_inputs)
-            per_token_loss = per_token_loss + self.kl_penalty.controller.beta * per_token_kl
-            if mode == "train":
-                self.kl_control.observe((per_token_kl.detach() * mask).sum(), mask.sum())
-
+        """The micro-batch's policy objective (:func:`zrl_plugins.trainers.loss.objective`); in training, the
+        controllers observe what it showed (they move at the optimizer step)."""
         ctx = self._loss_context(inputs, mode)
-        total = loss.aggregate(self.zrl_pm, self.components.advantages, per_token_loss, mask, ctx)
-        bonus, metrics = torch.zeros((), device=total.device), {}
-        if self.entropy_control.enabled:
-            entropy_mask = mask if entropy_mask is None else mask * entropy_mask
-            bonus_inputs = (forward.entropies, entropy_mask, total.detach(), ctx, self.collective)
-            entropy_bonus, metrics = loss.entropy_bonus(self.entropy_control, *bonus_inputs)
-            bonus = bonus + entropy_bonus
-            if mode == "train":
-                self.entropy_control.observe(forward.entropies, entropy_mask)
-        if self.aux_loss_enabled:
-            aux, aux_metrics = loss.aux_loss_term(forward.aux_loss, self.router_aux_loss_coef, ctx, self.collective)
-            bonus, metrics = bonus + aux, {**metrics, **aux_metrics}
-        total = total + bonus
-        metrics.update(loss.policy_metrics(out, forward.entropies, per_token_kl, mask, self.collective))
-        self._log_metrics(mode, metrics)
-        return total
-
-    def _masked(self, per_token_loss, forward, inputs, advantages, mask, old_logps):
-        """TRL's off-policy sequence mask (DeepSeek-V3.2) and high-entropy token mask; returns the masked loss and
-        the entropy mask (or ``None``)."""
-        if self.off_policy_mask_threshold is not None:
-            per_token_loss = per_token_loss * self.get_off_policy_mask(
-                advantages=advantages,
-                per_token_logps=forward.logps,
-                sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_logps),
-                mask=mask,
-                off_policy_threshold=self.off_policy_mask_threshold,
-            )
-        entropy_mask = None
-        if self.top_entropy_quantile < 1.0:
-            entropy_mask = self.get_high_entropy_mask(forward.entropies, mask, 1 - self.top_entropy_quantile)
-            per_token_loss = per_token_loss * entropy_mask
-        return per_token_loss, entropy_mask
+        result = loss.objective(self.objective_setup, forward, inputs, ctx, self.collective)
+        if mode == "train":
+            self.controllers.observe(result.kl, result.entropy)
+        self._log_metrics(mode, result.metrics)
+        return result.loss
 
     def _loss_context(self, inputs: dict[str, Any], mode: str) -> LossContext:
         return LossContext(
@@ -374,52 +322,13 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
             training=mode == "train",
         )
 
-    def _any_process(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on some process (a collective call)."""
-        return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.accelerator.device)) > 0)
-
     def _log_metrics(self, mode: str, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             self._metrics[mode][name].append(value)
 
-    # ------------------------------------------------------------------------------------------------ controllers
-    def _step_controllers(self) -> None:
-        """Once per optimizer step (:class:`StepControllers`): the KL and entropy coefficients move on what the
-        step's micro-batches showed, over all processes, and are logged as TRL logs them."""
-
-        def reduce(x: torch.Tensor) -> torch.Tensor:
-            return self.accelerator.reduce(x.to(self.accelerator.device), reduction="sum")
-
-        self.kl_control.step(reduce)
-        self._metrics["train"]["kl_coef"].append(self.kl_penalty.controller.beta)
-        if self.entropy_control.enabled:
-            self.entropy_control.step(reduce)
-            self._metrics["train"]["entropy_coef"].append(self.entropy_control.coef)
-
-    # ------------------------------------------------------------------------------------------------ numerics
-    def _get_grad_norm(self, model, grad_norm=None):
-        """The Trainer asks for the step's gradient norm just before the optimizer step: the place to decide, on
-        every process together, whether the step is taken (:mod:`zrl_plugins.trainers.numerics`)."""
-        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        step, lr = self.state.global_step + 1, self._get_learning_rate()
-        if decide_step(self._nonfinite, norm, self._any_process, self.is_deepspeed_enabled, step, lr):
-            for param in model.parameters():
-                param.grad = None  # the optimizer then leaves every weight and its state as they are
-        if self.is_deepspeed_enabled:
-            return norm
-        self._metrics["train"]["train/skipped_steps"].append(float(self._nonfinite.skipped_total))
-        return norm
-
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
-        """The Trainer's scheduler, whose ``step`` does nothing after a skipped optimizer step (its class is swapped
-        for a subclass holding the guard, so its ``state_dict`` — what checkpoints save — is unchanged)."""
-        scheduler = super().create_scheduler(num_training_steps, optimizer)
-        if not getattr(type(scheduler), "_zrl_guard", None):
-            scheduler.__class__ = guarded_scheduler_class(type(scheduler), self._nonfinite)
-        return scheduler
-
     # ------------------------------------------------------------------------------------------------ checkpoints
     def _stateful_components(self) -> dict[str, Any]:
+        """The components whose state checkpoints save and restore (:class:`CheckpointOverrides`)."""
         components = {
             "normalizer": self.components.advantages.component,
             "kl_penalty": self.kl_penalty.controller,
@@ -429,18 +338,3 @@ class ZRLGRPOTrainer(ControllerAttributes, GRPOTrainer, _ObservedLog):
         for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
             components[f"verifier:{name}"] = func.verifier if isinstance(func, NamedVerifier) else func
         return {k: v for k, v in components.items() if isinstance(v, Stateful) and not isinstance(v, torch.nn.Module)}
-
-    def _save_checkpoint(self, model, trial):
-        """TRL's save without its rotation, every process's zrl state, the completion marker, then rotation."""
-        checkpoint.save(self, trial, lambda: super(ZRLGRPOTrainer, self)._save_checkpoint(model, trial))
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """Resume only from a complete checkpoint trained with this setup (or with ``resume_override``)."""
-        if resume_from_checkpoint:
-            resume_from_checkpoint = checkpoint.prepare_resume(self, resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def _load_optimizer_and_scheduler(self, checkpoint_dir):
-        super()._load_optimizer_and_scheduler(checkpoint_dir)
-        if checkpoint_dir is not None:
-            checkpoint.restore(self, checkpoint_dir)

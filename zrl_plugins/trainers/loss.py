@@ -1,6 +1,6 @@
-"""Loss assembly: the parts of one micro-batch's policy objective as functions of tensors and components, each part
-with the metrics TRL logs for it. The trainer composes them in TRL's order (``ZRLGRPOTrainer._policy_objective``):
-policy loss → TRL's masks → KL term → aggregation → entropy bonus and router aux loss.
+"""Loss assembly: one micro-batch's policy objective as a function of tensors and components (:func:`objective`),
+in TRL's order — policy loss → TRL's masks → KL term → aggregation → entropy bonus and router aux loss — returning
+the loss, the metrics TRL logs, and what the coefficient controllers observe (they move only at the optimizer step).
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from trl import GRPOTrainer
 from trl.trainer.utils import nanmax, nanmin
 
 from ..framework.errors import ComponentContractError
 from ..framework.plugins import ZRLPluginManager
 from ..framework.protocols import LossContext, PolicyLossOutput
+from .batch import loss_mask
 from .components import Selected, call_plugin
 from .controllers import EntropyControl
 
@@ -38,6 +40,11 @@ class Collective:
     reduce_sum: Callable[[torch.Tensor], torch.Tensor]
     gather: Callable[[torch.Tensor], torch.Tensor]
     gather_for_metrics: Callable[[torch.Tensor], torch.Tensor]
+    device: Any = "cpu"
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on some process (every process must call it)."""
+        return bool(self.reduce_sum(torch.tensor([float(flag)], device=self.device)) > 0)
 
     def masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
         """Mean of ``x`` over the masked tokens of all processes (over rows when ``x`` is per sequence, B x 1)."""
@@ -139,3 +146,84 @@ def policy_metrics(
     for name, value in out.metrics.items():
         metrics[name] = mean(value.detach().float())
     return metrics
+
+
+@dataclass(frozen=True)
+class ObjectiveSetup:
+    """The policy objective's fixed parts, chosen once at construction: the components and TRL's loss options."""
+
+    pm: ZRLPluginManager
+    policy_loss: Selected
+    aggregator: Selected  # the normalizer (GRPO family) or the token estimator (PPO)
+    kl_penalty: Any
+    kl_in_loss: bool  # the KL penalty is placed in the loss and TRL computes reference log-probs
+    bias_correction_kl: bool  # TRL's use_bias_correction_kl
+    entropy_control: EntropyControl
+    aux_loss_coef: float | None  # TRL's router_aux_loss_coef when the model reports an aux loss, else None
+    off_policy_mask_threshold: float | None  # TRL's DeepSeek-V3.2 sequence mask
+    high_entropy_mask: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None  # TRL's top-entropy token mask
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One micro-batch's loss, its metrics, and what the controllers observe (``None`` where nothing is observed)."""
+
+    loss: torch.Tensor
+    metrics: Metrics
+    kl: tuple[torch.Tensor, torch.Tensor] | None  # (Σ masked per-token KL, tokens): the KL controller's window
+    entropy: tuple[torch.Tensor, torch.Tensor] | None  # (entropies, mask): the adaptive entropy controller's window
+
+
+def objective(
+    setup: ObjectiveSetup,
+    forward: CompletionForward,
+    inputs: dict[str, Any],
+    ctx: LossContext,
+    collective: Collective,
+) -> Objective:
+    """The policy objective of one micro-batch (TRL's batch dict ``inputs``), in TRL's order."""
+    mask = loss_mask(inputs)
+    if "rollout_correction_mask" in inputs:  # the rollout correction's rejections leave the loss
+        mask = mask * inputs["rollout_correction_mask"]
+    advantages = inputs["advantages"]
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    old_logps = inputs.get("old_per_token_logps")
+    if old_logps is None:
+        old_logps = forward.logps.detach()
+    sampling_ratio = inputs.get("importance_sampling_ratio")
+    out = policy_loss(setup.pm, setup.policy_loss, forward.logps, old_logps, advantages, mask, sampling_ratio)
+    per_token_loss = out.per_token_loss
+    if setup.off_policy_mask_threshold is not None:
+        per_token_loss = per_token_loss * GRPOTrainer.get_off_policy_mask(
+            advantages=advantages,
+            per_token_logps=forward.logps,
+            sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_logps),
+            mask=mask,
+            off_policy_threshold=setup.off_policy_mask_threshold,
+        )
+    entropy_mask = mask
+    if setup.high_entropy_mask is not None:
+        high_entropy = setup.high_entropy_mask(forward.entropies, mask)
+        per_token_loss, entropy_mask = per_token_loss * high_entropy, mask * high_entropy
+    if sampling_ratio is not None and not getattr(setup.policy_loss.component, "uses_importance_sampling_ratio", False):
+        per_token_loss = per_token_loss * sampling_ratio
+    per_token_kl, kl = None, None
+    if setup.kl_in_loss:
+        per_token_kl = kl_term(
+            setup.kl_penalty, forward.logps, inputs["ref_per_token_logps"], out.ratio, setup.bias_correction_kl
+        )
+        per_token_loss = per_token_loss + setup.kl_penalty.controller.beta * per_token_kl
+        kl = ((per_token_kl.detach() * mask).sum(), mask.sum())
+
+    total = aggregate(setup.pm, setup.aggregator, per_token_loss, mask, ctx)
+    bonus, metrics, entropy = torch.zeros((), device=total.device), {}, None
+    if setup.entropy_control.enabled:
+        bonus_inputs = (forward.entropies, entropy_mask, total.detach(), ctx, collective)
+        entropy_term, metrics = entropy_bonus(setup.entropy_control, *bonus_inputs)
+        bonus, entropy = bonus + entropy_term, (forward.entropies, entropy_mask)
+    if setup.aux_loss_coef is not None:
+        aux, aux_metrics = aux_loss_term(forward.aux_loss, setup.aux_loss_coef, ctx, collective)
+        bonus, metrics = bonus + aux, {**metrics, **aux_metrics}
+    metrics.update(policy_metrics(out, forward.entropies, per_token_kl, mask, collective))
+    return Objective(loss=total + bonus, metrics=metrics, kl=kl, entropy=entropy)

@@ -127,3 +127,30 @@ def guarded_scheduler_class(base: type, guard: SkipGuard) -> type:
         return base.step(self, *args, **kwargs)
 
     return type(f"Guarded{base.__name__}", (base,), {"step": step, "_zrl_guard": guard})
+
+
+class GuardedSteps:
+    """The Trainer methods a zrl trainer overrides for the non-finite step guard (mixed in before TRL's trainer;
+    the trainer holds the :class:`SkipGuard` as ``_nonfinite`` and a ``collective``)."""
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        """The Trainer asks for the step's gradient norm just before the optimizer step: the place to decide, on
+        every process together, whether the step is taken."""
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        step, lr = self.state.global_step + 1, self._get_learning_rate()
+        any_process = self.collective.any_process
+        if decide_step(self._nonfinite, norm, any_process, self.is_deepspeed_enabled, step, lr):
+            for param in model.parameters():
+                param.grad = None  # the optimizer then leaves every weight and its state as they are
+        if self.is_deepspeed_enabled:
+            return norm
+        self._metrics["train"]["train/skipped_steps"].append(float(self._nonfinite.skipped_total))
+        return norm
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        """The Trainer's scheduler, whose ``step`` does nothing after a skipped optimizer step (its class is swapped
+        for a subclass holding the guard, so its ``state_dict`` — what checkpoints save — is unchanged)."""
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if not getattr(type(scheduler), "_zrl_guard", None):
+            scheduler.__class__ = guarded_scheduler_class(type(scheduler), self._nonfinite)
+        return scheduler

@@ -32,6 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ..framework.errors import ConfigError
 from ..framework.ops import token_mean_aggregate
+from ..framework.scored_batch import ScoredBatch
 from .batch import loss_mask, mode_of, sequences
 from .components import Components, advantage_estimator, build_components, call_plugin
 from .critic import (
@@ -54,7 +55,7 @@ from .loss import CompletionForward
 from .numerics import note_nonfinite_loss
 from .ppo_advantages import check_token_advantages, critic_metrics, last_token_rewards, whitened_and_clipped
 from .ppo_config import ZRLPPOConfig
-from .rollout import Advantages, process_rows
+from .rollout import Advantages
 from .running_stats import RunningMoments
 
 CRITIC_DIR = "critic"
@@ -229,10 +230,10 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
                 yield [dataset[i]["text"] for i in order[start : start + size]]
 
     # ------------------------------------------------------------------------------------------------ rollout
-    def _advantages(self, output: dict[str, Any], rewards: torch.Tensor, mode: str, group_size: int) -> Advantages:
+    def _advantages(self, batch: ScoredBatch, rewards: torch.Tensor) -> Advantages:
         """Per-token rewards (the scaled score at the last completion token, minus β·KL_t) → the estimator, with
         the critic's V_old → whitening and clipping over the global batch."""
-        local = process_rows(len(output["prompt_ids"]), self.accelerator.process_index)
+        output, mode, local = batch.output, batch.mode, batch.local
         mask, completion_mask = loss_mask(output), output["completion_mask"].float()
         reduce_sum = self.collective.reduce_sum
         scores = self._scaled_scores(rewards, local, mode)[local]
@@ -311,7 +312,7 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             loss = loss + self.args.ptx_coef * self._pretrain_loss()
         if mode == "train":
             step = self.state.global_step + 1
-            note_nonfinite_loss(loss, self._nonfinite, self.is_deepspeed_enabled, self._any_process, step)
+            note_nonfinite_loss(loss, self._nonfinite, self.is_deepspeed_enabled, self.collective.any_process, step)
         return loss
 
     def _forward_completions(self, model, inputs) -> CompletionForward:

@@ -1,5 +1,6 @@
 """The rollout pipeline's arithmetic: rewards per completion from the reward matrix, advantages checked against the
-normalizer's contract, the value the advantage step returns, and the rollout statistics logged over processes.
+normalizer's contract, the value the advantage step returns, the rollout correction's loss inputs, and the rollout
+statistics logged over processes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import torch
 from ..framework.errors import ComponentContractError
 from ..framework.ops import nanstd
 from ..framework.plugins import ZRLPluginManager
+from ..framework.protocols import ObservesMismatch
+from ..framework.rollout_correction import checked_correction, mismatch_stats
+from .batch import loss_mask
 from .components import Selected, call_plugin
 
 
@@ -76,6 +80,33 @@ def sequence_advantages(
             f"{rewards[bad].tolist()}); unscorable rows must get advantage 0. No optimizer step was taken."
         )
     return advantages
+
+
+def correct_rollout(
+    pm: ZRLPluginManager,
+    correction: Selected,
+    rollout: Selected,
+    output: dict[str, Any],
+    gather: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The rollout correction of a batch whose behaviour policy reported log-probs: the columns it adds to TRL's
+    batch — its weights as ``importance_sampling_ratio`` (the loss multiplies by them), its rejections as
+    ``rollout_correction_mask`` (multiplied into the loss mask), the loss tokens recounted over all processes — and
+    the mismatch statistics, which a rollout strategy that observes them receives too."""
+    old, behaviour, mask = output["old_per_token_logps"], output["sampling_per_token_logps"], loss_mask(output)
+    out = call_plugin(pm, correction, "__call__", old, behaviour, mask)
+    weights, rejection = checked_correction(correction.name, out, old, mask)
+    columns = {"importance_sampling_ratio": weights}
+    if rejection is not None:
+        columns["rollout_correction_mask"] = rejection
+    # recounted on every process alike (one process may reject nothing while another does)
+    kept = mask if rejection is None else mask * rejection
+    columns["num_items_in_batch"] = gather(kept.sum()).sum()
+    stats = mismatch_stats(old, behaviour, mask, weights, rejection)
+    stats.update({f"rollout/{key}": value for key, value in out.metrics.items()})
+    if isinstance(rollout.component, ObservesMismatch):
+        call_plugin(pm, rollout, "observe_mismatch", stats)
+    return columns, stats
 
 
 def replace_tail(logged: MutableSequence[float], values: torch.Tensor) -> None:
