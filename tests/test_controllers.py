@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
-from zrl_plugins.trainers.controllers import EntropyControl, KLControl
+from zrl_plugins.trainers.controllers import EntropyControl, KLControl, StepControllers
 
 
 class RecordingController:
@@ -95,3 +95,23 @@ def test_computing_a_loss_moves_no_controller(tmp_path, tiny_model_path, arithme
     assert trainer.entropy_coef == 0.05 and trainer.kl_penalty.controller.beta == 0.1
     trainer.controllers.step()  # what the optimizer step calls
     assert trainer.entropy_coef == pytest.approx(0.07) and trainer.kl_penalty.controller.beta != 0.1
+
+
+def test_step_controllers_feed_on_observations_and_move_only_at_step():
+    """The callback alone, no trainer: observations accumulate; ``step`` moves β and the entropy coefficient on the
+    windows summed over processes, logs the new coefficients, and empties the windows."""
+    kl = KLControl(Penalty(0.1), samples_per_step=8)
+    entropy = EntropyControl(coef=0.05, adaptive=True, target=1.0, delta=0.02, coef_min=0.0, coef_max=1.0)
+    logged = []
+    controllers = StepControllers(kl, entropy, _two_processes(torch.tensor([1.0, 2.0])), logged.append)
+    controllers.observe(
+        (torch.tensor(3.0), torch.tensor(6.0)), (torch.tensor([[0.5, 2.0]]), torch.tensor([[1.0, 1.0]]))
+    )
+    controllers.observe(None, None)  # a micro-batch with nothing to observe
+    assert kl.kl_penalty.controller.updates == [] and entropy.coef == 0.05 and logged == []
+    controllers.step()
+    assert kl.kl_penalty.controller.updates == [(pytest.approx((3.0 + 1.0) / (6.0 + 2.0)), 8)]
+    # entropy over both processes: (0.5 + 2.0 + 1.0) / (2 + 2) = 0.875 <= target 1.0, so coef rises by delta
+    assert entropy.coef == pytest.approx(0.07) and entropy.last_world_entropy == pytest.approx(0.875)
+    assert logged == [{"kl_coef": 0.1, "entropy_coef": pytest.approx(0.07)}]
+    assert kl.window.tolist() == [0.0, 0.0] and entropy.window is None
