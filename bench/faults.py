@@ -28,9 +28,20 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from zrl_plugins import hookimpl
 
 MESSAGE_CHARS = 400
-TINY = dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=8, logging_steps=1, report_to=[],
-            use_cpu=True, bf16=False, save_strategy="no", gradient_checkpointing=False, seed=0, learning_rate=1e-2,
-            temperature=1.0)  # fmt: skip
+TINY = dict(
+    per_device_train_batch_size=8,
+    num_generations=4,
+    max_completion_length=8,
+    logging_steps=1,
+    report_to=[],
+    use_cpu=True,
+    bf16=False,
+    save_strategy="no",
+    gradient_checkpointing=False,
+    seed=0,
+    learning_rate=1e-2,
+    temperature=1.0,
+)
 
 
 # ---------------------------------------------------------------------------------------------------- verifiers
@@ -98,8 +109,13 @@ def row(fault: str, outcome: str, message: str = "", resumed_from: Any = None, s
     message = " ".join(message.split())
     if len(message) > MESSAGE_CHARS:
         message = message[: MESSAGE_CHARS - 1] + "…"
-    return {"fault": fault, "outcome": outcome, "resumed_from": resumed_from, "state_equal": state_equal,
-            "message": message}  # fmt: skip
+    return {
+        "fault": fault,
+        "outcome": outcome,
+        "resumed_from": resumed_from,
+        "state_equal": state_equal,
+        "message": message,
+    }
 
 
 def _threads(name: str) -> int:
@@ -113,8 +129,10 @@ def _train_until_error(bench: Bench, fault: str, verifier: str, **overrides: Any
         trainer.train()
     except Exception as exc:
         seconds = time.perf_counter() - started
-        outcome = (f"stopped at step {trainer.state.global_step + 1} after {seconds:.1f} s with "
-                   f"{type(exc).__name__}; verifier threads left running: {_threads(verifier)}")  # fmt: skip
+        outcome = (
+            f"stopped at step {trainer.state.global_step + 1} after {seconds:.1f} s with "
+            f"{type(exc).__name__}; verifier threads left running: {_threads(verifier)}"
+        )
         return row(fault, outcome, str(exc))
     seconds = time.perf_counter() - started
     return row(fault, f"trained {trainer.state.global_step} steps in {seconds:.1f} s without an error")
@@ -122,24 +140,41 @@ def _train_until_error(bench: Bench, fault: str, verifier: str, **overrides: Any
 
 # ---------------------------------------------------------------------------------------------------- cases
 def hanging_sync(bench: Bench) -> dict:
-    return _train_until_error(bench, "sync verifier spinning forever (verifier_timeout=1, max 2 consecutive)", "spin",
-                              max_steps=5, verifier_timeout=1.0, verifier_max_consecutive_timeouts=2)  # fmt: skip
+    return _train_until_error(
+        bench,
+        "sync verifier spinning forever (verifier_timeout=1, max 2 consecutive)",
+        "spin",
+        max_steps=5,
+        verifier_timeout=1.0,
+        verifier_max_consecutive_timeouts=2,
+    )
 
 
 def blocked_sync(bench: Bench) -> dict:
     _RELEASE.clear()
     try:
-        result = _train_until_error(bench, "sync verifier blocked inside C code (verifier_timeout=1, max 3)", "blocked",
-                                    max_steps=5, verifier_timeout=1.0, verifier_max_consecutive_timeouts=3)  # fmt: skip
+        result = _train_until_error(
+            bench,
+            "sync verifier blocked inside C code (verifier_timeout=1, max 3)",
+            "blocked",
+            max_steps=5,
+            verifier_timeout=1.0,
+            verifier_max_consecutive_timeouts=3,
+        )
     finally:
         _RELEASE.set()
     return result
 
 
 def hanging_async(bench: Bench) -> dict:
-    return _train_until_error(bench, "async verifier awaiting forever (verifier_timeout=1, max 2 consecutive)",
-                              "async_hang", max_steps=5, verifier_timeout=1.0,
-                              verifier_max_consecutive_timeouts=2)  # fmt: skip
+    return _train_until_error(
+        bench,
+        "async verifier awaiting forever (verifier_timeout=1, max 2 consecutive)",
+        "async_hang",
+        max_steps=5,
+        verifier_timeout=1.0,
+        verifier_max_consecutive_timeouts=2,
+    )
 
 
 def overflowing_reward(bench: Bench) -> dict:
@@ -160,11 +195,16 @@ def memory_bomb(bench: Bench) -> dict:
         rewards = verifier(prompts=[""] * 10, completions=completions, answer=golds, log_metric=logged.__setitem__)
         seconds = time.perf_counter() - started
         pool = verifier.grader._pool
-        outcome = (f"bombs scored {rewards[:2]}, normal items {sum(r == 1.0 for r in rewards[2:])}/8 right, "
-                   f"{seconds:.1f} s; verifier/math_correct/oom={logged['verifier/math_correct/oom']:g}, workers "
-                   f"replaced after OOM: {pool.out_of_memory}, killed on deadline: {pool.killed}")  # fmt: skip
-        return row("math_correct on \\boxed{2^{2^{40}}} and \\boxed{10^{10^{10}}!} next to 8 normal items "
-                   "(memory_limit_mb=250, timeout=5)", outcome)  # fmt: skip
+        outcome = (
+            f"bombs scored {rewards[:2]}, normal items {sum(r == 1.0 for r in rewards[2:])}/8 right, "
+            f"{seconds:.1f} s; verifier/math_correct/oom={logged['verifier/math_correct/oom']:g}, workers "
+            f"replaced after OOM: {pool.out_of_memory}, killed on deadline: {pool.killed}"
+        )
+        return row(
+            "math_correct on \\boxed{2^{2^{40}}} and \\boxed{10^{10^{10}}!} next to 8 normal items "
+            "(memory_limit_mb=250, timeout=5)",
+            outcome,
+        )
     finally:
         verifier.close()
 
@@ -182,19 +222,25 @@ def quadratic_extraction(bench: Bench) -> dict:
     started = time.perf_counter()
     extract_answer(text)
     extract_seconds = time.perf_counter() - started
-    return row('"\\\\boxed{" * 10000 (70 KB) as a completion',
-               f"boxed_format {reward} in {boxed_seconds * 1000:.1f} ms; math_correct's extraction "
-               f"{extract_seconds * 1000:.1f} ms")  # fmt: skip
+    return row(
+        '"\\\\boxed{" * 10000 (70 KB) as a completion',
+        f"boxed_format {reward} in {boxed_seconds * 1000:.1f} ms; math_correct's extraction "
+        f"{extract_seconds * 1000:.1f} ms",
+    )
 
 
 def wrong_kwarg_types(bench: Bench) -> list[dict]:
     cases = [
         ("normalizer_kwargs={'delta': 'x'}", dict(verifiers=["digits"], normalizer_kwargs={"delta": "x"})),
-        ("policy_loss_kwargs={'epsilon_low': '0.2'}", dict(verifiers=["digits"], policy_loss="clip",
-                                                            policy_loss_kwargs={"epsilon_low": "0.2"})),
-        ("verifier_kwargs={'math_correct': {'timeout': 'x'}}",
-         dict(verifiers=["math_correct"], verifier_kwargs={"math_correct": {"timeout": "x"}})),
-    ]  # fmt: skip
+        (
+            "policy_loss_kwargs={'epsilon_low': '0.2'}",
+            dict(verifiers=["digits"], policy_loss="clip", policy_loss_kwargs={"epsilon_low": "0.2"}),
+        ),
+        (
+            "verifier_kwargs={'math_correct': {'timeout': 'x'}}",
+            dict(verifiers=["math_correct"], verifier_kwargs={"math_correct": {"timeout": "x"}}),
+        ),
+    ]
     return [_before_compute(bench, fault, **overrides) for fault, overrides in cases]
 
 
@@ -204,9 +250,11 @@ def bad_data(bench: Bench) -> list[dict]:
     cases = [
         ("data set without a 'prompt' column", Dataset.from_list([{"question": "1+1", "answer": "2"}] * 4)),
         ("empty data set", Dataset.from_dict({"prompt": [], "answer": []})),
-        ("a missing prompt (None in row 2)", Dataset.from_list([{"prompt": "1+1", "answer": "2"}] * 2
-                                                                + [{"prompt": None, "answer": "2"}])),
-    ]  # fmt: skip
+        (
+            "a missing prompt (None in row 2)",
+            Dataset.from_list([{"prompt": "1+1", "answer": "2"}] * 2 + [{"prompt": None, "answer": "2"}]),
+        ),
+    ]
     return [_before_compute(bench, fault, data=data, verifiers=["digits"]) for fault, data in cases]
 
 
@@ -221,9 +269,15 @@ def _before_compute(bench: Bench, fault: str, **overrides: Any) -> dict:
 
 
 CASES: list[Callable[[Bench], dict | list[dict]]] = [
-    hanging_sync, blocked_sync, hanging_async, memory_bomb, quadratic_extraction, overflowing_reward,
-    wrong_kwarg_types, bad_data,
-]  # fmt: skip
+    hanging_sync,
+    blocked_sync,
+    hanging_async,
+    memory_bomb,
+    quadratic_extraction,
+    overflowing_reward,
+    wrong_kwarg_types,
+    bad_data,
+]
 
 
 def checkpoint_rows(workdir: Path) -> list[dict]:

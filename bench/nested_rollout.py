@@ -29,7 +29,7 @@ def main() -> None:
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from zrl_rollouts.nested import choose_layers, skipped_layers
+    from zrl_rollouts.nested import random_layers, skipped_layers
 
     from bench.common import write_results
     from zrl_plugins.apps.models import resolve_model
@@ -43,7 +43,7 @@ def main() -> None:
     prompts = [f"What is {a} + {a + 7}? Think step by step." for a in range(args.batch)]
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(args.device)
     num_layers = model.config.num_hidden_layers
-    variants = {0.0: []} | {s: choose_layers(num_layers, s, random.Random(0)) for s in (0.125, 0.25, 0.5)}
+    variants = {0.0: []} | {s: random_layers(num_layers, s, random.Random(0)) for s in (0.125, 0.25, 0.5)}
     times: dict[float, list[float]] = {s: [] for s in variants}
 
     def generate(skip):

@@ -7,6 +7,7 @@ bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 ruff check .
+ruff format --check .
 python -m pytest -q "$@"
 if [ "${ZRL_SKIP_VLLM:-0}" != 1 ]; then
   bash scripts/test_vllm.sh

@@ -11,9 +11,27 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model_name_or_path", "tiny", "--use_cpu", "--bf16", "false", "--report_to", "none",
-        "--per_device_train_batch_size", "8", "--num_generations", "4", "--max_completion_length", "8",
-        "--save_strategy", "no", "--gradient_checkpointing", "false", "--logging_steps", "1"]  # fmt: skip
+TINY = [
+    "--model_name_or_path",
+    "tiny",
+    "--use_cpu",
+    "--bf16",
+    "false",
+    "--report_to",
+    "none",
+    "--per_device_train_batch_size",
+    "8",
+    "--num_generations",
+    "4",
+    "--max_completion_length",
+    "8",
+    "--save_strategy",
+    "no",
+    "--gradient_checkpointing",
+    "false",
+    "--logging_steps",
+    "1",
+]
 
 
 def _ablate(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -22,8 +40,9 @@ def _ablate(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def test_ablation_smoke(tmp_path):
-    result = _ablate("--sweep", "normalizer=grpo,dr_grpo", *TINY, "--max_steps", "2", "--n_eval", "6",
-                     "--output_dir", str(tmp_path))  # fmt: skip
+    result = _ablate(
+        "--sweep", "normalizer=grpo,dr_grpo", *TINY, "--max_steps", "2", "--n_eval", "6", "--output_dir", str(tmp_path)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "ablation.json").read_text())
     assert report["field"] == "normalizer" and report["values"] == ["grpo", "dr_grpo"]
@@ -43,9 +62,25 @@ def test_ablation_smoke(tmp_path):
 
 
 def test_a_recipe_field_swept_with_a_ppo_recipe_preset(tmp_path):
-    result = _ablate("--recipe", "ppo_max", "--preset", "cpu-demo", "--sweep", "template=plain,simple", *TINY,
-                     "--template_kwargs", "{}", "--max_steps", "1", "--n_eval", "0", "--n_train", "16",
-                     "--output_dir", str(tmp_path))  # fmt: skip
+    result = _ablate(
+        "--recipe",
+        "ppo_max",
+        "--preset",
+        "cpu-demo",
+        "--sweep",
+        "template=plain,simple",
+        *TINY,
+        "--template_kwargs",
+        "{}",
+        "--max_steps",
+        "1",
+        "--n_eval",
+        "0",
+        "--n_train",
+        "16",
+        "--output_dir",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "ablation.json").read_text())
     assert report["recipe"] == "ppo_max" and report["field"] == "template"
@@ -54,8 +89,18 @@ def test_a_recipe_field_swept_with_a_ppo_recipe_preset(tmp_path):
 
 
 def test_a_bad_value_fails_before_any_value_trains(tmp_path):
-    result = _ablate("--sweep", "normalizer=grpo,no_such_normalizer", *TINY, "--max_steps", "1", "--n_eval", "0",
-                     "--output_dir", str(tmp_path), timeout=300)  # fmt: skip
+    result = _ablate(
+        "--sweep",
+        "normalizer=grpo,no_such_normalizer",
+        *TINY,
+        "--max_steps",
+        "1",
+        "--n_eval",
+        "0",
+        "--output_dir",
+        str(tmp_path),
+        timeout=300,
+    )
     assert result.returncode != 0
     assert "no_such_normalizer" in result.stderr and "grpo" in result.stderr
     assert not (tmp_path / "normalizer=grpo").exists()  # nothing trained
@@ -68,8 +113,19 @@ def test_sweep_must_name_a_config_field(tmp_path):
 
 
 def test_seeds_give_per_step_intervals(tmp_path):
-    result = _ablate("--sweep", "normalizer=grpo,dr_grpo", "--seeds", "0,1", *TINY, "--max_steps", "2",
-                     "--n_eval", "4", "--output_dir", str(tmp_path))  # fmt: skip
+    result = _ablate(
+        "--sweep",
+        "normalizer=grpo,dr_grpo",
+        "--seeds",
+        "0,1",
+        *TINY,
+        "--max_steps",
+        "2",
+        "--n_eval",
+        "4",
+        "--output_dir",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "ablation.json").read_text())
     assert report["seeds"] == [0, 1] and "interval" in report

@@ -15,13 +15,19 @@ def test_cli_flags_select_components_and_parse_json_kwargs():
     (config,) = parser.parse_args_and_config(
         [
             *BASE,
-            "--verifiers", "last_number", "other",
-            "--normalizer", "dr_grpo",
-            "--normalizer_kwargs", '{"max_length": 1024}',
-            "--kl_penalty", "none",
-            "--verifier_kwargs", '{"last_number": {"tolerance": 0.5}}',
+            "--verifiers",
+            "last_number",
+            "other",
+            "--normalizer",
+            "dr_grpo",
+            "--normalizer_kwargs",
+            '{"max_length": 1024}',
+            "--kl_penalty",
+            "none",
+            "--verifier_kwargs",
+            '{"last_number": {"tolerance": 0.5}}',
         ]
-    )  # fmt: skip
+    )
     assert config.verifiers == ["last_number", "other"]
     assert config.normalizer == "dr_grpo" and config.normalizer_kwargs == {"max_length": 1024}
     assert config.kl_penalty == "none" and config.kl_penalty_kwargs == {}
@@ -46,8 +52,16 @@ def test_help_text_for_every_zrl_field():
     from dataclasses import fields
 
     own = {f.name: f for f in fields(ZRLConfig)}
-    for name in ("verifiers", "verifier_kwargs", "normalizer", "normalizer_kwargs", "kl_penalty",
-                 "kl_penalty_kwargs", "rollout", "rollout_kwargs"):  # fmt: skip
+    for name in (
+        "verifiers",
+        "verifier_kwargs",
+        "normalizer",
+        "normalizer_kwargs",
+        "kl_penalty",
+        "kl_penalty_kwargs",
+        "rollout",
+        "rollout_kwargs",
+    ):
         assert own[name].metadata.get("help"), name
 
 
@@ -61,9 +75,12 @@ def test_bad_json_kwargs_is_a_clear_error():
 def test_verifier_kwargs_for_an_unselected_verifier_is_an_error():
     with pytest.raises(ValueError, match=r"not selected in `verifiers`: \['math_correct'\]"):
         ZRLConfig(
-            output_dir="/tmp/x", use_cpu=True, bf16=False, verifiers=["last_number"],
+            output_dir="/tmp/x",
+            use_cpu=True,
+            bf16=False,
+            verifiers=["last_number"],
             verifier_kwargs={"math_correct": {"mode": "boxed"}},
-        )  # fmt: skip
+        )
 
 
 def test_unknown_keys_get_a_close_match(tmp_path):

@@ -11,8 +11,13 @@ from zrl_plugins.apps.console import MAX_LINE, ConsoleProgress, step_line
 
 
 def test_step_line_fields_and_width():
-    line = step_line(3, 14, {"reward": 0.4213, "completions/mean_length": 12.34, "accuracy": 0.5, "kl": 0.00123},
-                     seconds_per_step=21.44, eta=192)  # fmt: skip
+    line = step_line(
+        3,
+        14,
+        {"reward": 0.4213, "completions/mean_length": 12.34, "accuracy": 0.5, "kl": 0.00123},
+        seconds_per_step=21.44,
+        eta=192,
+    )
     assert line == "step 3/14 | reward 0.421 | acc 0.500 | len 12.3 | kl 0.0012 | 21.4 s/step | ETA 3:12"
     assert step_line(1, 2, {}, None, None) == "step 1/2"
     assert step_line(5, 9, {"reward": 1.0}, 1.0, 3725).endswith("ETA 1:02:05")
@@ -24,9 +29,12 @@ def test_a_trainer_with_the_console_prints_one_line_per_step(tmp_path, tiny_mode
     from zrl_plugins import ZRLGRPOTrainer
     from zrl_plugins.apps.console import use_console
 
-    trainer = ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=tiny_config(tmp_path, max_steps=3,
-                                                                                  disable_tqdm=False),
-                             train_dataset=arithmetic_dataset)  # fmt: skip
+    trainer = ZRLGRPOTrainer(
+        tiny_model_path,
+        char_count_reward,
+        args=tiny_config(tmp_path, max_steps=3, disable_tqdm=False),
+        train_dataset=arithmetic_dataset,
+    )
     stream = io.StringIO()
     use_console(trainer, "unit")
     console = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ConsoleProgress))
@@ -50,13 +58,38 @@ def test_the_demo_prints_short_lines_and_one_per_step(tmp_path, tiny_model_path)
     model = tmp_path / "tiny-chat"
     shutil.copytree(tiny_model_path, model)
     tokenizer = AutoTokenizer.from_pretrained(model)  # the demo's prompts are chat messages: give it a template
-    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                               "{% if add_generation_prompt %}assistant:{% endif %}")  # fmt: skip
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
     tokenizer.save_pretrained(model)
-    result = subprocess.run([sys.executable, "-m", "zrl_plugins.demo", "--model", str(model), "--max_steps", "2",
-                             "--n_eval", "16", "--n_validation", "8", "--max_completion_length", "6",
-                             "--prompts_per_step", "2", "--num_generations", "4", "--output_dir", "out"],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zrl_plugins.demo",
+            "--model",
+            str(model),
+            "--max_steps",
+            "2",
+            "--n_eval",
+            "16",
+            "--n_validation",
+            "8",
+            "--max_completion_length",
+            "6",
+            "--prompts_per_step",
+            "2",
+            "--num_generations",
+            "4",
+            "--output_dir",
+            "out",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (result.stdout + result.stderr).splitlines()
     assert max(len(line) for line in lines) <= 160, max(lines, key=len)

@@ -33,15 +33,31 @@ def fake_launcher(
             (workdir / "log.txt").write_text("Traceback ...\nRuntimeError: boom\n")
             return 1
         if phase == "train":
-            result = {"step_begin": 0, "step_end": STEPS, "grad_norm": list(grad_norms), "step_time": [9.0, 1.0, 2.0],
-                      "peak_memory_mib": 1234.5, "distributed_type": "DistributedType.DEEPSPEED", "num_processes": 1,
-                      "policy_begin": _fingerprint(1.0), "policy_end": _fingerprint(train_change),
-                      "critic_begin": _critic(1.0), "critic_end": _critic(critic_change),
-                      "critic_grad_norm": list(critic_norms or [None] * STEPS)}  # fmt: skip
+            result = {
+                "step_begin": 0,
+                "step_end": STEPS,
+                "grad_norm": list(grad_norms),
+                "step_time": [9.0, 1.0, 2.0],
+                "peak_memory_mib": 1234.5,
+                "distributed_type": "DistributedType.DEEPSPEED",
+                "num_processes": 1,
+                "policy_begin": _fingerprint(1.0),
+                "policy_end": _fingerprint(train_change),
+                "critic_begin": _critic(1.0),
+                "critic_end": _critic(critic_change),
+                "critic_grad_norm": list(critic_norms or [None] * STEPS),
+            }
         else:
-            result = {"step_begin": STEPS, "step_end": STEPS + 1, "grad_norm": [4.0], "step_time": [1.0],
-                      "policy_begin": _fingerprint(resume_from), "policy_end": _fingerprint(2.0),
-                      "critic_begin": _critic(critic_change), "critic_end": _critic(3.0)}  # fmt: skip
+            result = {
+                "step_begin": STEPS,
+                "step_end": STEPS + 1,
+                "grad_norm": [4.0],
+                "step_time": [1.0],
+                "policy_begin": _fingerprint(resume_from),
+                "policy_end": _fingerprint(2.0),
+                "critic_begin": _critic(critic_change),
+                "critic_end": _critic(3.0),
+            }
         (workdir / f"{phase}.json").write_text(json.dumps(result))
         return 0
 
@@ -108,11 +124,24 @@ def test_launch_commands_pick_the_engine_config_and_processes(tmp_path):
 
 def test_matrix_layout_table_and_spread(tmp_path):
     seen = []
-    cells = engines.run_matrix(["ddp", "zero3"], ["simplerl_zoo", "ppo_max"], tmp_path, "small", STEPS, "cuda", 1,
-                               parallel=2, launcher=fake_launcher(), on_cell=seen.append)  # fmt: skip
+    cells = engines.run_matrix(
+        ["ddp", "zero3"],
+        ["simplerl_zoo", "ppo_max"],
+        tmp_path,
+        "small",
+        STEPS,
+        "cuda",
+        1,
+        parallel=2,
+        launcher=fake_launcher(),
+        on_cell=seen.append,
+    )
     assert [(c["engine"], c["recipe"]) for c in cells] == [
-        ("ddp", "simplerl_zoo"), ("ddp", "ppo_max"), ("zero3", "simplerl_zoo"), ("zero3", "ppo_max")
-    ]  # fmt: skip
+        ("ddp", "simplerl_zoo"),
+        ("ddp", "ppo_max"),
+        ("zero3", "simplerl_zoo"),
+        ("zero3", "ppo_max"),
+    ]
     assert len(seen) == 4 and len(seen[-1]) == 4  # the partial result is saved after every cell
     for c in cells:
         assert {"engine", "recipe", "ok", "grad_nonzero", "params_changed", "resumed"} <= set(c)

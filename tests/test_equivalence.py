@@ -89,9 +89,11 @@ def test_kl_none_loads_no_reference_model(tmp_path, tiny_model_path, arithmetic_
     assert "ref_per_token_logps" not in out
 
     with_ref = ZRLGRPOTrainer(
-        tiny_model_path, char_count_reward, args=tiny_config(tmp_path, kl_penalty="k3", beta=0.1),
+        tiny_model_path,
+        char_count_reward,
+        args=tiny_config(tmp_path, kl_penalty="k3", beta=0.1),
         train_dataset=arithmetic_dataset,
-    )  # fmt: skip
+    )
     assert with_ref.ref_model is not None and with_ref.beta == 0.1
 
 

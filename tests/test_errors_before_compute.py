@@ -22,9 +22,24 @@ from zrl_plugins.framework.plugins import ZRLPluginManager
 
 REPO = Path(__file__).resolve().parents[1]
 MISSING_MODEL = "/nonexistent/model"  # loading it would fail: an error about it means the check came too late
-TINY_RECIPE = ["--preset", "cpu-demo", "--model_name_or_path", "tiny", "--max_steps", "1", "--n_eval", "0",
-               "--n_train", "8", "--per_device_train_batch_size", "4", "--num_generations", "4",
-               "--max_completion_length", "4"]  # fmt: skip
+TINY_RECIPE = [
+    "--preset",
+    "cpu-demo",
+    "--model_name_or_path",
+    "tiny",
+    "--max_steps",
+    "1",
+    "--n_eval",
+    "0",
+    "--n_train",
+    "8",
+    "--per_device_train_batch_size",
+    "4",
+    "--num_generations",
+    "4",
+    "--max_completion_length",
+    "4",
+]
 
 
 # ---------------------------------------------------------------------------------------------------- kwarg types
@@ -33,12 +48,18 @@ TINY_RECIPE = ["--preset", "cpu-demo", "--model_name_or_path", "tiny", "--max_st
     [
         ("normalizer_kwargs", {"delta": "x"}, "normalizer 'grpo' .* keyword argument 'delta' must be float, got str"),
         ("policy_loss_kwargs", {"epsilon_low": "0.2"}, "policy_loss 'clip' .* 'epsilon_low' must be float, got str"),
-        ("verifier_kwargs", {"math_correct": {"timeout": "x"}},
-         "verifier 'math_correct' .* 'timeout' must be float, got str 'x'"),
-        ("verifier_kwargs", {"math_correct": {"num_workers": 1.5}},
-         "'num_workers' must be int \\| None, got float 1.5"),
+        (
+            "verifier_kwargs",
+            {"math_correct": {"timeout": "x"}},
+            "verifier 'math_correct' .* 'timeout' must be float, got str 'x'",
+        ),
+        (
+            "verifier_kwargs",
+            {"math_correct": {"num_workers": 1.5}},
+            "'num_workers' must be int \\| None, got float 1.5",
+        ),
     ],
-)  # fmt: skip
+)
 def test_wrong_kwarg_types_fail_when_the_trainer_is_built(tmp_path, field, kwargs, message):
     extra = {"verifiers": ["math_correct"]} if field == "verifier_kwargs" else {"verifiers": ["last_number"]}
     config = tiny_config(tmp_path, normalizer="grpo", policy_loss="clip", **extra, **{field: kwargs})
@@ -62,8 +83,14 @@ def test_kwarg_types_from_the_factory_annotations_of_a_plugin():
     from zrl_plugins import hookimpl
 
     class Factory:
-        def __init__(self, weights: list[float], names: tuple[str, ...] = (), table: dict[str, int] | None = None,
-                     strict: bool = False, anything=None):  # fmt: skip
+        def __init__(
+            self,
+            weights: list[float],
+            names: tuple[str, ...] = (),
+            table: dict[str, int] | None = None,
+            strict: bool = False,
+            anything=None,
+        ):
             self.weights = weights
 
         def __call__(self, prompts, completions, **columns):
@@ -97,15 +124,23 @@ def _data(rows):
     [
         ([], "train_dataset is empty"),
         ([{"question": "1+1?", "answer": "2"}] * 4, "train_dataset has no 'prompt' column .*'answer', 'question'"),
-        ([{"prompt": "1+1?", "solution": "2"}] * 4,
-         r"verifier 'last_number' needs the data set column\(s\) \['answer'\]"),
-        ([{"prompt": "1+1?", "answer": "2"}] * 3 + [{"prompt": None, "answer": "2"}],
-         "row 3 of train_dataset: column 'prompt' is neither a string nor a list of messages"),
-        ([{"prompt": [{"role": "user", "content": "1+1?"}], "answer": "2"},
-          {"prompt": [{"text": "1+1?"}], "answer": "2"}],
-         "row 1 of train_dataset: column 'prompt' has a message 0 without a 'role' and 'content'"),
+        (
+            [{"prompt": "1+1?", "solution": "2"}] * 4,
+            r"verifier 'last_number' needs the data set column\(s\) \['answer'\]",
+        ),
+        (
+            [{"prompt": "1+1?", "answer": "2"}] * 3 + [{"prompt": None, "answer": "2"}],
+            "row 3 of train_dataset: column 'prompt' is neither a string nor a list of messages",
+        ),
+        (
+            [
+                {"prompt": [{"role": "user", "content": "1+1?"}], "answer": "2"},
+                {"prompt": [{"text": "1+1?"}], "answer": "2"},
+            ],
+            "row 1 of train_dataset: column 'prompt' has a message 0 without a 'role' and 'content'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_training_data_fails_before_the_model_loads(tmp_path, rows, message):
     config = tiny_config(tmp_path, verifiers=["last_number"])
     data = _data(rows) if rows else _data([]).add_column("prompt", []).add_column("answer", [])
@@ -162,15 +197,18 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_a_recipe_without_matplotlib_skips_the_plot_and_exits_0(tmp_path):
     out = tmp_path / "run"
-    code = ("import sys; sys.modules['matplotlib'] = None\n"  # as after `pip install zrl-plugins` alone
-            "from zrl_plugins.apps.recipe import main\n"
-            f"main('dr_grpo', {[*TINY_RECIPE, '--output_dir', str(out)]!r})")  # fmt: skip
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"  # as after `pip install zrl-plugins` alone
+        "from zrl_plugins.apps.recipe import main\n"
+        f"main('dr_grpo', {[*TINY_RECIPE, '--output_dir', str(out)]!r})"
+    )
     result = _python(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "summary.json").exists() and not (out / "training.png").exists()
     skipped = [line for line in result.stderr.splitlines() if "matplotlib is not installed" in line]
-    assert skipped == [f"matplotlib is not installed (pip install 'zrl-plugins[demo]'): {out / 'training.png'} not "
-                       "written"]  # fmt: skip
+    assert skipped == [
+        f"matplotlib is not installed (pip install 'zrl-plugins[demo]'): {out / 'training.png'} not written"
+    ]
 
 
 def test_the_ablation_plot_without_matplotlib(monkeypatch, tmp_path, capsys):
@@ -186,9 +224,11 @@ def test_the_ablation_plot_without_matplotlib(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize("missing", ["gguf", "matplotlib"])
 def test_the_demo_without_its_extra_stops_before_any_work(tmp_path, missing):
-    code = (f"import sys; sys.modules[{missing!r}] = None\n"
-            f"from zrl_plugins.apps.demo import main\n"
-            f"main(['--output_dir', {str(tmp_path / 'demo')!r}])")  # fmt: skip
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None\n"
+        f"from zrl_plugins.apps.demo import main\n"
+        f"main(['--output_dir', {str(tmp_path / 'demo')!r}])"
+    )
     result = _python(code, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (

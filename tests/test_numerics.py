@@ -77,8 +77,13 @@ def _poison(trainer, layer, step):
 
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_a_nan_step_is_skipped_and_training_goes_on(accumulation, tmp_path, tiny_model_path, arithmetic_dataset):
-    args = tiny_config(tmp_path, max_steps=4, gradient_accumulation_steps=accumulation, lr_scheduler_type="linear",
-                       per_device_train_batch_size=8 // accumulation * accumulation)  # fmt: skip
+    args = tiny_config(
+        tmp_path,
+        max_steps=4,
+        gradient_accumulation_steps=accumulation,
+        lr_scheduler_type="linear",
+        per_device_train_batch_size=8 // accumulation * accumulation,
+    )
     trainer = ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
     _poison(trainer, trainer.model.model.layers[0], step=2)
     snaps = Snapshots(trainer)
@@ -111,22 +116,31 @@ def test_ppo_critic_nan_skips_the_whole_step(tmp_path, tiny_model_path, arithmet
 
 
 def test_raise_policy_and_streaks_stop_with_a_numerics_error(tmp_path, tiny_model_path, arithmetic_dataset):
-    trainer = ZRLGRPOTrainer(tiny_model_path, char_count_reward, train_dataset=arithmetic_dataset,
-                             args=tiny_config(tmp_path / "a", max_steps=3, nonfinite_policy="raise"))  # fmt: skip
+    trainer = ZRLGRPOTrainer(
+        tiny_model_path,
+        char_count_reward,
+        train_dataset=arithmetic_dataset,
+        args=tiny_config(tmp_path / "a", max_steps=3, nonfinite_policy="raise"),
+    )
     _poison(trainer, trainer.model.model.layers[0], step=2)
     with pytest.raises(NumericalInstabilityError, match="step 2: .*not of a plugin"):
         trainer.train()
 
-    trainer = ZRLGRPOTrainer(tiny_model_path, char_count_reward, train_dataset=arithmetic_dataset,
-                             args=tiny_config(tmp_path / "b", max_steps=5, max_consecutive_skips=2))  # fmt: skip
+    trainer = ZRLGRPOTrainer(
+        tiny_model_path,
+        char_count_reward,
+        train_dataset=arithmetic_dataset,
+        args=tiny_config(tmp_path / "b", max_steps=5, max_consecutive_skips=2),
+    )
     for step in (2, 3):
         _poison(trainer, trainer.model.model.layers[0], step=step)
     with pytest.warns(UserWarning), pytest.raises(NumericalInstabilityError, match="step 3: .*2 optimizer steps"):
         trainer.train()
 
 
-def test_a_normalizer_that_makes_nan_from_finite_losses_is_still_a_contract_error(tmp_path, tiny_model_path,
-                                                                                  arithmetic_dataset):  # fmt: skip
+def test_a_normalizer_that_makes_nan_from_finite_losses_is_still_a_contract_error(
+    tmp_path, tiny_model_path, arithmetic_dataset
+):
     from zrl_plugins import hookimpl
     from zrl_plugins.builtins.normalizers import GRPONormalizer
     from zrl_plugins.framework.plugins import ZRLPluginManager
@@ -142,8 +156,13 @@ def test_a_normalizer_that_makes_nan_from_finite_losses_is_still_a_contract_erro
 
     pm = ZRLPluginManager()
     pm.register_plugin(Plugin(), name="nan-plugin")
-    trainer = ZRLGRPOTrainer(tiny_model_path, char_count_reward, train_dataset=arithmetic_dataset, plugin_manager=pm,
-                             args=tiny_config(tmp_path, max_steps=1, normalizer="nan_aggregate"))  # fmt: skip
+    trainer = ZRLGRPOTrainer(
+        tiny_model_path,
+        char_count_reward,
+        train_dataset=arithmetic_dataset,
+        plugin_manager=pm,
+        args=tiny_config(tmp_path, max_steps=1, normalizer="nan_aggregate"),
+    )
     with pytest.raises(ComponentContractError, match="nan_aggregate.*from finite per-token losses"):
         trainer.train()
 

@@ -222,8 +222,15 @@ def test_cli_lists_builtins(capsys):
     assert out.splitlines()[0].split() == ["kind", "name", "distribution", "version"]
     rows = [line.split() for line in out.splitlines()[1:]]
     assert ["policy_loss", "clip", "zrl-plugins"] in [r[:3] for r in rows]  # the policy_loss kind is listed
-    assert {r[0] for r in rows} >= {"verifier", "normalizer", "policy_loss", "kl_penalty", "kl_controller", "rollout",
-                                    "template"}  # fmt: skip
+    assert {r[0] for r in rows} >= {
+        "verifier",
+        "normalizer",
+        "policy_loss",
+        "kl_penalty",
+        "kl_controller",
+        "rollout",
+        "template",
+    }
 
 
 def test_observers_follow_pluggys_order_and_wrappers(fresh_pm):
@@ -301,11 +308,18 @@ def test_components_built_inside_components_use_the_callers_manager(tmp_path, ti
     pm = ZRLPluginManager()
     pm.register_plugin(Private(), name="private")
     assert "private_fixed" not in get_plugin_manager().names("kl_controller")
-    args = tiny_config(tmp_path, max_steps=1, kl_penalty="k1", beta=0.01, rollout="dynamic_sampling",
-                       kl_penalty_kwargs={"controller": "private_fixed"},
-                       rollout_kwargs={"inner": "private_rollout"})  # fmt: skip
-    trainer = ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset,
-                             plugin_manager=pm)  # fmt: skip
+    args = tiny_config(
+        tmp_path,
+        max_steps=1,
+        kl_penalty="k1",
+        beta=0.01,
+        rollout="dynamic_sampling",
+        kl_penalty_kwargs={"controller": "private_fixed"},
+        rollout_kwargs={"inner": "private_rollout"},
+    )
+    trainer = ZRLGRPOTrainer(
+        tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset, plugin_manager=pm
+    )
     assert isinstance(trainer.kl_penalty.controller, FixedKLController)
     assert isinstance(trainer.rollout_strategy.inner, DefaultRollout)
     with pytest.raises(TypeError, match="passed by the manager itself"):

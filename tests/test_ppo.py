@@ -95,8 +95,9 @@ def test_welford_ignores_unscorable_rewards():
 def _ppo_config(tmp_path, **overrides):
     from zrl_plugins import ZRLPPOConfig
 
-    return ZRLPPOConfig(**{"output_dir": str(tmp_path / "out"), **TINY_TRAINING, "critic_learning_rate": 1e-2,
-                           **overrides})  # fmt: skip
+    return ZRLPPOConfig(
+        **{"output_dir": str(tmp_path / "out"), **TINY_TRAINING, "critic_learning_rate": 1e-2, **overrides}
+    )
 
 
 def _params(module):
@@ -115,13 +116,25 @@ def test_ppo_with_every_option_on(tmp_path, tiny_model_path, arithmetic_dataset)
 
     pretrain = Dataset.from_list([{"text": f"{a} plus {a} is {2 * a}."} for a in range(20)])
     args = _ppo_config(
-        tmp_path, max_steps=3, critic_warmup_steps=1, reward_scaling="mean_std", reward_clip=1.5,
-        whiten_advantages=True, advantage_clip=2.0, cliprange_value=0.2, ptx_coef=0.1, num_iterations=2,
-        steps_per_generation=2, beta=0.05, kl_penalty="k1", advantage_estimator_kwargs={"gamma": 1.0, "lam": 0.9},
+        tmp_path,
+        max_steps=3,
+        critic_warmup_steps=1,
+        reward_scaling="mean_std",
+        reward_clip=1.5,
+        whiten_advantages=True,
+        advantage_clip=2.0,
+        cliprange_value=0.2,
+        ptx_coef=0.1,
+        num_iterations=2,
+        steps_per_generation=2,
+        beta=0.05,
+        kl_penalty="k1",
+        advantage_estimator_kwargs={"gamma": 1.0, "lam": 0.9},
         kl_penalty_kwargs={"controller": "adaptive", "controller_kwargs": {"target_kl": 0.1, "horizon": 100}},
-    )  # fmt: skip
-    trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset,
-                            pretrain_dataset=pretrain)  # fmt: skip
+    )
+    trainer = ZRLPPOTrainer(
+        tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset, pretrain_dataset=pretrain
+    )
     assert trainer.kl_penalty.placement == "reward"
     actor_before, critic_before = {n: p.detach().clone() for n, p in _actor(trainer).items()}, _params(trainer.critic)
 
@@ -131,10 +144,25 @@ def test_ppo_with_every_option_on(tmp_path, tiny_model_path, arithmetic_dataset)
     assert any(not torch.equal(p, critic_before[n]) for n, p in trainer.critic.named_parameters())
 
     logs = trainer.state.log_history[0]
-    for key in ("critic/explained_variance", "critic/value_mean", "critic/return_mean", "critic/value_loss",
-                "critic/value_clip_fraction", "critic/grad_norm", "policy/perplexity", "policy/ref_perplexity",
-                "kl", "approx_kl", "clip_ratio/region_mean", "reward", "completions/mean_length",
-                "reward/running_std", "reward/scaled_mean", "ptx_loss", "kl_coef"):  # fmt: skip
+    for key in (
+        "critic/explained_variance",
+        "critic/value_mean",
+        "critic/return_mean",
+        "critic/value_loss",
+        "critic/value_clip_fraction",
+        "critic/grad_norm",
+        "policy/perplexity",
+        "policy/ref_perplexity",
+        "kl",
+        "approx_kl",
+        "clip_ratio/region_mean",
+        "reward",
+        "completions/mean_length",
+        "reward/running_std",
+        "reward/scaled_mean",
+        "ptx_loss",
+        "kl_coef",
+    ):
         assert key in logs and torch.isfinite(torch.tensor(logs[key])), key
     assert logs["learning_rate"] == 0.0
     assert abs(logs["reward/scaled_mean"]) <= 1.5 + 1e-6
@@ -158,8 +186,9 @@ def test_ppo_updates_the_actor_after_warmup_and_rewards_reach_the_last_token(
     pm = ZRLPluginManager()
     pm.register_plugin(Spy(), name="spy")
     args = _ppo_config(tmp_path, max_steps=1, beta=0.0, whiten_advantages=False, reward_scaling="none")
-    trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset,
-                            plugin_manager=pm)  # fmt: skip
+    trainer = ZRLPPOTrainer(
+        tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset, plugin_manager=pm
+    )
     assert trainer.ref_model is None  # β = 0: no reference model
     actor_before = {n: p.detach().clone() for n, p in _actor(trainer).items()}
     trainer.train()
@@ -189,14 +218,26 @@ def test_normalizer_kinds_are_checked_per_trainer(tmp_path, tiny_model_path, ari
     from zrl_plugins import ZRLGRPOTrainer, ZRLPPOTrainer
 
     with pytest.raises(ConfigError, match="not a per-token advantage estimator"):
-        ZRLPPOTrainer(tiny_model_path, char_count_reward, args=_ppo_config(tmp_path, normalizer="grpo"),
-                      train_dataset=arithmetic_dataset)  # fmt: skip
+        ZRLPPOTrainer(
+            tiny_model_path,
+            char_count_reward,
+            args=_ppo_config(tmp_path, normalizer="grpo"),
+            train_dataset=arithmetic_dataset,
+        )
     with pytest.raises(ConfigError, match="per-token advantage estimator for ZRLPPOTrainer"):
-        ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=tiny_config(tmp_path, normalizer="gae"),
-                       train_dataset=arithmetic_dataset)  # fmt: skip
+        ZRLGRPOTrainer(
+            tiny_model_path,
+            char_count_reward,
+            args=tiny_config(tmp_path, normalizer="gae"),
+            train_dataset=arithmetic_dataset,
+        )
     with pytest.raises(ConfigError, match="pretrain_dataset"):
-        ZRLPPOTrainer(tiny_model_path, char_count_reward, args=_ppo_config(tmp_path, ptx_coef=0.1),
-                      train_dataset=arithmetic_dataset)  # fmt: skip
+        ZRLPPOTrainer(
+            tiny_model_path,
+            char_count_reward,
+            args=_ppo_config(tmp_path, ptx_coef=0.1),
+            train_dataset=arithmetic_dataset,
+        )
     with pytest.raises(ConfigError, match="reward_scaling"):
         _ppo_config(tmp_path, reward_scaling="minmax")
 
@@ -208,16 +249,25 @@ def test_resume_gives_the_identical_next_step(critic_mode, tmp_path, tiny_model_
     from zrl_plugins import ZRLPPOTrainer
 
     controller = {"controller": "adaptive", "controller_kwargs": {"target_kl": 0.01, "horizon": 10}}
-    common = dict(max_steps=3, save_strategy="steps", save_steps=2, beta=0.05, kl_penalty="k1",
-                  kl_penalty_kwargs=controller, critic_mode=critic_mode)  # fmt: skip
-    first = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=_ppo_config(tmp_path / "a", **common),
-                          train_dataset=arithmetic_dataset)  # fmt: skip
+    common = dict(
+        max_steps=3,
+        save_strategy="steps",
+        save_steps=2,
+        beta=0.05,
+        kl_penalty="k1",
+        kl_penalty_kwargs=controller,
+        critic_mode=critic_mode,
+    )
+    first = ZRLPPOTrainer(
+        tiny_model_path, char_count_reward, args=_ppo_config(tmp_path / "a", **common), train_dataset=arithmetic_dataset
+    )
     first.train()
     checkpoint = tmp_path / "a" / "out" / "checkpoint-2"
     assert (checkpoint / "critic" / "model.safetensors").exists()
 
-    resumed = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=_ppo_config(tmp_path / "b", **common),
-                            train_dataset=arithmetic_dataset)  # fmt: skip
+    resumed = ZRLPPOTrainer(
+        tiny_model_path, char_count_reward, args=_ppo_config(tmp_path / "b", **common), train_dataset=arithmetic_dataset
+    )
     resumed.train(resume_from_checkpoint=str(checkpoint))
 
     step3 = next(h for h in first.state.log_history if h.get("step") == 3 and "loss" in h)
@@ -280,8 +330,9 @@ def test_a_critic_inside_the_policy_gives_the_loss_and_gradients_of_separate_mod
     from zrl_plugins import ZRLPPOTrainer
     from zrl_plugins.trainers.critic import detached_value_model
 
-    args = _ppo_config(tmp_path, critic_mode=critic_mode, vf_coef=0.7, cliprange_value=0.05, beta=0.0,
-                       reward_scaling="none")  # fmt: skip
+    args = _ppo_config(
+        tmp_path, critic_mode=critic_mode, vf_coef=0.7, cliprange_value=0.05, beta=0.0, reward_scaling="none"
+    )
     trainer = ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
@@ -298,8 +349,9 @@ def test_a_critic_inside_the_policy_gives_the_loss_and_gradients_of_separate_mod
     attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
     length, mask = batch["completion_ids"].size(1), batch["completion_mask"].float()
     # the class's own forward: TRL patched the instance's (fused LM head), and that patch calls the original model
-    out = type(policy).forward(policy, input_ids=ids, attention_mask=attention, output_hidden_states=True,
-                               use_cache=False)  # fmt: skip
+    out = type(policy).forward(
+        policy, input_ids=ids, attention_mask=attention, output_hidden_states=True, use_cache=False
+    )
     logits = out.logits[:, -length - 1 : -1] / args.temperature
     logps = torch.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
     ratio = torch.exp(logps - batch["old_per_token_logps"])
@@ -343,9 +395,18 @@ def test_the_critic_learns_a_prompt_determined_reward(tmp_path, tiny_model_path)
     from zrl_plugins import ZRLPPOTrainer
 
     rows = [{"prompt": f"{word} {i} says"} for i in range(12) for word in ("Alpha", "Beta")]
-    args = _ppo_config(tmp_path, max_steps=24, num_generations=2, learning_rate=1e-5, critic_learning_rate=3e-3,
-                       beta=0.0, reward_scaling="none", whiten_advantages=False, cliprange_value=None,
-                       advantage_estimator_kwargs={"lam": 1.0})  # fmt: skip
+    args = _ppo_config(
+        tmp_path,
+        max_steps=24,
+        num_generations=2,
+        learning_rate=1e-5,
+        critic_learning_rate=3e-3,
+        beta=0.0,
+        reward_scaling="none",
+        whiten_advantages=False,
+        cliprange_value=None,
+        advantage_estimator_kwargs={"lam": 1.0},
+    )
     trainer = ZRLPPOTrainer(tiny_model_path, _first_word_reward, args=args, train_dataset=Dataset.from_list(rows))
     trainer.train()
     ev = [h["critic/explained_variance"] for h in trainer.state.log_history if "critic/explained_variance" in h]

@@ -12,9 +12,22 @@ from zrl_plugins.framework.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("simplerl_zoo", "dr_grpo", "lite_ppo", "ppo_max", "nested_reft")
-TINY_OVERRIDES = ["--model_name_or_path", "tiny", "--max_steps", "2", "--n_eval", "4", "--n_train", "32",
-                  "--per_device_train_batch_size", "8", "--num_generations", "4",
-                  "--max_completion_length", "8"]  # fmt: skip
+TINY_OVERRIDES = [
+    "--model_name_or_path",
+    "tiny",
+    "--max_steps",
+    "2",
+    "--n_eval",
+    "4",
+    "--n_train",
+    "32",
+    "--per_device_train_batch_size",
+    "8",
+    "--num_generations",
+    "4",
+    "--max_completion_length",
+    "8",
+]
 
 
 # ---------------------------------------------------------------------------------------------------- recipes
@@ -46,11 +59,23 @@ def test_recipe_help_lists_trl_model_flags():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, str(ROOT / "recipes" / "simplerl_zoo.py"), "--help"], capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "simplerl_zoo.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
-    for flag in ("--dtype", "--attn_implementation", "--use_peft", "--lora_r", "--lora_target_modules",
-                 "--load_in_4bit", "--trust_remote_code", "--model_name_or_path"):  # fmt: skip
+    for flag in (
+        "--dtype",
+        "--attn_implementation",
+        "--use_peft",
+        "--lora_r",
+        "--lora_target_modules",
+        "--load_in_4bit",
+        "--trust_remote_code",
+        "--model_name_or_path",
+    ):
         assert flag in result.stdout, flag
 
 
@@ -64,12 +89,33 @@ def test_lora_from_a_recipe_trains_adapters_only(tmp_path):
     class DigitsPlugin:  # a reward the random model earns unevenly, so the adapters get a gradient
         @hookimpl
         def zrl_register_verifiers(self, register):
-            register("digits", lambda: lambda prompts, completions, **kw: [sum(map(str.isdigit, c)) for c in completions])  # noqa: E501
+            register(
+                "digits", lambda: lambda prompts, completions, **kw: [sum(map(str.isdigit, c)) for c in completions]
+            )
 
-    flags = ["--n_eval", "0", "--verifiers", "digits", "--learning_rate", "1e-2", "--use_peft", "--lora_r", "4",
-             "--lora_target_modules", "q_proj", "v_proj", "--save_strategy", "steps", "--save_steps", "2"]  # fmt: skip
-    summary = run("simplerl_zoo", ["--preset", "cpu-demo", *TINY_OVERRIDES, *flags, "--output_dir", str(tmp_path)],
-                  plugins=[DigitsPlugin()])  # fmt: skip
+    flags = [
+        "--n_eval",
+        "0",
+        "--verifiers",
+        "digits",
+        "--learning_rate",
+        "1e-2",
+        "--use_peft",
+        "--lora_r",
+        "4",
+        "--lora_target_modules",
+        "q_proj",
+        "v_proj",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+    ]
+    summary = run(
+        "simplerl_zoo",
+        ["--preset", "cpu-demo", *TINY_OVERRIDES, *flags, "--output_dir", str(tmp_path)],
+        plugins=[DigitsPlugin()],
+    )
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["use_peft"] and written["dtype"] == "float32"  # `auto` on a CPU
     trainable, total = written["trainable_parameters"], written["total_parameters"]
@@ -115,8 +161,22 @@ def test_model_flags_resolve_and_refuse_before_loading(monkeypatch):
 def test_one_flag_ablation_and_unknown_preset(tmp_path):
     from zrl_plugins.apps.recipe import expand_preset, run
 
-    summary = run("simplerl_zoo", ["--preset", "cpu-demo", *TINY_OVERRIDES, "--max_steps", "1", "--n_eval", "0",
-                                   "--normalizer", "dr_grpo", "--output_dir", str(tmp_path)])  # fmt: skip
+    summary = run(
+        "simplerl_zoo",
+        [
+            "--preset",
+            "cpu-demo",
+            *TINY_OVERRIDES,
+            "--max_steps",
+            "1",
+            "--n_eval",
+            "0",
+            "--normalizer",
+            "dr_grpo",
+            "--output_dir",
+            str(tmp_path),
+        ],
+    )
     assert summary["normalizer"] == "dr_grpo"
     with pytest.raises(ConfigError, match="presets: \\['cpu_demo'\\]"):
         expand_preset("dr_grpo", ["--preset", "gpu-huge"])
@@ -136,7 +196,8 @@ def test_paper_configs_parse_into_the_method_config(method):
 
     paper = str(ROOT / "recipes" / f"{method}.yaml")
     recipe, config, model = parse_config(
-        (RecipeArguments, Config, RecipeModelConfig), ["--config", paper, "--bf16", "false"]  # no GPU here
+        (RecipeArguments, Config, RecipeModelConfig),
+        ["--config", paper, "--bf16", "false"],  # no GPU here
     )
     assert (model.dtype, model.attn_implementation) == ("bfloat16", "flash_attention_2")  # 7B-scale GPU settings
     assert config.num_generations >= 2 and config.verifiers == ["math_correct"]
@@ -176,8 +237,9 @@ def test_templates_render():
     simple = load_component("template", "simple")
     assert simple("What is 2+2?") == "Question:\nWhat is 2+2?\nAnswer:\nLet's think step by step.\n"
     boxed = load_component("template", "chat_boxed")
-    assert boxed("Q") == [{"role": "user", "content": "Q\nPlease reason step by step, and put your final answer "
-                                                      "within \\boxed{}."}]  # fmt: skip
+    assert boxed("Q") == [
+        {"role": "user", "content": "Q\nPlease reason step by step, and put your final answer within \\boxed{}."}
+    ]
     qwen = load_component("template", "qwen_math")("Q")
     assert qwen[0]["role"] == "system" and "\\boxed{}" in qwen[0]["content"] and qwen[1]["content"] == "Q"
     r1 = load_component("template", "r1_think")("Q")
@@ -209,8 +271,14 @@ def test_generated_tasks_are_deterministic_and_verify_with_math_correct():
     solutions = [f"<answer>{g['solution']}</answer>" for g in games]
     columns = {"numbers": [g["numbers"] for g in games], "target": [g["target"] for g in games]}
     assert verifier(prompts=[""] * 10, completions=solutions, **columns) == [1.0] * 10
-    assert math_correct(prompts=[""] * 10, completions=[f"\\boxed{{{g['answer']}}}" for g in games],
-                        answer=[g["answer"] for g in games]) == [1.0] * 10  # fmt: skip
+    assert (
+        math_correct(
+            prompts=[""] * 10,
+            completions=[f"\\boxed{{{g['answer']}}}" for g in games],
+            answer=[g["answer"] for g in games],
+        )
+        == [1.0] * 10
+    )
 
 
 def test_countdown_verifier_rules():
@@ -236,11 +304,13 @@ def test_loaders_on_local_files(tmp_path):
     rows = load_math_records(str(gsm))
     assert rows[2] == {"question": "q2", "answer": "2000", "level": None}
 
-    math = pd.DataFrame({
-        "problem": [f"p{i}" for i in range(1, 6)],
-        "solution": [f"so \\boxed{{\\frac{{{i}}}{{2}}}}" for i in range(1, 6)],
-        "level": [f"Level {i}" for i in range(1, 6)],
-    })  # fmt: skip
+    math = pd.DataFrame(
+        {
+            "problem": [f"p{i}" for i in range(1, 6)],
+            "solution": [f"so \\boxed{{\\frac{{{i}}}{{2}}}}" for i in range(1, 6)],
+            "level": [f"Level {i}" for i in range(1, 6)],
+        }
+    )
     path = tmp_path / "math.parquet"
     math.to_parquet(path)
     assert load_math_records(str(path))[0]["answer"] == "\\frac{1}{2}"
@@ -269,10 +339,17 @@ def test_eval_metrics_on_canned_completions():
     completions = ["4", "the sum is 7", "I think 10", "..."]
     scores = verifier(prompts=[""] * 4, completions=completions, answer=["4", "7", "9", "1"])
     assert scores == [1.0, 1.0, 0.0, 0.0]
-    metrics = summarize_scores(scores, [2, 5, 9, 12], [False, False, False, True],
-                               sampled_scores=[[0, 1], [1, 1], [0, 1], [0, None]])  # fmt: skip
-    assert metrics == {"n": 4, "pass@1": 0.5, "mean_length_correct": 3.5, "mean_length_incorrect": 10.5,
-                       "truncation_rate": 0.25, "pass@2": 0.75}  # fmt: skip
+    metrics = summarize_scores(
+        scores, [2, 5, 9, 12], [False, False, False, True], sampled_scores=[[0, 1], [1, 1], [0, 1], [0, None]]
+    )
+    assert metrics == {
+        "n": 4,
+        "pass@1": 0.5,
+        "mean_length_correct": 3.5,
+        "mean_length_incorrect": 10.5,
+        "truncation_rate": 0.25,
+        "pass@2": 0.75,
+    }
 
 
 def test_accuracy_counts_correct_answers_whatever_the_reward_shaping(tiny_model_path):
@@ -297,8 +374,26 @@ def test_accuracy_counts_correct_answers_whatever_the_reward_shaping(tiny_model_
 def test_zrl_eval_command(tmp_path, tiny_model_path, capsys):
     from zrl_plugins.apps.cli import main
 
-    assert main(["eval", "--model", tiny_model_path, "--n", "5", "--k", "2", "--max_new_tokens", "6",
-                 "--template_kwargs", '{"chat": false}', "--output", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                tiny_model_path,
+                "--n",
+                "5",
+                "--k",
+                "2",
+                "--max_new_tokens",
+                "6",
+                "--template_kwargs",
+                '{"chat": false}',
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["n"] == 5 and 0.0 <= report["pass@1"] <= report["pass@2"] <= 1.0
     assert report["truncation_rate"] <= 1.0 and (report["mean_length_incorrect"] or 0) <= 6
@@ -317,9 +412,11 @@ LABELLED = [
     ("Let's list all possible values of n.", {"enumeration"}),
     ("The answer is 12.", set()),
     ("3 + 4 = 7", set()),
-    ("First, let me check the constraint. Wait, that's not right; let's consider all cases.",
-     {"subgoal_setting", "verification", "backtracking", "enumeration"}),
-]  # fmt: skip
+    (
+        "First, let me check the constraint. Wait, that's not right; let's consider all cases.",
+        {"subgoal_setting", "verification", "backtracking", "enumeration"},
+    ),
+]
 
 
 @pytest.mark.parametrize(("text", "expected"), LABELLED)
@@ -334,7 +431,8 @@ def test_default_verifier_for_math_records_loads(tmp_path):
     from zrl_plugins.apps.recipe import RecipeArguments, default_verifiers
     from zrl_plugins.framework.plugins import get_plugin_manager
 
-    names, kwargs = default_verifiers(RecipeArguments(task=str(tmp_path / "math.jsonl")), "boxed",
-                                      get_plugin_manager().names("verifier"))  # fmt: skip
+    names, kwargs = default_verifiers(
+        RecipeArguments(task=str(tmp_path / "math.jsonl")), "boxed", get_plugin_manager().names("verifier")
+    )
     verifier = get_plugin_manager().load_component("verifier", names[0], **kwargs[names[0]])
     assert verifier(prompts=["q"], completions=["so \\boxed{4}"], answer=["4"]) == [1.0]

@@ -55,10 +55,15 @@ def test_resume_takes_the_same_next_step(case, tmp_path, tiny_model_path, arithm
 
 def test_a_checkpoint_lacking_one_state_entry_loads_with_a_warning(tmp_path, tiny_model_path, arithmetic_dataset):
     """As written by an older plugin version that had no state for the KL controller: warn, keep the initial β."""
-    options = dict(max_steps=1, save_strategy="steps", save_steps=1, kl_penalty="k1", beta=0.05,
-                   kl_penalty_kwargs=ADAPTIVE)  # fmt: skip
-    first = ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=tiny_config(tmp_path / "a", **options),
-                           train_dataset=arithmetic_dataset)  # fmt: skip
+    options = dict(
+        max_steps=1, save_strategy="steps", save_steps=1, kl_penalty="k1", beta=0.05, kl_penalty_kwargs=ADAPTIVE
+    )
+    first = ZRLGRPOTrainer(
+        tiny_model_path,
+        char_count_reward,
+        args=tiny_config(tmp_path / "a", **options),
+        train_dataset=arithmetic_dataset,
+    )
     first.train()
     state_file = tmp_path / "a" / "out" / "checkpoint-1" / "zrl_state_0.pt"
     state = torch.load(state_file, weights_only=False)
@@ -66,8 +71,12 @@ def test_a_checkpoint_lacking_one_state_entry_loads_with_a_warning(tmp_path, tin
     torch.save(state, state_file)
 
     options["max_steps"] = 2
-    resumed = ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=tiny_config(tmp_path / "b", **options),
-                             train_dataset=arithmetic_dataset)  # fmt: skip
+    resumed = ZRLGRPOTrainer(
+        tiny_model_path,
+        char_count_reward,
+        args=tiny_config(tmp_path / "b", **options),
+        train_dataset=arithmetic_dataset,
+    )
     with pytest.warns(UserWarning, match="has no state for kl_penalty"):
         resumed.train(resume_from_checkpoint=str(state_file.parent))
     assert resumed.state.global_step == 2  # training went on

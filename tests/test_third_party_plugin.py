@@ -33,10 +33,20 @@ print("REWARD_KEYS", [k for k in trainer.state.log_history[0] if k.startswith("r
 def installed_plugin(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
-         str(EXAMPLE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
     return env
 
@@ -44,8 +54,11 @@ def installed_plugin(tmp_path_factory):
 def test_pip_installed_plugin_is_listed(installed_plugin):
     out = subprocess.run(
         [sys.executable, "-m", "zrl_plugins.apps.cli", "plugins", "--json"],
-        env=installed_plugin, check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+        env=installed_plugin,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     components = {(c["kind"], c["name"]): c for c in json.loads(out)["components"]}
     assert components[("verifier", "short_answer")]["distribution"] == "zrl-example-plugin"
     assert components[("normalizer", "mean_baseline")]["version"] == "0.1.0"
@@ -54,8 +67,11 @@ def test_pip_installed_plugin_is_listed(installed_plugin):
 def test_pip_installed_plugin_is_selected_by_name(installed_plugin, tiny_model_path, tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", TRAIN_SCRIPT, tiny_model_path, str(tmp_path / "out")],
-        env=installed_plugin, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=installed_plugin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REWARD_KEYS ['rewards/short_answer/mean', 'rewards/short_answer/std']" in result.stdout
 
@@ -63,7 +79,9 @@ def test_pip_installed_plugin_is_selected_by_name(installed_plugin, tiny_model_p
 def test_without_the_install_the_name_is_unknown(tiny_model_path, tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", TRAIN_SCRIPT, tiny_model_path, str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert "unknown normalizer 'mean_baseline'" in result.stderr or "unknown verifier 'short_answer'" in result.stderr

@@ -181,8 +181,9 @@ def test_broken_normalizer_stops_before_the_optimizer_step(
     assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
 
 
-def test_kl_in_the_reward_is_subtracted_before_normalization(tmp_path, tiny_model_path, arithmetic_dataset, pm,
-                                                             recorder):  # fmt: skip
+def test_kl_in_the_reward_is_subtracted_before_normalization(
+    tmp_path, tiny_model_path, arithmetic_dataset, pm, recorder
+):
     beta = 0.5
     trainer = _trainer(
         tmp_path, tiny_model_path, arithmetic_dataset, pm, beta=beta, kl_penalty_kwargs={"placement": "reward"}
@@ -299,13 +300,16 @@ def test_a_rollout_func_and_a_replacing_strategy_conflict(tmp_path, tiny_model_p
     args = tiny_config(tmp_path, rollout="counting")
     with pytest.raises(ValueError, match="replaces generation, and a rollout_func was passed as well"):
         ZRLGRPOTrainer(
-            tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset, plugin_manager=pm,
+            tiny_model_path,
+            char_count_reward,
+            args=args,
+            train_dataset=arithmetic_dataset,
+            plugin_manager=pm,
             rollout_func=lambda prompts, trainer: {},
-        )  # fmt: skip
+        )
 
 
-def test_truncated_completions_get_the_configured_reward(tmp_path, tiny_model_path, arithmetic_dataset, pm,
-                                                         recorder):  # fmt: skip
+def test_truncated_completions_get_the_configured_reward(tmp_path, tiny_model_path, arithmetic_dataset, pm, recorder):
     seen = []
 
     def reward(prompts, completions, completion_truncated, **columns):
@@ -347,8 +351,9 @@ class FaultyVerifiers:
         register("hangs", lambda: _hanging_reward)
 
 
-def test_a_verifier_failing_on_some_rows_scores_the_others(tmp_path, tiny_model_path, arithmetic_dataset, pm, caplog,
-                                                            recorder):  # fmt: skip
+def test_a_verifier_failing_on_some_rows_scores_the_others(
+    tmp_path, tiny_model_path, arithmetic_dataset, pm, caplog, recorder
+):
     import logging
 
     pm.register_plugin(FaultyVerifiers(), name="faulty")
@@ -370,9 +375,14 @@ def test_a_hanging_verifier_times_out_and_training_goes_on(tmp_path, tiny_model_
 
     pm.register_plugin(FaultyVerifiers(), name="faulty")
     trainer = _trainer(
-        tmp_path, tiny_model_path, arithmetic_dataset, pm, verifiers=["hangs", "digits"], max_steps=1,
+        tmp_path,
+        tiny_model_path,
+        arithmetic_dataset,
+        pm,
+        verifiers=["hangs", "digits"],
+        max_steps=1,
         verifier_timeout=0.5,
-    )  # fmt: skip
+    )
     start = time.perf_counter()
     try:
         trainer.train()

@@ -22,17 +22,25 @@ def length_reward(prompts, completions, **kwargs):
 
 def _both(tmp_path, model, data, reward_funcs, **options):
     options = {**TINY_TRAINING, **options}
-    trl = GRPOTrainer(model, reward_funcs, args=GRPOConfig(output_dir=str(tmp_path / "t"), **options),
-                      train_dataset=data)  # fmt: skip
-    zrl = ZRLGRPOTrainer(model, reward_funcs, args=ZRLConfig(output_dir=str(tmp_path / "z"), **options),
-                         train_dataset=data)  # fmt: skip
+    trl = GRPOTrainer(
+        model, reward_funcs, args=GRPOConfig(output_dir=str(tmp_path / "t"), **options), train_dataset=data
+    )
+    zrl = ZRLGRPOTrainer(
+        model, reward_funcs, args=ZRLConfig(output_dir=str(tmp_path / "z"), **options), train_dataset=data
+    )
     return trl, zrl
 
 
 def test_normalize_then_sum_reproduces_trl(tmp_path, tiny_model_path, arithmetic_dataset):
-    trl, zrl = _both(tmp_path, tiny_model_path, arithmetic_dataset, [char_count_reward, length_reward],
-                     multi_objective_aggregation="normalize_then_sum", reward_weights=[1.0, 0.5],
-                     beta=0.04)  # fmt: skip
+    trl, zrl = _both(
+        tmp_path,
+        tiny_model_path,
+        arithmetic_dataset,
+        [char_count_reward, length_reward],
+        multi_objective_aggregation="normalize_then_sum",
+        reward_weights=[1.0, 0.5],
+        beta=0.04,
+    )
     assert zrl.args.normalizer == "batch"
     result = compare_with_trl(trl, zrl, [dict(arithmetic_dataset[i]) for i in range(2) for _ in range(4)])
     torch.testing.assert_close(result["zrl_out"]["advantages"], result["trl_out"]["advantages"], atol=1e-6, rtol=0)
@@ -49,8 +57,9 @@ def test_entropy_bonus_and_its_coefficient_follow_trl(adaptive, tmp_path, tiny_m
     if adaptive:  # a target above the model's entropy: the coefficient climbs each step
         options.update(use_adaptive_entropy=True, entropy_target=10.0, entropy_coef_delta=0.02, entropy_coef_max=1.0)
     logs = {}
-    for name, trainer in zip(("trl", "zrl"), _both(tmp_path, tiny_model_path, arithmetic_dataset,
-                                                     char_count_reward, **options), strict=True):  # fmt: skip
+    for name, trainer in zip(
+        ("trl", "zrl"), _both(tmp_path, tiny_model_path, arithmetic_dataset, char_count_reward, **options), strict=True
+    ):
         torch.manual_seed(0)
         trainer.train()
         logs[name] = [h for h in trainer.state.log_history if "loss" in h]
@@ -62,11 +71,24 @@ def test_entropy_bonus_and_its_coefficient_follow_trl(adaptive, tmp_path, tiny_m
 
 
 def test_num_generations_eval_1_evaluates(tmp_path, tiny_model_path, arithmetic_dataset):
-    args = ZRLConfig(output_dir=str(tmp_path), **{**TINY_TRAINING, "num_generations_eval": 1,
-                                                  "per_device_eval_batch_size": 4, "eval_strategy": "steps",
-                                                  "eval_steps": 1, "normalizer": "grpo"})  # fmt: skip
-    trainer = ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset,
-                             eval_dataset=arithmetic_dataset.select(range(4)))  # fmt: skip
+    args = ZRLConfig(
+        output_dir=str(tmp_path),
+        **{
+            **TINY_TRAINING,
+            "num_generations_eval": 1,
+            "per_device_eval_batch_size": 4,
+            "eval_strategy": "steps",
+            "eval_steps": 1,
+            "normalizer": "grpo",
+        },
+    )
+    trainer = ZRLGRPOTrainer(
+        tiny_model_path,
+        char_count_reward,
+        args=args,
+        train_dataset=arithmetic_dataset,
+        eval_dataset=arithmetic_dataset.select(range(4)),
+    )
     metrics = trainer.evaluate()
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
     assert metrics["eval_loss"] == 0.0  # one completion per prompt: every advantage is 0, as in TRL
@@ -79,8 +101,12 @@ def test_the_callers_rows_are_not_mutated(tmp_path, tiny_model_path, arithmetic_
         seen.extend(completion_truncated)  # verifiers still receive the column
         return [1.0 for _ in completions]
 
-    trainer = ZRLGRPOTrainer(tiny_model_path, verifier, train_dataset=arithmetic_dataset,
-                             args=ZRLConfig(output_dir=str(tmp_path), **TINY_TRAINING))  # fmt: skip
+    trainer = ZRLGRPOTrainer(
+        tiny_model_path,
+        verifier,
+        train_dataset=arithmetic_dataset,
+        args=ZRLConfig(output_dir=str(tmp_path), **TINY_TRAINING),
+    )
     trainer.model.train()
     rows = [dict(arithmetic_dataset[i]) for i in range(2) for _ in range(4)]
     before = [dict(r) for r in rows]
@@ -121,8 +147,9 @@ def test_environments_train_as_in_trl(tmp_path, tiny_model_path):
         tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
         tokenizer.chat_template = template.read_text()
         args = config(output_dir=str(tmp_path / name), **{**TINY_TRAINING, "max_steps": 1})
-        trainer = cls(tiny_model_path, args=args, train_dataset=data, processing_class=tokenizer,
-                      environment_factory=Counter)  # the environment owns the reward: no reward_funcs  # fmt: skip
+        trainer = cls(
+            tiny_model_path, args=args, train_dataset=data, processing_class=tokenizer, environment_factory=Counter
+        )  # the environment owns the reward: no reward_funcs
         trainer.train()
         rewards[name] = [h["reward"] for h in trainer.state.log_history if "loss" in h]
     assert rewards["zrl"] == rewards["trl"]

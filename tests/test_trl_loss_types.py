@@ -18,10 +18,18 @@ OPTIONS = dict(TINY_TRAINING, beta=0.04, epsilon_high=0.28, max_steps=1)
 
 
 def _pair(tmp_path, model, data, **trl_options):
-    trl = GRPOTrainer(model, char_count_reward, args=GRPOConfig(output_dir=str(tmp_path / "t"), **OPTIONS,
-                                                               **trl_options), train_dataset=data)  # fmt: skip
-    zrl = ZRLGRPOTrainer(model, char_count_reward, args=ZRLConfig(output_dir=str(tmp_path / "z"), **OPTIONS,
-                                                                  **trl_options), train_dataset=data)  # fmt: skip
+    trl = GRPOTrainer(
+        model,
+        char_count_reward,
+        args=GRPOConfig(output_dir=str(tmp_path / "t"), **OPTIONS, **trl_options),
+        train_dataset=data,
+    )
+    zrl = ZRLGRPOTrainer(
+        model,
+        char_count_reward,
+        args=ZRLConfig(output_dir=str(tmp_path / "z"), **OPTIONS, **trl_options),
+        train_dataset=data,
+    )
     return trl, zrl
 
 
@@ -39,8 +47,9 @@ def _compare(trl, zrl, data, accumulation: int) -> dict:
 
 @pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_loss_type_and_scale_rewards_reproduce_trl(loss_type, scale_rewards, tmp_path, tiny_model_path,
-                                                   arithmetic_dataset):  # fmt: skip
+def test_loss_type_and_scale_rewards_reproduce_trl(
+    loss_type, scale_rewards, tmp_path, tiny_model_path, arithmetic_dataset
+):
     trl, zrl = _pair(tmp_path, tiny_model_path, arithmetic_dataset, loss_type=loss_type, scale_rewards=scale_rewards)
     for accumulation in (1, 2):
         _compare(trl, zrl, arithmetic_dataset, accumulation)
@@ -48,8 +57,9 @@ def test_loss_type_and_scale_rewards_reproduce_trl(loss_type, scale_rewards, tmp
 
 @pytest.mark.parametrize("loss_type", ["grpo", "luspo"])  # GSPO; LUSPO as its paper runs it
 def test_sequence_level_importance_sampling_reproduces_trl(loss_type, tmp_path, tiny_model_path, arithmetic_dataset):
-    trl, zrl = _pair(tmp_path, tiny_model_path, arithmetic_dataset, loss_type=loss_type,
-                     importance_sampling_level="sequence")  # fmt: skip
+    trl, zrl = _pair(
+        tmp_path, tiny_model_path, arithmetic_dataset, loss_type=loss_type, importance_sampling_level="sequence"
+    )
     for accumulation in (1, 2):
         _compare(trl, zrl, arithmetic_dataset, accumulation)
 
@@ -58,5 +68,8 @@ def test_trl_defaults_are_kept_when_nothing_is_chosen(tmp_path):
     config = ZRLConfig(output_dir=str(tmp_path), use_cpu=True)
     trl_defaults = GRPOConfig(output_dir=str(tmp_path), use_cpu=True)
     assert (config.loss_type, config.scale_rewards) == (trl_defaults.loss_type, trl_defaults.scale_rewards)
-    assert (config.normalizer, config.normalizer_kwargs, config.policy_loss) == ("grpo", {"aggregation": "token_mean"},
-                                                                                 "clip")  # fmt: skip
+    assert (config.normalizer, config.normalizer_kwargs, config.policy_loss) == (
+        "grpo",
+        {"aggregation": "token_mean"},
+        "clip",
+    )

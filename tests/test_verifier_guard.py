@@ -148,8 +148,9 @@ def _trainer(tmp_path, model_path, dataset, **overrides):
 
 
 def test_an_async_verifier_times_out_in_training(tmp_path, tiny_model_path, arithmetic_dataset):
-    trainer = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, verifiers=["ahang", "adigits"], max_steps=1,
-                       verifier_timeout=0.5)  # fmt: skip
+    trainer = _trainer(
+        tmp_path, tiny_model_path, arithmetic_dataset, verifiers=["ahang", "adigits"], max_steps=1, verifier_timeout=0.5
+    )
     assert isinstance(trainer.reward_funcs[0], AsyncNamedVerifier)
     started = time.perf_counter()
     trainer.train()
@@ -159,8 +160,15 @@ def test_an_async_verifier_times_out_in_training(tmp_path, tiny_model_path, arit
 
 
 def test_a_verifier_that_keeps_hanging_stops_the_run(tmp_path, tiny_model_path, arithmetic_dataset):
-    trainer = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, verifiers=["spin", "digits"], max_steps=4,
-                       verifier_timeout=0.2, verifier_max_consecutive_timeouts=2)  # fmt: skip
+    trainer = _trainer(
+        tmp_path,
+        tiny_model_path,
+        arithmetic_dataset,
+        verifiers=["spin", "digits"],
+        max_steps=4,
+        verifier_timeout=0.2,
+        verifier_max_consecutive_timeouts=2,
+    )
     with pytest.raises(VerifierHangError, match="verifier 'spin' .* timed out on 2 calls in a row"):
         trainer.train()
     assert trainer.state.global_step == 1

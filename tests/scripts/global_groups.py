@@ -43,10 +43,21 @@ pm = ZRLPluginManager()
 pm.register_plugin(dump, name="dump")
 ds = Dataset.from_list([{"prompt": f"What is {a} + 1?", "answer": str(a + 1)} for a in range(8)])
 args = ZRLConfig(
-    output_dir=f"{out_dir}/run", per_device_train_batch_size=2, num_generations=4, max_completion_length=6,
-    max_steps=2, report_to=[], use_cpu=True, bf16=False, save_strategy="no", gradient_checkpointing=False,
-    logging_steps=1, kl_penalty="k3", beta=0.01, seed=0,
-)  # fmt: skip
+    output_dir=f"{out_dir}/run",
+    per_device_train_batch_size=2,
+    num_generations=4,
+    max_completion_length=6,
+    max_steps=2,
+    report_to=[],
+    use_cpu=True,
+    bf16=False,
+    save_strategy="no",
+    gradient_checkpointing=False,
+    logging_steps=1,
+    kl_penalty="k3",
+    beta=0.01,
+    seed=0,
+)
 trainer = ZRLGRPOTrainer(model_path, rank_dependent_reward, args=args, train_dataset=ds, plugin_manager=pm)
 trainer.train()
 with open(f"{out_dir}/rank{rank}.json", "w") as f:

@@ -25,10 +25,22 @@ def checksum(module):
 
 ds = Dataset.from_list([{"prompt": f"What is {a} + 1?", "answer": str(a + 1)} for a in range(8)])
 args = ZRLPPOConfig(
-    output_dir=f"{out_dir}/run", per_device_train_batch_size=4, num_generations=4, max_completion_length=6,
-    max_steps=2, report_to=[], use_cpu=True, bf16=False, save_strategy="no", gradient_checkpointing=False,
-    logging_steps=1, seed=0, learning_rate=1e-2, critic_learning_rate=1e-2, ptx_coef=0.1,
-)  # fmt: skip
+    output_dir=f"{out_dir}/run",
+    per_device_train_batch_size=4,
+    num_generations=4,
+    max_completion_length=6,
+    max_steps=2,
+    report_to=[],
+    use_cpu=True,
+    bf16=False,
+    save_strategy="no",
+    gradient_checkpointing=False,
+    logging_steps=1,
+    seed=0,
+    learning_rate=1e-2,
+    critic_learning_rate=1e-2,
+    ptx_coef=0.1,
+)
 texts = Dataset.from_list([{"text": f"{a} plus {a} is {2 * a}."} for a in range(20)])
 trainer = ZRLPPOTrainer(model_path, rank_dependent_reward, args=args, train_dataset=ds, pretrain_dataset=texts)
 critic_before, actor_before = checksum(trainer.critic), checksum(trainer.model)

@@ -69,8 +69,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .tasks import with_prompts
 
     pm = get_plugin_manager()
-    recipe = RecipeArguments(task=args.task, task_difficulty=args.task_difficulty, tier=args.tier,
-                             template=args.template, n_train=0, n_eval=args.n)  # fmt: skip
+    recipe = RecipeArguments(
+        task=args.task,
+        task_difficulty=args.task_difficulty,
+        tier=args.tier,
+        template=args.template,
+        n_train=0,
+        n_eval=args.n,
+    )
     template_kwargs = json.loads(args.template_kwargs) if args.template_kwargs else {}
     template = pm.load_component("template", args.template, **template_kwargs)
     names, kwargs = (
@@ -93,10 +99,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tokenizer = AutoTokenizer.from_pretrained(path)
     print(f"device: {describe(device, bf16)}", file=sys.stderr)
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-        metrics = evaluate(model, tokenizer, rows, verifier, max_new_tokens=args.max_new_tokens, k=args.k,
-                           temperature=args.temperature)  # fmt: skip
-    metrics = {"model": args.model, "task": args.task, "template": args.template, "verifier": names[0],
-               "device": describe(device, bf16), **metrics}  # fmt: skip
+        metrics = evaluate(
+            model, tokenizer, rows, verifier, max_new_tokens=args.max_new_tokens, k=args.k, temperature=args.temperature
+        )
+    metrics = {
+        "model": args.model,
+        "task": args.task,
+        "template": args.template,
+        "verifier": names[0],
+        "device": describe(device, bf16),
+        **metrics,
+    }
     table = "| metric | value |\n|---|---|\n" + "\n".join(
         f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
         for k, v in metrics.items()
@@ -161,16 +174,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("--seed", type=int, default=0, help="the recipes' seed, so the split matches")
     p_eval.add_argument("--output", default=None, help="directory for eval.json and eval.md")
     p_eval.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU if visible")
-    p_eval.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                        help="auto: bf16 autocast where the device computes bf16 natively (AVX512-BF16/AMX CPUs)")
+    p_eval.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="auto: bf16 autocast where the device computes bf16 natively (AVX512-BF16/AMX CPUs)",
+    )
     p_eval.set_defaults(func=cmd_eval)
     p_recipes = sub.add_parser("recipes", help="list the methods, their presets and config files")
     p_recipes.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p_recipes.set_defaults(func=cmd_recipes)
     p_train = sub.add_parser(
-        "train", add_help=False,
+        "train",
+        add_help=False,
         help="run a recipe: zrl train METHOD [--preset P | --config F] [--key value ...] (--help: its options)",
-    )  # fmt: skip
+    )
     p_train.add_argument("method")
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":

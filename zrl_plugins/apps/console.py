@@ -17,16 +17,22 @@ MAX_LINE = 160
 
 def _clock(seconds: float) -> str:
     seconds = max(round(seconds), 0)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else (
-        f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else (f"{seconds // 60}:{seconds % 60:02d}")
     )
 
 
 def step_line(step: int, total: int, logs: dict[str, Any], seconds_per_step: float | None, eta: float | None) -> str:
     """``step 3/14 | reward 0.42 | acc 0.38 | len 12.3 | 21.4 s/step | ETA 3:12`` (fields present in ``logs``)."""
     parts = [f"step {step}/{total}"]
-    for key, label, fmt in (("reward", "reward", ".3f"), ("accuracy", "acc", ".3f"),
-                            ("completions/mean_length", "len", ".1f"), ("kl", "kl", ".4f")):  # fmt: skip
+    for key, label, fmt in (
+        ("reward", "reward", ".3f"),
+        ("accuracy", "acc", ".3f"),
+        ("completions/mean_length", "len", ".1f"),
+        ("kl", "kl", ".4f"),
+    ):
         if isinstance(logs.get(key), int | float):
             parts.append(f"{label} {logs[key]:{fmt}}")
     if seconds_per_step is not None:

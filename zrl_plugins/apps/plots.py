@@ -16,9 +16,11 @@ PANELS = (
     ("reward and accuracy", ("reward", "accuracy")),
     ("completion length (tokens)", ("completions/mean_length",)),
     ("clip ratio", ("clip_ratio/region_mean",)),
-    ("behaviour frequency", ("behaviour/verification", "behaviour/backtracking", "behaviour/subgoal_setting",
-                             "behaviour/enumeration")),
-)  # fmt: skip
+    (
+        "behaviour frequency",
+        ("behaviour/verification", "behaviour/backtracking", "behaviour/subgoal_setting", "behaviour/enumeration"),
+    ),
+)
 
 
 def pyplot() -> Any:

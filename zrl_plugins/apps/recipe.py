@@ -46,6 +46,8 @@ def list_recipes() -> dict[str, dict[str, Any]]:
         method: {"trainer": family, "config": str(root / f"{method}.yaml"), "presets": presets(method)}
         for method, family in METHODS.items()
     }
+
+
 METHODS = {  # method → trainer family
     "simplerl_zoo": "grpo",
     "dr_grpo": "grpo",
@@ -63,9 +65,11 @@ class RecipeArguments:
 
     task: str = field(
         default="addition",
-        metadata={"help": "`addition`, `word_problems`, `countdown` (generated, seeded), or GSM8K/MATH-style records: "
-                  "a local .json/.jsonl/.parquet file or `hub_name[:config]`."},
-    )  # fmt: skip
+        metadata={
+            "help": "`addition`, `word_problems`, `countdown` (generated, seeded), or GSM8K/MATH-style records: "
+            "a local .json/.jsonl/.parquet file or `hub_name[:config]`."
+        },
+    )
     task_difficulty: int = field(
         default=2, metadata={"help": "Steps of a word problem / numbers of a Countdown problem."}
     )
@@ -87,13 +91,17 @@ class RecipeArguments:
     )
     split_seed: int | None = field(
         default=None,
-        metadata={"help": "Seed of the train / held-out split of generated tasks (default: the training `seed`); "
-                  "seeded ablations keep one split for every seed."},
-    )  # fmt: skip
+        metadata={
+            "help": "Seed of the train / held-out split of generated tasks (default: the training `seed`); "
+            "seeded ablations keep one split for every seed."
+        },
+    )
     preset: str | None = field(
         default=None,
-        metadata={"help": "`cpu-demo`: load the method's <method>_cpu_demo.yaml (`zrl recipes` lists them; before "
-                  "--config / CLI)."},
+        metadata={
+            "help": "`cpu-demo`: load the method's <method>_cpu_demo.yaml (`zrl recipes` lists them; before "
+            "--config / CLI)."
+        },
     )
 
 
@@ -204,10 +212,14 @@ class PreparedRun:
             self.plugins.register_plugin(observer, name=f"{type(observer).__name__}-{id(observer)}")
         evaluating = self.config.eval_strategy != "no" and self.eval_rows
         trainer = self.trainer_class(
-            self.model_path, args=self.config, train_dataset=Dataset.from_list(self.train_rows),
+            self.model_path,
+            args=self.config,
+            train_dataset=Dataset.from_list(self.train_rows),
             eval_dataset=Dataset.from_list(self.eval_rows) if evaluating else None,
-            processing_class=self.tokenizer(), plugin_manager=self.plugins, **peft_and_quantization(self.model_args),
-        )  # fmt: skip
+            processing_class=self.tokenizer(),
+            plugin_manager=self.plugins,
+            **peft_and_quantization(self.model_args),
+        )
         if self.recipe.n_eval:
             log = _printer(self.method)
             trainer.add_callback(HeldOutAccuracy(trainer, self.eval_rows, self.verifier, self.eval_budget, before, log))
@@ -235,8 +247,10 @@ def cpu_bf16_policy(config: Any, method: str) -> None:
 
     on_cpu = config.use_cpu or not cuda_available()
     if on_cpu and config.bf16 and not cpu_supports_bf16():
-        print(f"[{method}] this CPU has no native bf16 (AVX512-BF16/AMX): training in fp32 instead of bf16 autocast",
-              flush=True)  # fmt: skip
+        print(
+            f"[{method}] this CPU has no native bf16 (AVX512-BF16/AMX): training in fp32 instead of bf16 autocast",
+            flush=True,
+        )
         config.bf16 = False
 
 
@@ -299,11 +313,18 @@ def prepare(
     needed = {first: tuple(verifier.required_columns)} if isinstance(verifier, NeedsColumns) else {}
     check_training_data(train_rows, needed)  # before the model loads
     return PreparedRun(
-        method=method, recipe=recipe, config=config, model_args=model_args, extra=tuple(extra), plugins=manager,
-        train_rows=train_rows, eval_rows=with_prompts(eval_rows, template),
+        method=method,
+        recipe=recipe,
+        config=config,
+        model_args=model_args,
+        extra=tuple(extra),
+        plugins=manager,
+        train_rows=train_rows,
+        eval_rows=with_prompts(eval_rows, template),
         model_path=resolve_model(model_args.model_name_or_path, model_workdir or config.output_dir),
-        verifier=verifier, trainer_class=trainer_class,
-    )  # fmt: skip
+        verifier=verifier,
+        trainer_class=trainer_class,
+    )
 
 
 def advantage_method(config: Any) -> str:
@@ -334,27 +355,43 @@ def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] =
     device = describe("cpu" if config.use_cpu or trainer.accelerator.device.type == "cpu" else "cuda", config.bf16)
     if state.is_main_process:
         print(f"[{method}] device: {device}", flush=True)
-        print(f"[{method}] policy parameters: {counts['trainable_parameters']:,} trainable of "
-              f"{counts['total_parameters']:,} ({config.model_init_kwargs.get('dtype')}, "
-              f"{'LoRA' if model_args.use_peft else 'full'})", flush=True)  # fmt: skip
+        print(
+            f"[{method}] policy parameters: {counts['trainable_parameters']:,} trainable of "
+            f"{counts['total_parameters']:,} ({config.model_init_kwargs.get('dtype')}, "
+            f"{'LoRA' if model_args.use_peft else 'full'})",
+            flush=True,
+        )
     train_started = time.time()
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_seconds = time.time() - train_started
 
-    summary: dict[str, Any] = {"method": method, "model": model_args.model_name_or_path, "task": recipe.task,
-                               "template": recipe.template, "verifiers": config.verifiers,
-                               "normalizer": advantage_method(config), "kl_penalty": config.kl_penalty,
-                               "rollout": config.rollout, "max_steps": config.max_steps,
-                               "dtype": config.model_init_kwargs.get("dtype"), "use_peft": model_args.use_peft,
-                               "distributed_type": str(trainer.accelerator.distributed_type),
-                               "num_processes": trainer.accelerator.num_processes, **counts}  # fmt: skip
+    summary: dict[str, Any] = {
+        "method": method,
+        "model": model_args.model_name_or_path,
+        "task": recipe.task,
+        "template": recipe.template,
+        "verifiers": config.verifiers,
+        "normalizer": advantage_method(config),
+        "kl_penalty": config.kl_penalty,
+        "rollout": config.rollout,
+        "max_steps": config.max_steps,
+        "dtype": config.model_init_kwargs.get("dtype"),
+        "use_peft": model_args.use_peft,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "num_processes": trainer.accelerator.num_processes,
+        **counts,
+    }
     held_out = held_out_results(trainer)
     if held_out is not None:
         n = len(prepared.eval_rows)
-        summary.update(held_out=n, accuracy_before=held_out.before, accuracy_after=held_out.after,
-                       accuracy_before_interval=wilson_interval(held_out.before * n, n),
-                       accuracy_after_interval=wilson_interval(held_out.after * n, n),
-                       sample_completions=held_out.completions[:5])  # fmt: skip
+        summary.update(
+            held_out=n,
+            accuracy_before=held_out.before,
+            accuracy_after=held_out.after,
+            accuracy_before_interval=wilson_interval(held_out.before * n, n),
+            accuracy_after_interval=wilson_interval(held_out.after * n, n),
+            sample_completions=held_out.completions[:5],
+        )
     summary.update(run_metadata(config, prepared.plugins, device, config.model_init_kwargs.get("dtype")))
     if state.is_main_process:
         out = Path(config.output_dir)

@@ -176,8 +176,14 @@ class NamedVerifier:
 
     # -------------------------------------------------------------------------------------------- shared bookkeeping
     def _batch_timed_out(self, tally: _Tally, exc: VerifierTimeout) -> list[None]:
-        logger.warning("verifier %r (%s) did not return within %ss (%s): %d rows not scored", self.__name__,
-                       self.origin, self.timeout, exc, tally.n)  # fmt: skip
+        logger.warning(
+            "verifier %r (%s) did not return within %ss (%s): %d rows not scored",
+            self.__name__,
+            self.origin,
+            self.timeout,
+            exc,
+            tally.n,
+        )
         tally.timeouts = tally.n
         return [None] * tally.n
 
@@ -188,8 +194,14 @@ class NamedVerifier:
         if isinstance(exc, ComponentContractError):
             raise exc
         tally.errors += 1
-        logger.warning("verifier %r (%s) raised on row %d, which is not scored: %s: %s", self.__name__, self.origin,
-                       row, type(exc).__name__, exc)  # fmt: skip
+        logger.warning(
+            "verifier %r (%s) raised on row %d, which is not scored: %s: %s",
+            self.__name__,
+            self.origin,
+            row,
+            type(exc).__name__,
+            exc,
+        )
         return None
 
     def _after_retry(self, tally: _Tally, batch_error: Exception) -> None:
@@ -199,9 +211,14 @@ class NamedVerifier:
             )
         if tally.errors == 0 and tally.timeouts == 0:
             tally.errors = 1  # the batch call failed; row by row every row scored
-            logger.warning("verifier %r (%s) raised on a batch of %d rows (%s: %s); called row by row, every row "
-                           "scored", self.__name__, self.origin, tally.n, type(batch_error).__name__,
-                           batch_error)  # fmt: skip
+            logger.warning(
+                "verifier %r (%s) raised on a batch of %d rows (%s: %s); called row by row, every row scored",
+                self.__name__,
+                self.origin,
+                tally.n,
+                type(batch_error).__name__,
+                batch_error,
+            )
 
     def _finish(self, tally: _Tally, rewards: list[float | None], columns: dict[str, Any]) -> list[float | None]:
         log_metric = columns.get("log_metric")

@@ -85,37 +85,47 @@ class ZRLConfig(GRPOConfig):
     )
     normalizer: str | None = field(
         default=None,
-        metadata={"help": "Advantage normalizer and loss aggregation, by name (e.g. grpo, dr_grpo, lite_ppo; any "
-                  "takes `aggregation` in normalizer_kwargs). Unset: from TRL's scale_rewards / loss_type (their "
-                  "defaults included: group + dapo)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Advantage normalizer and loss aggregation, by name (e.g. grpo, dr_grpo, lite_ppo; any "
+            "takes `aggregation` in normalizer_kwargs). Unset: from TRL's scale_rewards / loss_type (their "
+            "defaults included: group + dapo)."
+        },
+    )
     normalizer_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keyword arguments of the normalizer (JSON object on the CLI)."}
     )
     policy_loss: str | None = field(
         default=None,
-        metadata={"help": "Per-token policy loss by name (clip; cispo, sapo, luspo, vespo from zrl-losses). Unset: "
-                  "from TRL's loss_type (clip for the grpo family)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Per-token policy loss by name (clip; cispo, sapo, luspo, vespo from zrl-losses). Unset: "
+            "from TRL's loss_type (clip for the grpo family)."
+        },
+    )
     policy_loss_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keyword arguments of the policy loss (JSON object on the CLI)."}
     )
     loss_type: str | None = field(
         default=None,
-        metadata={"help": "TRL's loss type (grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo), translated into "
-                  "the policy loss and the normalizer's aggregation (zrl_plugins/trainers/trl_options.py). Unset: "
-                  "TRL's default `dapo`, unless `normalizer` is chosen (then its own aggregation)."},
-    )  # fmt: skip
+        metadata={
+            "help": "TRL's loss type (grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo), translated into "
+            "the policy loss and the normalizer's aggregation (zrl_plugins/trainers/trl_options.py). Unset: "
+            "TRL's default `dapo`, unless `normalizer` is chosen (then its own aggregation)."
+        },
+    )
     scale_rewards: str | None = field(
         default=None,
-        metadata={"help": "TRL's advantage scaling (group, batch, none), translated into the normalizer grpo, "
-                  "lite_ppo or dr_grpo. Unset: TRL's default `group`, unless `normalizer` is chosen."},
-    )  # fmt: skip
+        metadata={
+            "help": "TRL's advantage scaling (group, batch, none), translated into the normalizer grpo, "
+            "lite_ppo or dr_grpo. Unset: TRL's default `group`, unless `normalizer` is chosen."
+        },
+    )
     importance_sampling_level: str | None = field(
         default=None,
-        metadata={"help": "TRL's importance ratio level: `token`, or `sequence` (GSPO); passed to the policy loss. "
-                  "Unset: `token` (TRL's default) for losses chosen through TRL's options."},
-    )  # fmt: skip
+        metadata={
+            "help": "TRL's importance ratio level: `token`, or `sequence` (GSPO); passed to the policy loss. "
+            "Unset: `token` (TRL's default) for losses chosen through TRL's options."
+        },
+    )
     kl_penalty: str = field(
         default="k3",
         metadata={
@@ -178,11 +188,13 @@ class ZRLConfig(GRPOConfig):
 
     nonfinite_policy: str = field(
         default="skip",
-        metadata={"help": "A step whose loss or gradient norm is not finite: `skip` it on every process (no weight, "
-                  "optimizer-state or scheduler change; counted as train/skipped_steps; the run stops after "
-                  "`max_consecutive_skips` in a row), or `raise` at once. DeepSpeed steps inside its backward, so "
-                  "there a non-finite step always stops the run."},
-    )  # fmt: skip
+        metadata={
+            "help": "A step whose loss or gradient norm is not finite: `skip` it on every process (no weight, "
+            "optimizer-state or scheduler change; counted as train/skipped_steps; the run stops after "
+            "`max_consecutive_skips` in a row), or `raise` at once. DeepSpeed steps inside its backward, so "
+            "there a non-finite step always stops the run."
+        },
+    )
     max_consecutive_skips: int = field(
         default=3, metadata={"help": "Non-finite steps in a row after which training stops with a numerics error."}
     )

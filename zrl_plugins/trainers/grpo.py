@@ -9,6 +9,7 @@ safely loaded, setup-checked checkpoints), ``vllm_cpu`` (TRL's colocated vLLM on
 else — sampling, generation (transformers or TRL's vLLM modes), tool loops, PEFT, the reference model, gradient
 accumulation, multi-process gathering, logging — is TRL's, unchanged.
 """
+
 from __future__ import annotations
 
 import copy

@@ -20,10 +20,20 @@ DATA = Dataset.from_list([{"prompt": f"What is {a} + {a + 1}?", "answer": str(2 
 
 def config(tmp_path, **overrides):
     values = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
-        max_steps=4, logging_steps=1, report_to=[], use_cpu=True, bf16=False, save_strategy="no",
-        gradient_checkpointing=False, seed=0, learning_rate=1e-2,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=4,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+        learning_rate=1e-2,
+    )
     values.update(overrides)
     return ZRLConfig(**values)
 
@@ -41,9 +51,11 @@ def _betas(trainer):
 
 def test_adaptive_beta_moves_and_resume_gives_the_same_sequence(tmp_path, tiny_model_path):
     straight = ZRLGRPOTrainer(
-        tiny_model_path, digits_reward, args=config(tmp_path / "a", save_strategy="steps", save_steps=2, **ADAPTIVE),
+        tiny_model_path,
+        digits_reward,
+        args=config(tmp_path / "a", save_strategy="steps", save_steps=2, **ADAPTIVE),
         train_dataset=DATA,
-    )  # fmt: skip
+    )
     straight.train()
     betas = _betas(straight)
     assert sorted(betas) == [1, 2, 3, 4]
@@ -86,9 +98,14 @@ def test_lora_reference_is_the_base_model_with_adapters_disabled(tmp_path, tiny_
 
 def test_reference_refresh_with_trls_sync(tmp_path, tiny_model_path):
     args = config(
-        tmp_path, kl_penalty="low_var_kl", beta=0.1, max_steps=1, sync_ref_model=True, ref_model_sync_steps=1,
+        tmp_path,
+        kl_penalty="low_var_kl",
+        beta=0.1,
+        max_steps=1,
+        sync_ref_model=True,
+        ref_model_sync_steps=1,
         ref_model_mixup_alpha=1.0,
-    )  # fmt: skip
+    )
     trainer = ZRLGRPOTrainer(tiny_model_path, digits_reward, args=args, train_dataset=DATA)
     before = {n: p.detach().clone() for n, p in trainer.ref_model.named_parameters()}
     trainer.train()

@@ -20,11 +20,21 @@ def test_entry_point_registers_both_verifiers():
 def test_two_step_run_with_math_correct_by_name(tiny_model_path, tmp_path):
     rows = [{"prompt": f"What is {a} + {a}? Put it in \\boxed{{}}.", "answer": str(2 * a)} for a in range(8)]
     args = ZRLConfig(
-        output_dir=str(tmp_path), verifiers=["math_correct", "boxed_format"],
+        output_dir=str(tmp_path),
+        verifiers=["math_correct", "boxed_format"],
         verifier_kwargs={"math_correct": {"num_workers": 2, "mode": "format_aware"}},
-        per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=2, logging_steps=1,
-        report_to=[], use_cpu=True, bf16=False, save_strategy="no", gradient_checkpointing=False, kl_penalty="none",
-    )  # fmt: skip
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        kl_penalty="none",
+    )
     trainer = ZRLGRPOTrainer(tiny_model_path, args=args, train_dataset=Dataset.from_list(rows))
     assert trainer.reward_func_names == ["math_correct", "boxed_format"]
     trainer.train()

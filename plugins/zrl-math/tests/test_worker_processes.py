@@ -19,7 +19,6 @@ from zrl_plugins import PluginError, load_component
 from zrl_plugins.framework.verifier_guard import NamedVerifier
 
 PLUGIN = Path(__file__).resolve().parents[1]
-REPO = Path(__file__).resolve().parents[3]
 
 # No `if __name__ == "__main__":` on purpose: a spawn pool re-ran this in every worker, which died, and every
 # completion was scored None.
@@ -35,7 +34,7 @@ print(json.dumps({"rewards": rewards, "pids": verifier.grader._pool.pids}))
 
 def _run_python(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1", HF_HUB_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGIN), str(REPO), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGIN), env.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, *args], input=stdin, capture_output=True, text=True, cwd=cwd, env=env, timeout=120
     )
@@ -169,8 +168,9 @@ def test_a_crashing_worker_costs_one_item_which_is_not_scored():
     logged = {}
     completions = [r"\boxed{1}", r"\boxed{crash}", r"\boxed{3}", r"\boxed{4}", r"\boxed{9}"]
     try:
-        rewards = verifier(prompts=[""] * 5, completions=completions, answer=["1", "2", "3", "4", "5"],
-                           log_metric=logged.__setitem__)  # fmt: skip
+        rewards = verifier(
+            prompts=[""] * 5, completions=completions, answer=["1", "2", "3", "4", "5"], log_metric=logged.__setitem__
+        )
     finally:
         verifier.close()
     assert rewards == [1.0, None, 1.0, 1.0, 0.0]
@@ -191,7 +191,7 @@ grader.grade_many([("hang", "1")])  # killed (SIGKILL) by the test while its wor
 
 def test_a_hung_worker_exits_when_its_parent_is_killed(tmp_path):
     env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1", HF_HUB_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGIN), str(REPO), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGIN), env.get("PYTHONPATH")) if p)
     code = ORPHAN_MAKER.format(tests=str(Path(__file__).parent))
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:

@@ -98,8 +98,10 @@ class MathCorrect:
                 logger.warning(
                     "math_correct: the gold answer of row %d (%s) cannot be parsed; its completions get reward None "
                     "(not scored). Fix the data set's %r column.",
-                    row, shorten(repr(gold)), self.gold_column,
-                )  # fmt: skip
+                    row,
+                    shorten(repr(gold)),
+                    self.gold_column,
+                )
         log_metric = columns.get("log_metric")
         if callable(log_metric):
             log_metric("verifier/timeouts", float(counts["timeout"]))

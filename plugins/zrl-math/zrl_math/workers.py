@@ -358,8 +358,10 @@ class WorkerPool:
                 self.crashed += 1
                 logger.warning(
                     "grading worker %d died (exit status %s) while grading an item, which is not scored%s",
-                    worker.pid, worker.process.returncode, worker.stderr_note(),
-                )  # fmt: skip
+                    worker.pid,
+                    worker.process.returncode,
+                    worker.stderr_note(),
+                )
         if not self._closed:
             self._top_up()  # the replacement gets ready while the other workers go on
 

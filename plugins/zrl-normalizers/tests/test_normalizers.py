@@ -111,14 +111,16 @@ def test_one_process_two_accumulation_steps_equals_two_processes_one_step(name):
 
     # 1 process, 2 micro-batches accumulated into one optimizer step (one generation batch split in 2)
     w = torch.tensor(1.0, requires_grad=True)
-    ctx = LossContext(tokens, num_processes=1, gradient_accumulation_steps=2, steps_per_generation=2,
-                      max_completion_length=5)  # fmt: skip
+    ctx = LossContext(
+        tokens, num_processes=1, gradient_accumulation_steps=2, steps_per_generation=2, max_completion_length=5
+    )
     (normalizer.aggregate(w * x1, m1, ctx) + normalizer.aggregate(w * x2, m2, ctx)).backward()
     accumulated = w.grad.clone()
 
     # 2 processes, 1 micro-batch each; DDP averages the gradients over processes
-    ctx = LossContext(tokens, num_processes=2, gradient_accumulation_steps=1, steps_per_generation=1,
-                      max_completion_length=5)  # fmt: skip
+    ctx = LossContext(
+        tokens, num_processes=2, gradient_accumulation_steps=1, steps_per_generation=1, max_completion_length=5
+    )
     grads = []
     for x, m in ((x1, m1), (x2, m2)):
         w = torch.tensor(1.0, requires_grad=True)

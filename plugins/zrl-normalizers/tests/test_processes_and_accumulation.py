@@ -21,8 +21,12 @@ NORMALIZERS = ["grpo", "dr_grpo", "lite_ppo", "batch", "rloo", "none"]
 def test_two_processes_give_the_gradient_of_two_accumulation_steps(tiny_model_path, tmp_path):
     accumulated, distributed = tmp_path / "accumulated", tmp_path / "distributed"
     accumulated.mkdir(), distributed.mkdir()
-    one = subprocess.run([sys.executable, str(SCRIPT), tiny_model_path, str(accumulated), "2"],
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, str(SCRIPT), tiny_model_path, str(accumulated), "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-4000:]
     two = launch_two_cpu_processes(SCRIPT, tiny_model_path, str(distributed), "1")
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]

@@ -12,9 +12,17 @@ from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
 
 DATA = Dataset.from_list([{"prompt": f"What is {a} + {a + 1}?", "answer": str(2 * a + 1)} for a in range(16)])
 COMMON = dict(
-    per_device_train_batch_size=8, num_generations=4, max_completion_length=8, report_to=[], use_cpu=True,
-    bf16=False, save_strategy="no", gradient_checkpointing=False, seed=0, beta=0.04,
-)  # fmt: skip
+    per_device_train_batch_size=8,
+    num_generations=4,
+    max_completion_length=8,
+    report_to=[],
+    use_cpu=True,
+    bf16=False,
+    save_strategy="no",
+    gradient_checkpointing=False,
+    seed=0,
+    beta=0.04,
+)
 
 
 def reward(prompts, completions, **kwargs):
@@ -32,13 +40,17 @@ def reward(prompts, completions, **kwargs):
 def test_matches_trl(tmp_path, tiny_model_path, normalizer, trl_options, accumulation):
     options = {**COMMON, "gradient_accumulation_steps": accumulation}
     trl = GRPOTrainer(
-        tiny_model_path, reward, args=GRPOConfig(output_dir=str(tmp_path / "t"), **options, **trl_options),
+        tiny_model_path,
+        reward,
+        args=GRPOConfig(output_dir=str(tmp_path / "t"), **options, **trl_options),
         train_dataset=DATA,
-    )  # fmt: skip
+    )
     zrl = ZRLGRPOTrainer(
-        tiny_model_path, reward, args=ZRLConfig(output_dir=str(tmp_path / "z"), **options, normalizer=normalizer),
+        tiny_model_path,
+        reward,
+        args=ZRLConfig(output_dir=str(tmp_path / "z"), **options, normalizer=normalizer),
         train_dataset=DATA,
-    )  # fmt: skip
+    )
     result = compare_with_trl(trl, zrl, [dict(DATA[i]) for i in range(2) for _ in range(4)])
     assert result["trl_out"]["advantages"].abs().sum() > 0
     torch.testing.assert_close(result["zrl_out"]["advantages"], result["trl_out"]["advantages"], atol=1e-6, rtol=0)

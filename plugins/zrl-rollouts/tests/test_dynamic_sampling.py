@@ -44,11 +44,23 @@ def trainer_for(path, tmp_path, reward, **rollout_kwargs):
     spy = Spy()
     pm.register_plugin(spy, name="spy")
     args = ZRLConfig(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4, max_completion_length=6,
-        max_steps=2, logging_steps=1, report_to=[], use_cpu=True, bf16=False, save_strategy="no",
-        gradient_checkpointing=False, seed=0, learning_rate=1e-2, kl_penalty="none",
-        rollout="dynamic_sampling", rollout_kwargs=rollout_kwargs,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+        learning_rate=1e-2,
+        kl_penalty="none",
+        rollout="dynamic_sampling",
+        rollout_kwargs=rollout_kwargs,
+    )
     return ZRLGRPOTrainer(path, reward, args=args, train_dataset=DATA, plugin_manager=pm), spy
 
 
@@ -61,10 +73,18 @@ def test_uninformative_groups_by_hand():
 
 
 def test_swap_rows_pads_prompts_left_and_completions_right():
-    base = {"prompt_ids": torch.tensor([[0, 5], [6, 7]]), "completion_ids": torch.tensor([[1], [2]]),
-            "completion_mask": torch.tensor([[1], [1]]), "num_items_in_batch": torch.tensor(2)}  # fmt: skip
-    donor = {"prompt_ids": torch.tensor([[8, 9, 9], [0, 0, 3]]), "completion_ids": torch.tensor([[4, 4], [5, 0]]),
-             "completion_mask": torch.tensor([[1, 1], [1, 0]]), "num_items_in_batch": torch.tensor(3)}  # fmt: skip
+    base = {
+        "prompt_ids": torch.tensor([[0, 5], [6, 7]]),
+        "completion_ids": torch.tensor([[1], [2]]),
+        "completion_mask": torch.tensor([[1], [1]]),
+        "num_items_in_batch": torch.tensor(2),
+    }
+    donor = {
+        "prompt_ids": torch.tensor([[8, 9, 9], [0, 0, 3]]),
+        "completion_ids": torch.tensor([[4, 4], [5, 0]]),
+        "completion_mask": torch.tensor([[1, 1], [1, 0]]),
+        "num_items_in_batch": torch.tensor(3),
+    }
     merged = swap_rows(base, donor, torch.tensor([False, True]))
     assert merged["prompt_ids"].tolist() == [[0, 0, 5], [0, 0, 3]]
     assert merged["completion_ids"].tolist() == [[1, 0], [5, 0]]

@@ -56,11 +56,24 @@ def test_with_lora(case, four_layers, tmp_path):
         return [1.0 if x % 2 == 0 else float(len(c) % 3) for c, x in zip(completions, a, strict=True)]
 
     args = ZRLConfig(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4, max_completion_length=6,
-        max_steps=2, logging_steps=1, report_to=[], use_cpu=True, bf16=False, save_strategy="no",
-        gradient_checkpointing=False, seed=0, learning_rate=1e-2, kl_penalty="k3", beta=0.01,
-        rollout=rollout, rollout_kwargs=kwargs,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+        learning_rate=1e-2,
+        kl_penalty="k3",
+        beta=0.01,
+        rollout=rollout,
+        rollout_kwargs=kwargs,
+    )
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     trainer = ZRLGRPOTrainer(four_layers, parity_reward, args=args, train_dataset=data, peft_config=lora)
     assert trainer.ref_model is None  # the reference is the base model with the adapter disabled

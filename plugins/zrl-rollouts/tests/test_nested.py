@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from datasets import Dataset
-from zrl_rollouts.nested import blocks, choose_layers, late_block
+from zrl_rollouts.nested import blocks, late_block, random_layers
 
 from zrl_plugins import PluginError, ZRLConfig, ZRLGRPOTrainer, load_component
 from zrl_plugins.framework.errors import UnknownComponentError
@@ -79,10 +79,21 @@ def without_layers(path: str, skip: list[int], out) -> str:
 
 def trainer_for(path, tmp_path, **overrides):
     args = ZRLConfig(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4, max_completion_length=10,
-        max_steps=2, logging_steps=1, report_to=[], use_cpu=True, bf16=False, save_strategy="no",
-        gradient_checkpointing=False, seed=0, learning_rate=1e-2, **overrides,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=10,
+        max_steps=2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+        learning_rate=1e-2,
+        **overrides,
+    )
     return ZRLGRPOTrainer(path, digits_reward, args=args, train_dataset=DATA)
 
 
@@ -129,9 +140,15 @@ def test_importance_weight_arithmetic():
     weights, stats = importance_weights(old, behaviour, mask, "token_tis", clip=1.5)
     torch.testing.assert_close(weights[:, :2], torch.tensor([[1.5, 0.5]]))
     assert stats == pytest.approx(
-        {"is_weight_mean": 1.25, "is_weight_min": 0.5, "is_weight_max": 2.0, "is_truncated_fraction": 0.5,
-         "behaviour_kl": 0.0, "ess": 1.0}  # log-ratios +log 2 and −log 2: mean 0; one sequence: ESS/N = 1
-    )  # fmt: skip
+        {
+            "is_weight_mean": 1.25,
+            "is_weight_min": 0.5,
+            "is_weight_max": 2.0,
+            "is_truncated_fraction": 0.5,
+            "behaviour_kl": 0.0,
+            "ess": 1.0,
+        }  # log-ratios +log 2 and −log 2: mean 0; one sequence: ESS/N = 1
+    )
     # sequence weight: geometric mean of the token ratios, sqrt(2 · 0.5) = 1
     weights, stats = importance_weights(old, behaviour, mask, "seq_tis", clip=1.5)
     assert weights.shape == (1, 1) and weights.item() == pytest.approx(1.0)
@@ -145,11 +162,11 @@ def test_importance_weight_arithmetic():
 def test_layer_choice():
     for num_layers in (4, 12, 30):
         for ratio in (0.125, 0.25, 0.5):
-            layers = choose_layers(num_layers, ratio, random.Random(3))
+            layers = random_layers(num_layers, ratio, random.Random(3))
             assert len(layers) == min(round(ratio * num_layers), num_layers - 2)
             assert 0 not in layers and num_layers - 1 not in layers
-    assert choose_layers(12, 0.25, random.Random(1)) == choose_layers(12, 0.25, random.Random(1))
-    assert choose_layers(30, 0.25, random.Random(1)) != choose_layers(30, 0.25, random.Random(2))
+    assert random_layers(12, 0.25, random.Random(1)) == random_layers(12, 0.25, random.Random(1))
+    assert random_layers(30, 0.25, random.Random(1)) != random_layers(30, 0.25, random.Random(2))
 
 
 @pytest.mark.parametrize("correction", ["none", "token_tis", "seq_tis"])
@@ -208,8 +225,9 @@ def test_calibration_skips_the_layer_that_changes_the_model_least(identity, four
 
 
 def test_nested_logs_behaviour_kl_and_ess_and_warns_once(four_layers, tmp_path):
-    trainer = trainer_for(four_layers, tmp_path, rollout="nested",
-                          rollout_kwargs={"selection": "calibrated", "ess_warning": 1.01})  # fmt: skip
+    trainer = trainer_for(
+        four_layers, tmp_path, rollout="nested", rollout_kwargs={"selection": "calibrated", "ess_warning": 1.01}
+    )
     with pytest.warns(UserWarning, match="effective sample size") as caught:
         trainer.train()
     messages = [str(w.message) for w in caught if "effective sample size" in str(w.message)]

@@ -3,9 +3,9 @@
 from zrl_plugins.sdk import hookimpl
 
 from .dynamic_sampling import DynamicSampling
-from .nested import NestedRollout, choose_layers, skipped_layers
+from .nested import NestedRollout, random_layers, skipped_layers
 
-__all__ = ["DynamicSampling", "NestedRollout", "choose_layers", "skipped_layers"]
+__all__ = ["DynamicSampling", "NestedRollout", "random_layers", "skipped_layers"]
 
 
 @hookimpl

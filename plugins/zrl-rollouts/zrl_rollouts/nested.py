@@ -37,7 +37,7 @@ def skip_count(num_layers: int, skip_ratio: float) -> int:
     return min(round(skip_ratio * num_layers), max(num_layers - 2, 0))
 
 
-def choose_layers(num_layers: int, skip_ratio: float, rng: random.Random) -> list[int]:
+def random_layers(num_layers: int, skip_ratio: float, rng: random.Random) -> list[int]:
     """``random``: round(s·L) layers drawn uniformly from 1..L−2."""
     return sorted(rng.sample(range(1, num_layers - 1), skip_count(num_layers, skip_ratio)))
 
@@ -126,8 +126,10 @@ class NestedRollout:
         num_layers = len(decoder_layers_owner(trainer.accelerator.unwrap_model(trainer.model)).layers)
         for layer in self.layers or []:
             if not 0 < layer < num_layers - 1:
-                raise ValueError(f"nested rollout: layer {layer} cannot be skipped (the model has {num_layers} "
-                                 "layers; the first and the last are never skipped)")  # fmt: skip
+                raise ValueError(
+                    f"nested rollout: layer {layer} cannot be skipped (the model has {num_layers} "
+                    "layers; the first and the last are never skipped)"
+                )
 
     def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, Any]:
         model = trainer.accelerator.unwrap_model(trainer.model)
@@ -154,7 +156,7 @@ class NestedRollout:
         if self.layers is not None:
             return sorted(self.layers)
         if self.selection == "random":
-            return choose_layers(num_layers, self.skip_ratio, random.Random(self.seed + self.batches))
+            return random_layers(num_layers, self.skip_ratio, random.Random(self.seed + self.batches))
         if self.selection == "block":
             return late_block(num_layers, self.skip_ratio)
         if self.calibrated is None or self.batches - self.calibrated_at >= self.calibrate_every:
@@ -186,8 +188,11 @@ class NestedRollout:
         costs = torch.tensor([kl_of(c) for c in candidates], device=trainer.accelerator.device)
         costs = trainer.accelerator.reduce(costs, reduction="mean").cpu()
         best = int(torch.argmin(costs))
-        self.calibration_kl = {"chosen": float(costs[best]), "cheapest_layers": float(costs[0]),
-                               "best_block": float(costs[1:].min())}  # fmt: skip
+        self.calibration_kl = {
+            "chosen": float(costs[best]),
+            "cheapest_layers": float(costs[0]),
+            "best_block": float(costs[1:].min()),
+        }
         return candidates[best]
 
     def _calibration_batch(self, model: nn.Module, prompts: Sequence[Any], trainer: Any):

@@ -87,14 +87,27 @@ def main() -> None:
         plugins.register_plugin(TestPlugin(), name="one-step-gradients")
         capture = GradientCapture()
         args = ZRLConfig(
-            output_dir=f"{out_dir}/run-{normalizer}", per_device_train_batch_size=GROUP, num_generations=GROUP,
-            gradient_accumulation_steps=accumulation, max_completion_length=6, max_steps=1, learning_rate=1e-3,
-            max_grad_norm=0.0, report_to=[], use_cpu=True, bf16=False, save_strategy="no",
-            gradient_checkpointing=False, seed=0, kl_penalty="none", normalizer=normalizer,
+            output_dir=f"{out_dir}/run-{normalizer}",
+            per_device_train_batch_size=GROUP,
+            num_generations=GROUP,
+            gradient_accumulation_steps=accumulation,
+            max_completion_length=6,
+            max_steps=1,
+            learning_rate=1e-3,
+            max_grad_norm=0.0,
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            save_strategy="no",
+            gradient_checkpointing=False,
+            seed=0,
+            kl_penalty="none",
+            normalizer=normalizer,
             rollout="prompt_determined",
-        )  # fmt: skip
-        trainer = ZRLGRPOTrainer(model_path, reward, args=args, train_dataset=data, plugin_manager=plugins,
-                                 callbacks=[capture])  # fmt: skip
+        )
+        trainer = ZRLGRPOTrainer(
+            model_path, reward, args=args, train_dataset=data, plugin_manager=plugins, callbacks=[capture]
+        )
         rows = GROUP * accumulation * trainer.accelerator.num_processes
         if rows != ROWS_PER_STEP:
             raise SystemExit(f"layout gives {rows} rows per step, expected {ROWS_PER_STEP}")

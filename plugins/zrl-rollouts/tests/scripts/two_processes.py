@@ -21,10 +21,23 @@ def parity_reward(prompts, completions, a, **kwargs):
 
 ds = Dataset.from_list([{"prompt": f"What is {a} + 1?", "answer": str(a + 1), "a": a} for a in range(16)])
 args = ZRLConfig(
-    output_dir=f"{out_dir}/run", per_device_train_batch_size=4, num_generations=4, max_completion_length=6,
-    max_steps=2, report_to=[], use_cpu=True, bf16=False, save_strategy="no", gradient_checkpointing=False,
-    logging_steps=1, seed=0, learning_rate=1e-2, kl_penalty="none", rollout=rollout, rollout_kwargs=rollout_kwargs,
-)  # fmt: skip
+    output_dir=f"{out_dir}/run",
+    per_device_train_batch_size=4,
+    num_generations=4,
+    max_completion_length=6,
+    max_steps=2,
+    report_to=[],
+    use_cpu=True,
+    bf16=False,
+    save_strategy="no",
+    gradient_checkpointing=False,
+    logging_steps=1,
+    seed=0,
+    learning_rate=1e-2,
+    kl_penalty="none",
+    rollout=rollout,
+    rollout_kwargs=rollout_kwargs,
+)
 trainer = ZRLGRPOTrainer(model_path, parity_reward, args=args, train_dataset=ds)
 trainer.train()
 checksum = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(trainer.model.parameters())))
