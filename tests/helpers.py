@@ -1,12 +1,42 @@
-"""Helpers shared by the test suites of the core and of the plugins (``from tests.helpers import ...``): the TRL
-comparison and the two-process launcher. The repository's root ``conftest.py`` holds the shared tiny-model fixture.
-They live here, not in ``zrl_plugins``, because no user of the installed package needs them."""
+"""Helpers shared by the test suites of the core and of the plugins (``from tests.helpers import ...``): the tiny
+trainers' settings, the TRL comparison and the two-process launcher. The repository's root ``conftest.py`` holds
+the shared tiny-model fixture. They live here, not in ``zrl_plugins``, because no user of the installed package
+needs them."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 from pathlib import Path
+
+
+def char_count_reward(prompts, completions, **kwargs):
+    """A reward with variance on a random model: how many digits the completion writes."""
+    return [float(sum(ch.isdigit() for ch in c)) + 0.1 * len(c) for c in completions]
+
+
+# Settings shared by every tiny-model trainer in the tests (TRL's and zrl's alike).
+TINY_TRAINING = dict(
+    per_device_train_batch_size=8,
+    num_generations=4,
+    max_completion_length=8,
+    max_steps=2,
+    logging_steps=1,
+    report_to=[],
+    use_cpu=True,
+    bf16=False,
+    save_strategy="no",
+    gradient_checkpointing=False,
+    seed=0,
+    learning_rate=1e-2,
+    temperature=1.0,
+)
+
+
+def tiny_config(tmp_path, **overrides):
+    from zrl_plugins import ZRLConfig
+
+    return ZRLConfig(**{"output_dir": str(tmp_path / "out"), **TINY_TRAINING, **overrides})
 
 
 def perturbed_batch(batch: dict, seed: int = 7) -> dict:

@@ -14,10 +14,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from tests.conftest import char_count_reward, tiny_config
+from tests.helpers import char_count_reward, tiny_config
 from zrl_plugins import PluginError, ZRLGRPOTrainer, hookimpl
 from zrl_plugins.framework.plugins import ZRLPluginManager
-from zrl_plugins.trainers import checkpoint
+from zrl_plugins.trainers import checkpoint, checkpointing
 from zrl_plugins.trainers.checkpoint import CheckpointError, ResumeMismatchError
 
 ADAPTIVE = {"controller": "adaptive", "controller_kwargs": {"target_kl": 0.001, "horizon": 10}}
@@ -244,14 +244,14 @@ def test_a_full_disk_is_reported_as_such_and_the_half_written_checkpoint_is_skip
     error, tmp_path, tiny_model_path, monkeypatch
 ):
     trainer = _trainer(tmp_path, tiny_model_path, max_steps=2)
-    real_write = checkpoint.write_state
+    real_write = checkpointing.write_state  # what the trainer's save calls
 
     def write_state(path, state):
         if "checkpoint-2" in str(path):
             monkeypatch.setattr(torch, "save", _raise_on_save(error))
         return real_write(path, state)
 
-    monkeypatch.setattr(checkpoint, "write_state", write_state)
+    monkeypatch.setattr(checkpointing, "write_state", write_state)
     with pytest.raises(CheckpointError, match=r"the disk is full: could not write checkpoint .*checkpoint-2 \("):
         trainer.train()
     monkeypatch.undo()

@@ -6,7 +6,7 @@ import io
 import subprocess
 import sys
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from zrl_plugins.apps.console import MAX_LINE, ConsoleProgress, step_line
 
 
@@ -25,7 +25,7 @@ def test_step_line_fields_and_width():
 
 
 def test_a_trainer_with_the_console_prints_one_line_per_step(tmp_path, tiny_model_path, arithmetic_dataset):
-    from tests.conftest import char_count_reward
+    from tests.helpers import char_count_reward
     from zrl_plugins import ZRLGRPOTrainer
     from zrl_plugins.apps.console import use_console
 

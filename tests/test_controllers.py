@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from zrl_plugins.trainers.controllers import EntropyControl, KLControl, StepControllers
 
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
-from tests.helpers import compare_with_trl
+from tests.helpers import TINY_TRAINING, char_count_reward, compare_with_trl, tiny_config
 from zrl_plugins import ZRLGRPOTrainer
 
 COMMON = dict(

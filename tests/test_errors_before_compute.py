@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from zrl_plugins import ZRLGRPOTrainer, load_component
 from zrl_plugins.framework.errors import DataError
 from zrl_plugins.framework.kwarg_types import ComponentArgumentError

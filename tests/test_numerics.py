@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import char_count_reward, tiny_config
-from tests.helpers import launch_two_cpu_processes
+from tests.helpers import char_count_reward, launch_two_cpu_processes, tiny_config
 from zrl_plugins import ZRLGRPOTrainer
 from zrl_plugins.framework.errors import ComponentContractError
 from zrl_plugins.trainers.numerics import NumericalInstabilityError, SkipGuard

@@ -290,7 +290,7 @@ def test_a_raising_observer_is_named_through_a_wrapper(fresh_pm):
 def test_components_built_inside_components_use_the_callers_manager(tmp_path, tiny_model_path, arithmetic_dataset):
     """A KL controller and an inner rollout known only to the trainer's own manager (not the process-wide one) are
     found: the manager passes itself to factories that declare `plugin_manager`."""
-    from tests.conftest import char_count_reward, tiny_config
+    from tests.helpers import char_count_reward, tiny_config
     from zrl_plugins import ZRLGRPOTrainer, hookimpl
     from zrl_plugins.builtins.kl import FixedKLController
     from zrl_plugins.builtins.rollouts import DefaultRollout

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
-from tests.helpers import launch_two_cpu_processes
+from tests.helpers import TINY_TRAINING, char_count_reward, launch_two_cpu_processes, tiny_config
 from zrl_plugins.builtins.estimators import GAEEstimator, ReinforcePlusPlusEstimator, discounted_sum, gae
 from zrl_plugins.framework.errors import ConfigError
 from zrl_plugins.trainers.critic import clipped_value_loss, is_critic_key

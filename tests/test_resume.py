@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import char_count_reward, tiny_config
+from tests.helpers import char_count_reward, tiny_config
 from zrl_plugins import ZRLGRPOTrainer
 
 ADAPTIVE = {"controller": "adaptive", "controller_kwargs": {"target_kl": 0.001, "horizon": 10}}

@@ -11,8 +11,7 @@ import pytest
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from tests.conftest import TINY_TRAINING, char_count_reward, tiny_config
-from tests.helpers import loss_and_gradients, perturbed_batch
+from tests.helpers import TINY_TRAINING, char_count_reward, loss_and_gradients, perturbed_batch, tiny_config
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, load_component
 from zrl_plugins.framework.errors import ComponentContractError, ConfigError
 from zrl_plugins.framework.hookspecs import hookimpl

@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from tests.conftest import char_count_reward, tiny_config
+from tests.helpers import char_count_reward, tiny_config
 from zrl_plugins import ComponentContractError, PluginError, UnknownComponentError, ZRLGRPOTrainer, hookimpl
 from zrl_plugins.builtins.kl import K3KLPenalty
 from zrl_plugins.builtins.normalizers import GRPONormalizer

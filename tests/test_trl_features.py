@@ -11,8 +11,7 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from tests.conftest import TINY_TRAINING, char_count_reward
-from tests.helpers import compare_with_trl
+from tests.helpers import TINY_TRAINING, char_count_reward, compare_with_trl
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
 
 

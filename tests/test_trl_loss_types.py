@@ -9,8 +9,7 @@ import pytest
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from tests.conftest import TINY_TRAINING, char_count_reward
-from tests.helpers import compare_with_trl
+from tests.helpers import TINY_TRAINING, char_count_reward, compare_with_trl
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")

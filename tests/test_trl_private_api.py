@@ -41,7 +41,7 @@ def test_private_member_signature_is_the_recorded_one(qualified):
 
 
 def test_trainer_attributes_zrl_reads_exist(tmp_path, tiny_model_path, arithmetic_dataset):
-    from tests.conftest import char_count_reward, tiny_config
+    from tests.helpers import char_count_reward, tiny_config
     from zrl_plugins import ZRLGRPOTrainer
 
     args = tiny_config(tmp_path)

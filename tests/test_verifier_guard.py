@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import char_count_reward, tiny_config
+from tests.helpers import char_count_reward, tiny_config
 from zrl_plugins import ComponentContractError, ZRLGRPOTrainer, hookimpl
 from zrl_plugins.framework.plugins import ZRLPluginManager
 from zrl_plugins.framework.verifier_guard import AsyncNamedVerifier, NamedVerifier, VerifierHangError

@@ -21,7 +21,7 @@ def _without_vllm(monkeypatch):
 
 
 def test_use_vllm_without_vllm_names_the_extra(tmp_path, monkeypatch, arithmetic_dataset):
-    from tests.conftest import char_count_reward, tiny_config
+    from tests.helpers import char_count_reward, tiny_config
     from zrl_plugins import ZRLGRPOTrainer
 
     _without_vllm(monkeypatch)
@@ -35,7 +35,7 @@ def test_use_vllm_without_vllm_names_the_extra(tmp_path, monkeypatch, arithmetic
 
 
 def test_server_mode_is_refused_on_a_cpu_build(tmp_path, monkeypatch, arithmetic_dataset):
-    from tests.conftest import char_count_reward, tiny_config
+    from tests.helpers import char_count_reward, tiny_config
     from zrl_plugins import ZRLGRPOTrainer
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: SimpleNamespace(name=name))

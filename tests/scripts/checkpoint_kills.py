@@ -27,7 +27,7 @@ from transformers import TrainerState
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, hookimpl
 from zrl_plugins.apps.distributed import shutdown_distributed
 from zrl_plugins.framework.plugins import ZRLPluginManager
-from zrl_plugins.trainers import checkpoint
+from zrl_plugins.trainers import checkpointing  # save() calls write_state and rotate by these names
 
 KILL_STEP = 2
 KILLED = 137  # what a SIGKILLed process reports, so that the launcher treats it as one
@@ -107,8 +107,8 @@ def install(point: str) -> None:
     around(ZRLGRPOTrainer, "save_model", "before model", "after model")
     around(ZRLGRPOTrainer, "_save_optimizer_and_scheduler", None, "after optimizer")
     around(TrainerState, "save_to_json", None, "after trainer state")
-    around(checkpoint, "write_state", "before zrl state", "after zrl state")
-    around(checkpoint, "rotate", "after marker", "after rotation")
+    around(checkpointing, "write_state", "before zrl state", "after zrl state")
+    around(checkpointing, "rotate", "after marker", "after rotation")
 
 
 class RaisesOnSave:

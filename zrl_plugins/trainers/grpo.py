@@ -31,7 +31,7 @@ from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_score
 from ..framework.verifier_guard import NamedVerifier
 from . import checkpoint, loss
 from .batch import MULTIMODAL_KEYS, loss_mask, mode_of, sequences
-from .checkpoint import CheckpointOverrides
+from .checkpointing import CheckpointOverrides
 from .components import Components, build_components, call_plugin, normalizer, trl_reward_funcs, trl_rollout_func
 from .config import ZRLConfig
 from .controllers import ControllerAttributes, EntropyControl, KLControl, StepControllers

@@ -8,7 +8,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
+from tests.helpers import tiny_config
+from zrl_plugins import ZRLGRPOTrainer
 
 
 def digits_reward(prompts, completions, **kwargs):
@@ -19,23 +20,7 @@ DATA = Dataset.from_list([{"prompt": f"What is {a} + {a + 1}?", "answer": str(2 
 
 
 def config(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=8,
-        max_steps=4,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
-        learning_rate=1e-2,
-    )
-    values.update(overrides)
-    return ZRLConfig(**values)
+    return tiny_config(tmp_path, **{"max_steps": 4, **overrides})
 
 
 ADAPTIVE = dict(

@@ -10,7 +10,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, hookimpl, load_component
+from tests.helpers import tiny_config
+from zrl_plugins import ZRLGRPOTrainer, hookimpl, load_component
 from zrl_plugins.framework.errors import ConfigError
 from zrl_plugins.framework.group_filter import swap_rows, uninformative_groups
 from zrl_plugins.framework.plugins import ZRLPluginManager
@@ -43,20 +44,9 @@ def trainer_for(path, tmp_path, reward, **rollout_kwargs):
     pm = ZRLPluginManager()
     spy = Spy()
     pm.register_plugin(spy, name="spy")
-    args = ZRLConfig(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        num_generations=4,
+    args = tiny_config(
+        tmp_path,
         max_completion_length=6,
-        max_steps=2,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
-        learning_rate=1e-2,
         kl_penalty="none",
         rollout="dynamic_sampling",
         rollout_kwargs=rollout_kwargs,

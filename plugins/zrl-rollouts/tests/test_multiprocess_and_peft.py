@@ -10,8 +10,8 @@ import pytest
 from datasets import Dataset
 from peft import LoraConfig
 
-from tests.helpers import launch_two_cpu_processes
-from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
+from tests.helpers import launch_two_cpu_processes, tiny_config
+from zrl_plugins import ZRLGRPOTrainer
 
 SCRIPT = Path(__file__).parent / "scripts" / "two_processes.py"
 
@@ -55,20 +55,9 @@ def test_with_lora(case, four_layers, tmp_path):
     def parity_reward(prompts, completions, a, **_):
         return [1.0 if x % 2 == 0 else float(len(c) % 3) for c, x in zip(completions, a, strict=True)]
 
-    args = ZRLConfig(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        num_generations=4,
+    args = tiny_config(
+        tmp_path,
         max_completion_length=6,
-        max_steps=2,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
-        learning_rate=1e-2,
         kl_penalty="k3",
         beta=0.01,
         rollout=rollout,

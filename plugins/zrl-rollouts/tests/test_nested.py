@@ -12,7 +12,8 @@ import torch
 from datasets import Dataset
 from zrl_rollouts.nested import blocks, late_block, random_layers
 
-from zrl_plugins import PluginError, ZRLConfig, ZRLGRPOTrainer, load_component
+from tests.helpers import tiny_config
+from zrl_plugins import PluginError, ZRLGRPOTrainer, load_component
 from zrl_plugins.framework.errors import UnknownComponentError
 from zrl_plugins.framework.rollout_correction import checked_correction, mismatch_stats
 from zrl_plugins.sdk import generate_with_trl
@@ -78,22 +79,7 @@ def without_layers(path: str, skip: list[int], out) -> str:
 
 
 def trainer_for(path, tmp_path, **overrides):
-    args = ZRLConfig(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=10,
-        max_steps=2,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
-        learning_rate=1e-2,
-        **overrides,
-    )
+    args = tiny_config(tmp_path, max_completion_length=10, **overrides)
     return ZRLGRPOTrainer(path, digits_reward, args=args, train_dataset=DATA)
 
 
