@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 SUITE = {
-    "overhead": [["bench.overhead", "--model", "tiny", "--rounds", "6"], ["bench.overhead", "--model", "smollm2"]],
+    "overhead": [["bench.overhead", "--model", "tiny", "--rounds", "12"], ["bench.overhead", "--model", "smollm2"]],
     "verifier_throughput": [["bench.verifier_throughput"]],
     "kl_memory": [["bench.kl_memory", "--model", "smollm2"]],
     "nested_rollout": [["bench.nested_rollout"], ["bench.nested_reward"]],
