@@ -248,7 +248,7 @@ class ZRLGRPOTrainer(CheckpointOverrides, GuardedSteps, ControllerAttributes, GR
         per_token_kl = self.kl_penalty.per_token(logps, output["ref_per_token_logps"]) * mask
         self._metrics[mode]["kl"].append(self.collective.masked_mean(per_token_kl, mask))
         if mode == "train":
-            self.kl_control.observe(per_token_kl.sum(), mask.sum())
+            self.controllers.observe((per_token_kl.sum(), mask.sum()), None)
         return per_token_kl
 
     def _advantages(self, batch: ScoredBatch, rewards: torch.Tensor) -> Advantages:
