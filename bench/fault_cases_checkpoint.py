@@ -25,22 +25,11 @@ from typing import Any
 
 import torch
 
+from tests.scripts.checkpoint_kills import ADAPTIVE, POINTS
 from zrl_plugins import hookimpl
 
 ROOT = Path(__file__).resolve().parents[1]
 KILL_SCRIPT = ROOT / "tests" / "scripts" / "checkpoint_kills.py"
-KILL_POINTS = (
-    "before model",
-    "after model",
-    "after optimizer",
-    "after trainer state",
-    "before zrl state",
-    "after zrl state",
-    "after marker",
-    "after rotation",
-    "save raises",
-)
-ADAPTIVE = {"controller": "adaptive", "controller_kwargs": {"target_kl": 0.001, "horizon": 10}}
 
 
 def _row(fault: str, outcome: str, resumed_from: str | None, state_equal: bool | None, message: str) -> dict:
@@ -60,13 +49,13 @@ def _kill_rows(model: str, workdir: Path) -> list[dict]:
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     result = subprocess.run(
-        [sys.executable, str(KILL_SCRIPT), model, str(out), *KILL_POINTS], capture_output=True, text=True, env=env
+        [sys.executable, str(KILL_SCRIPT), model, str(out), *POINTS], capture_output=True, text=True, env=env
     )
     if result.returncode != 0:
         raise RuntimeError(f"{KILL_SCRIPT.name} failed:\n{result.stderr[-3000:]}")
     reference = json.loads((out / "reference" / "reference_rank0.json").read_text())
     rows = []
-    for point in KILL_POINTS:
+    for point in POINTS:
         resumed = json.loads((out / point / "resumed_rank0.json").read_text())
         exit_code = int((out / point / "exit_rank0").read_text())
         fault = "observer raises in zrl_on_save_checkpoint" if point == "save raises" else f"killed {point}"

@@ -13,22 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import launch_two_cpu_processes
+from tests.scripts.checkpoint_kills import KILLED, POINTS
 
 SCRIPT = Path(__file__).parent / "scripts" / "checkpoint_kills.py"
 ROOT = Path(__file__).resolve().parents[1]
 COMPLETE_AT_STEP_2 = {"after marker", "after rotation"}  # killed once checkpoint-2 was marked complete
-KILLED, RAISED, STOPPED_BY_PEER = 137, 1, -9
-POINTS = (
-    "before model",
-    "after model",
-    "after optimizer",
-    "after trainer state",
-    "before zrl state",
-    "after zrl state",
-    "after marker",
-    "after rotation",
-    "save raises",
-)
+RAISED, STOPPED_BY_PEER = 1, -9
 
 
 def _check(out: Path, specs: list[str], world: int) -> None:

@@ -24,6 +24,7 @@ import warnings
 from datasets import Dataset
 from transformers import TrainerState
 
+from tests.helpers import TINY_TRAINING
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, hookimpl
 from zrl_plugins.apps.distributed import shutdown_distributed
 from zrl_plugins.framework.plugins import ZRLPluginManager
@@ -53,23 +54,14 @@ def reward(prompts, completions, **kwargs):
 
 def trainer(model: str, run_dir: str, pm: ZRLPluginManager) -> ZRLGRPOTrainer:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    settings = dict(
-        per_device_train_batch_size=8 // world,
-        num_generations=4,
-        max_completion_length=8,
-        max_steps=3,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        seed=0,
-        learning_rate=1e-2,
-        disable_tqdm=True,
-    )
+    settings = {**TINY_TRAINING, "per_device_train_batch_size": 8 // world, "max_steps": 3, "disable_tqdm": True}
     saving_every_step = dict(save_strategy="steps", save_steps=1, save_total_limit=1)
     args = ZRLConfig(
-        output_dir=run_dir, kl_penalty="k1", beta=0.05, kl_penalty_kwargs=ADAPTIVE, **settings, **saving_every_step
+        output_dir=run_dir,
+        kl_penalty="k1",
+        beta=0.05,
+        kl_penalty_kwargs=ADAPTIVE,
+        **{**settings, **saving_every_step},
     )
     data = Dataset.from_list([{"prompt": f"What is {a} + {a + 1}?"} for a in range(16)])
     return ZRLGRPOTrainer(model, reward, args=args, train_dataset=data, plugin_manager=pm)
