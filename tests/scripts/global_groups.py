@@ -9,6 +9,7 @@ import sys
 
 from datasets import Dataset
 
+from tests.helpers import TINY_TRAINING
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer, hookimpl
 from zrl_plugins.apps.distributed import shutdown_distributed
 from zrl_plugins.framework.plugins import ZRLPluginManager
@@ -43,20 +44,11 @@ pm = ZRLPluginManager()
 pm.register_plugin(dump, name="dump")
 ds = Dataset.from_list([{"prompt": f"What is {a} + 1?", "answer": str(a + 1)} for a in range(8)])
 args = ZRLConfig(
+    # TRL's default learning rate (1e-6), not the tiny trainers' 1e-2: this run checks statistics, not learning
+    **{**TINY_TRAINING, "per_device_train_batch_size": 2, "max_completion_length": 6, "learning_rate": 1e-6},
     output_dir=f"{out_dir}/run",
-    per_device_train_batch_size=2,
-    num_generations=4,
-    max_completion_length=6,
-    max_steps=2,
-    report_to=[],
-    use_cpu=True,
-    bf16=False,
-    save_strategy="no",
-    gradient_checkpointing=False,
-    logging_steps=1,
     kl_penalty="k3",
     beta=0.01,
-    seed=0,
 )
 trainer = ZRLGRPOTrainer(model_path, rank_dependent_reward, args=args, train_dataset=ds, plugin_manager=pm)
 trainer.train()

@@ -8,6 +8,7 @@ import sys
 import torch
 from datasets import Dataset
 
+from tests.helpers import TINY_TRAINING
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
 from zrl_plugins.apps.distributed import shutdown_distributed
 
@@ -21,21 +22,10 @@ def reward(prompts, completions, **kwargs):
 
 ds = Dataset.from_list([{"prompt": f"What is {a} + 1?", "answer": str(a + 1)} for a in range(8)])
 args = ZRLConfig(
+    **{**TINY_TRAINING, "per_device_train_batch_size": 4, "max_completion_length": 6, "max_steps": 3},
     output_dir=f"{out_dir}/run",
-    per_device_train_batch_size=4,
-    num_generations=4,
-    max_completion_length=6,
-    max_steps=3,
-    report_to=[],
-    use_cpu=True,
-    bf16=False,
-    save_strategy="no",
-    gradient_checkpointing=False,
-    logging_steps=1,
     kl_penalty="none",
     beta=0.0,
-    seed=0,
-    learning_rate=1e-2,
     gradient_accumulation_steps=2,
 )
 trainer = ZRLGRPOTrainer(model_path, reward, args=args, train_dataset=ds)

@@ -8,6 +8,7 @@ import sys
 import torch
 from datasets import Dataset
 
+from tests.helpers import TINY_TRAINING
 from zrl_plugins import ZRLPPOConfig, ZRLPPOTrainer
 from zrl_plugins.apps.distributed import shutdown_distributed
 
@@ -25,19 +26,8 @@ def checksum(module):
 
 ds = Dataset.from_list([{"prompt": f"What is {a} + 1?", "answer": str(a + 1)} for a in range(8)])
 args = ZRLPPOConfig(
+    **{**TINY_TRAINING, "per_device_train_batch_size": 4, "max_completion_length": 6},
     output_dir=f"{out_dir}/run",
-    per_device_train_batch_size=4,
-    num_generations=4,
-    max_completion_length=6,
-    max_steps=2,
-    report_to=[],
-    use_cpu=True,
-    bf16=False,
-    save_strategy="no",
-    gradient_checkpointing=False,
-    logging_steps=1,
-    seed=0,
-    learning_rate=1e-2,
     critic_learning_rate=1e-2,
     ptx_coef=0.1,
 )

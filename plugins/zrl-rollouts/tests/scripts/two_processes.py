@@ -7,6 +7,7 @@ import sys
 
 from datasets import Dataset
 
+from tests.helpers import TINY_TRAINING
 from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
 from zrl_plugins.apps.distributed import shutdown_distributed
 
@@ -21,19 +22,8 @@ def parity_reward(prompts, completions, a, **kwargs):
 
 ds = Dataset.from_list([{"prompt": f"What is {a} + 1?", "answer": str(a + 1), "a": a} for a in range(16)])
 args = ZRLConfig(
+    **{**TINY_TRAINING, "per_device_train_batch_size": 4, "max_completion_length": 6},
     output_dir=f"{out_dir}/run",
-    per_device_train_batch_size=4,
-    num_generations=4,
-    max_completion_length=6,
-    max_steps=2,
-    report_to=[],
-    use_cpu=True,
-    bf16=False,
-    save_strategy="no",
-    gradient_checkpointing=False,
-    logging_steps=1,
-    seed=0,
-    learning_rate=1e-2,
     kl_penalty="none",
     rollout=rollout,
     rollout_kwargs=rollout_kwargs,
