@@ -33,6 +33,23 @@ TINY_TRAINING = dict(
 )
 
 
+# The recipe command-line flags of a two-step run on a tiny model (recipes and `zrl train` tests).
+TINY_RECIPE_FLAGS = [
+    "--max_steps",
+    "2",
+    "--n_eval",
+    "4",
+    "--n_train",
+    "32",
+    "--per_device_train_batch_size",
+    "8",
+    "--num_generations",
+    "4",
+    "--max_completion_length",
+    "8",
+]
+
+
 def tiny_config(tmp_path, **overrides):
     from zrl_plugins import ZRLConfig
 

@@ -8,26 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import TINY_RECIPE_FLAGS
 from zrl_plugins.framework.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("simplerl_zoo", "dr_grpo", "lite_ppo", "ppo_max", "nested_reft")
-TINY_OVERRIDES = [
-    "--model_name_or_path",
-    "tiny",
-    "--max_steps",
-    "2",
-    "--n_eval",
-    "4",
-    "--n_train",
-    "32",
-    "--per_device_train_batch_size",
-    "8",
-    "--num_generations",
-    "4",
-    "--max_completion_length",
-    "8",
-]
+TINY_OVERRIDES = ["--model_name_or_path", "tiny", *TINY_RECIPE_FLAGS]
 
 
 # ---------------------------------------------------------------------------------------------------- recipes

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import TINY_RECIPE_FLAGS
+
 pytest.importorskip("vllm", reason="vLLM is not installed: run `bash scripts/test_vllm.sh`")
 pytestmark = pytest.mark.vllm
 
@@ -92,18 +94,7 @@ def test_zrl_train_with_use_vllm(method, tmp_path):
         "small",
         "--use_vllm",
         "true",
-        "--max_steps",
-        "2",
-        "--n_eval",
-        "4",
-        "--n_train",
-        "32",
-        "--per_device_train_batch_size",
-        "8",
-        "--num_generations",
-        "4",
-        "--max_completion_length",
-        "8",
+        *TINY_RECIPE_FLAGS,
         "--bf16",
         "false",
         "--output_dir",
