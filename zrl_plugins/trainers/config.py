@@ -186,6 +186,60 @@ class ZRLConfig(GRPOConfig):
         },
     )
 
+    async_rollouts: bool = field(
+        default=False,
+        metadata={
+            "help": "Generate on a separate vLLM server (`vllm serve`) ahead of training, each batch at most "
+            "`max_staleness` policy versions behind the step that trains on it (docs/async.md). Needs use_vllm; "
+            "generation is then in server mode whatever vllm_mode says."
+        },
+    )
+    max_staleness: int = field(
+        default=1,
+        metadata={
+            "help": "With async_rollouts: how many optimizer steps older than the step that trains on them the "
+            "weights that generated a batch may be. 0 reproduces the synchronous run step for step."
+        },
+    )
+    weight_sync_steps: int = field(
+        default=1,
+        metadata={
+            "help": "With async_rollouts: send the weights to the server after every this many optimizer steps; at "
+            "most max_staleness + 1 (else no version would be recent enough for some steps)."
+        },
+    )
+    vllm_server_launch: bool | None = field(
+        default=None,
+        metadata={
+            "help": "For async_rollouts (and server mode on vLLM's CPU build): start `vllm serve` as a child of the "
+            "trainer on a free loopback port (it exits with the trainer, also when the trainer is killed) instead of "
+            "connecting to vllm_server_base_url / vllm_server_host:vllm_server_port. Unset: start one unless "
+            "vllm_server_base_url is set."
+        },
+    )
+    vllm_server_cpus: str | None = field(
+        default=None,
+        metadata={
+            "help": "On vLLM's CPU build, the cores a launched server's threads are bound to "
+            "(VLLM_CPU_OMP_THREADS_BIND, e.g. '0' or '0-3'); unset: vLLM's choice."
+        },
+    )
+    vllm_request_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "Seconds one request to the vLLM server (a batch of generations, a weight update) may take; a "
+            "server that does not answer in time stops training with a message naming it."
+        },
+    )
+    vllm_weight_transfer: str = field(
+        default="auto",
+        metadata={
+            "help": "How weights reach the vLLM server in server generation: `zrl_shm` (a shared-memory file, any "
+            "machine; the only one on vLLM's CPU build), `nccl` (vLLM's NCCL engine, GPUs), or `auto` (zrl_shm "
+            "where vLLM is a CPU build, else nccl)."
+        },
+    )
+
     nonfinite_policy: str = field(
         default="skip",
         metadata={
@@ -219,6 +273,7 @@ class ZRLConfig(GRPOConfig):
             )
         if self.max_consecutive_skips < 1:
             raise ConfigError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
+        self._check_server_generation()
         for name in KWARGS_FIELDS:
             setattr(self, name, _parse_kwargs(name, getattr(self, name)))
         from .correction_options import resolve_rollout_correction
@@ -238,6 +293,29 @@ class ZRLConfig(GRPOConfig):
                 f"selected verifiers: {self.verifiers}"
             )
         super().__post_init__()
+
+    def _check_server_generation(self) -> None:
+        if self.max_staleness < 0:
+            raise ConfigError(f"max_staleness must be >= 0, got {self.max_staleness}")
+        if not 1 <= self.weight_sync_steps <= self.max_staleness + 1:
+            raise ConfigError(
+                f"weight_sync_steps must be between 1 and max_staleness + 1 = {self.max_staleness + 1}, got "
+                f"{self.weight_sync_steps}: a batch trained at step s needs weights of step s - max_staleness or newer"
+            )
+        if self.vllm_weight_transfer not in ("auto", "zrl_shm", "nccl"):
+            raise ConfigError(
+                f"vllm_weight_transfer must be 'auto', 'zrl_shm' or 'nccl', got {self.vllm_weight_transfer!r}"
+            )
+        if self.vllm_request_timeout <= 0:
+            raise ConfigError(f"vllm_request_timeout must be > 0 seconds, got {self.vllm_request_timeout}")
+        if not self.async_rollouts:
+            return
+        if not self.use_vllm:
+            raise ConfigError(
+                "async_rollouts generates on a vLLM server: set use_vllm=True (and vllm_server_launch=True to let "
+                "zrl start the server, or point vllm_server_base_url at a running `vllm serve`)"
+            )
+        self.vllm_mode = "server"  # generating ahead needs a server of its own: colocated vLLM shares the devices
 
 
 def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:

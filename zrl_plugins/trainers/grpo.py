@@ -50,6 +50,8 @@ from .rollout import (
     rollout_stats,
     sequence_advantages,
 )
+from .server_rollouts import ServerGeneration, ServerRollouts, check_server_generation
+from .server_rollouts import install as install_server_generation
 from .vllm_cpu import check_vllm_options, engine_options, install_cpu_weight_sync, vllm_runs_on_cpu
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,9 @@ class _ObservedLog(Trainer):
         super().log(logs, start_time)
 
 
-class ZRLGRPOTrainer(CheckpointOverrides, GuardedSteps, ControllerAttributes, GRPOTrainer, _ObservedLog):
+class ZRLGRPOTrainer(
+    CheckpointOverrides, GuardedSteps, ControllerAttributes, ServerRollouts, GRPOTrainer, _ObservedLog
+):
     """GRPO-family trainer whose ingredients are plugins. Same constructor as ``trl.GRPOTrainer``.
 
     Args:
@@ -121,10 +125,14 @@ class ZRLGRPOTrainer(CheckpointOverrides, GuardedSteps, ControllerAttributes, GR
             check_data_before_loading(train_dataset, verifier_columns(reward_funcs))
         check_vllm_options(args.use_vllm, args.vllm_mode)
         on_cpu = args.use_vllm and vllm_runs_on_cpu()
+        on_server = check_server_generation(args, on_cpu, self.components, kwargs)
+        trl_args.use_vllm = args.use_vllm and not on_server  # zrl's server generation replaces TRL's vLLM
         eager = on_cpu if args.vllm_enforce_eager is None else args.vllm_enforce_eager
-        with engine_options(**({"enforce_eager": True} if args.use_vllm and eager else {})):
+        with engine_options(**({"enforce_eager": True} if trl_args.use_vllm and eager else {})):
             super().__init__(model, reward_funcs, trl_args, *pargs, **kwargs)
-        if on_cpu and args.vllm_mode == "colocate":
+        if on_server:
+            install_server_generation(self, args, model)
+        elif on_cpu and args.vllm_mode == "colocate":
             install_cpu_weight_sync(self.vllm_generation)
         self.vllm_importance_sampling_correction = False  # TRL's ratio: the rollout_correction component computes it
         warn_truncated_support(args, self.correction_name)
@@ -336,6 +344,8 @@ class ZRLGRPOTrainer(CheckpointOverrides, GuardedSteps, ControllerAttributes, GR
             "rollout": self.rollout_strategy,
             "nonfinite_guard": self._nonfinite,
         }
+        if isinstance(getattr(self, "vllm_generation", None), ServerGeneration):
+            components["rollout_stream"] = self.vllm_generation
         for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
             components[f"verifier:{name}"] = func.verifier if isinstance(func, NamedVerifier) else func
         return {k: v for k, v in components.items() if isinstance(v, Stateful) and not isinstance(v, torch.nn.Module)}

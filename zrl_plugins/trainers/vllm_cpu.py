@@ -8,7 +8,8 @@ the embedding's and is never loaded under its own name, so its packed copy keeps
 ``reload_weights`` with TRL's own parameter walk (PEFT merge, DeepSpeed/FSDP gathering, the PPO critic filter all
 apply) and then repacks every layer that keeps its weight beside a packed copy.
 
-On a GPU, TRL's sync is left as it is. Server mode streams weights over NCCL and is refused on CPU.
+On a GPU, TRL's sync is left as it is. TRL's server mode streams weights over NCCL; on vLLM's CPU build zrl's own
+server generation replaces it (``server_rollouts``: a ``vllm serve`` process fed through a shared-memory file).
 """
 
 from __future__ import annotations
@@ -42,11 +43,6 @@ def check_vllm_options(use_vllm: bool, vllm_mode: str) -> None:
             "use_vllm=True needs vLLM: `pip install 'zrl-plugins[vllm]'` on a GPU machine; on a CPU, vLLM's CPU "
             "build (`bash scripts/setup_vllm.sh` makes such an environment, see docs/vllm.md). Or drop use_vllm to "
             "generate with transformers."
-        )
-    if vllm_mode == "server" and vllm_runs_on_cpu():
-        raise ConfigError(
-            "vllm_mode='server' pushes the trained weights to the vLLM server over NCCL, which needs GPUs; this "
-            "vLLM is a CPU build. On CPU use vllm_mode='colocate' (zrl syncs the weights in-process)."
         )
 
 
