@@ -96,10 +96,22 @@ def arm_train(mode: str, steps: int, max_staleness: int, capture: str | None) ->
 
 def arm_demo(async_rollouts: bool, out: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "zrl_plugins.demo", "--output_dir", str(out), "--use_vllm"]
-    if async_rollouts:
-        command += ["--async_rollouts", "--max_staleness", "1", "--vllm_server_cpus", "0"]
+    env = dict(os.environ)
+    if async_rollouts:  # the server on core 0, the trainer on core 1 (one thread), as in the throughput arm
+        command = [
+            "taskset",
+            "-c",
+            "1",
+            *command,
+            "--async_rollouts",
+            "--max_staleness",
+            "1",
+            "--vllm_server_cpus",
+            "0",
+        ]
+        env["OMP_NUM_THREADS"] = "1"
     start = time.time()
-    subprocess.run(command, check=True, cwd=ROOT)
+    subprocess.run(command, check=True, cwd=ROOT, env=env)
     summary = json.loads((out / "summary.json").read_text())
     return {
         "arm": "demo --async_rollouts (max_staleness 1)" if async_rollouts else "demo --use_vllm (colocate)",

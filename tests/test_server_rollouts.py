@@ -21,7 +21,7 @@ import torch
 
 from zrl_plugins.framework.errors import ConfigError
 from zrl_plugins.serving.client import Completion, SamplingOptions, ServerClient, ServerError
-from zrl_plugins.serving.launcher import ServerSettings, server_command
+from zrl_plugins.serving.launcher import ServerSettings, parse_cpus, server_command
 from zrl_plugins.serving.stream import BatchKey, RolloutStream, prompt_seeds, unique_prompts
 from zrl_plugins.trainers.server_rollouts import Lookahead
 
@@ -270,6 +270,10 @@ def test_requests_have_a_deadline_and_name_the_server():
         assert time.monotonic() - start < 2.5
     with pytest.raises(ServerError, match="not ready after 0.5 s"):
         ServerClient("http://127.0.0.1:9", request_timeout=1).wait_until_ready(0.5)
+
+
+def test_server_cores_are_parsed_as_taskset_writes_them():
+    assert parse_cpus("0") == {0} and parse_cpus("0-3") == {0, 1, 2, 3} and parse_cpus("0, 2-3") == {0, 2, 3}
 
 
 def test_the_launch_command_serves_on_loopback_with_zrls_engine():

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,24 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def parse_cpus(cpus: str) -> set[int]:
+    """``"0"``, ``"0-3"``, ``"0,2-3"`` -> the set of core numbers."""
+    cores: set[int] = set()
+    for part in cpus.split(","):
+        first, _, last = part.strip().partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return cores
+
+
+def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
+    def setup() -> None:
+        _die_with_parent()
+        if cpus:  # every server process (API server, engine core, workers) on these cores, not only vLLM's OMP threads
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
 @dataclass
 class ServerSettings:
     """How zrl starts a server (the config's ``vllm_*`` fields, resolved by the trainer)."""
@@ -50,7 +69,7 @@ class ServerSettings:
     seed: int = 0
     enforce_eager: bool = True
     max_num_seqs: int | None = None
-    cpus: str | None = None  # VLLM_CPU_OMP_THREADS_BIND on vLLM's CPU build, e.g. "0" or "0-3"
+    cpus: str | None = None  # the server's cores (its affinity and VLLM_CPU_OMP_THREADS_BIND), e.g. "0" or "0-3"
     kv_cache_gib: int | None = None  # VLLM_CPU_KVCACHE_SPACE on vLLM's CPU build
     gpu_memory_utilization: float | None = None
     extra_args: list[str] = field(default_factory=list)

@@ -220,8 +220,8 @@ class ZRLConfig(GRPOConfig):
     vllm_server_cpus: str | None = field(
         default=None,
         metadata={
-            "help": "On vLLM's CPU build, the cores a launched server's threads are bound to "
-            "(VLLM_CPU_OMP_THREADS_BIND, e.g. '0' or '0-3'); unset: vLLM's choice."
+            "help": "On vLLM's CPU build, the cores a launched server runs on, e.g. '0' or '0-3' (the affinity of "
+            "all its processes, and VLLM_CPU_OMP_THREADS_BIND); unset: vLLM's choice."
         },
     )
     vllm_request_timeout: float = field(
