@@ -8,9 +8,10 @@ Arms, each in a process of its own, one after the other:
 
 1. **Throughput.** The demo's GRPO settings with 64-token completions (4 prompts x 4 completions, lr 2e-5, bf16
    autocast, fp32 weights), ``--steps`` optimizer steps: (a) vLLM colocated in the trainer, both cores for both;
-   (b) ``async_rollouts`` with ``max_staleness`` 1: the server bound to core 0 (``VLLM_CPU_OMP_THREADS_BIND``), the
-   trainer to core 1 (``sched_setaffinity``, one torch thread). Samples/s and tokens/s over the steps after the
-   first, median step time, the staleness of each batch, the trainer's wait for data.
+   (b) ``async_rollouts`` with ``max_staleness`` 1: the server's processes on core 0 (``vllm_server_cpus``), the
+   trainer on core 1 (``sched_setaffinity``, one torch thread). EOS is ignored, so every completion has 64 tokens
+   and both arms train on the same tokens per step whatever their trajectories do to lengths. Samples/s and
+   tokens/s over the steps after the first, median step time, the staleness of each batch, the trainer's wait.
 2. **Mismatch.** ``async_rollouts`` with ``max_staleness`` 1, 2 and 4: the (π_old, behaviour, mask) tensors of
    every step are kept, and no correction (``none``), ``token_tis`` (truncated IS, TRL's ``token_truncate``) and
    ``icepop`` are applied to the same tensors: token KL(behaviour ‖ π_old), ESS/N, masked fraction, weight range.
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = ROOT / "bench" / "results" / "async_cpu.json"
 
 
-def arm_train(mode: str, steps: int, max_staleness: int, capture: str | None) -> dict[str, Any]:
+def arm_train(mode: str, steps: int, max_staleness: int, capture: str | None, fixed_length: bool) -> dict[str, Any]:
     """``mode``: ``colocate`` (synchronous, both cores) or ``async`` (server on core 0, trainer on core 1)."""
     import torch
     from datasets import Dataset
@@ -63,6 +64,9 @@ def arm_train(mode: str, steps: int, max_staleness: int, capture: str | None) ->
         async_rollouts=mode == "async",
         max_staleness=max_staleness,
         vllm_server_cpus="0",
+        # every completion 64 tokens: both arms train on the same number of tokens per step, whatever their
+        # trajectories do to the lengths (the mismatch arms sample until EOS, as training does)
+        generation_kwargs={"ignore_eos": True} if fixed_length else None,
     )
     trainer = ZRLGRPOTrainer(
         path, args=config, train_dataset=Dataset.from_list(demo_rows()).shuffle(seed=0), processing_class=tokenizer
@@ -94,8 +98,8 @@ def arm_train(mode: str, steps: int, max_staleness: int, capture: str | None) ->
     }
 
 
-def arm_demo(async_rollouts: bool, out: Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "zrl_plugins.demo", "--output_dir", str(out), "--use_vllm"]
+def arm_demo(async_rollouts: bool, out: Path, seed: int) -> dict[str, Any]:
+    command = [sys.executable, "-m", "zrl_plugins.demo", "--output_dir", str(out), "--use_vllm", "--seed", str(seed)]
     env = dict(os.environ)
     if async_rollouts:  # the server on core 0, the trainer on core 1 (one thread), as in the throughput arm
         command = [
@@ -118,6 +122,8 @@ def arm_demo(async_rollouts: bool, out: Path) -> dict[str, Any]:
         "before": summary["accuracy_before"],
         "after": summary["accuracy_after"],
         "after_interval": summary["accuracy_after_interval"],
+        "seed": seed,
+        "train_reward_per_step": summary["train_reward_per_step"],
         "minutes": (time.time() - start) / 60,
     }
 
@@ -132,7 +138,7 @@ def table(results: dict[str, Any]) -> str:
     lines = ["# Asynchronous rollouts on vLLM's CPU build (SmolLM2-135M, 2 CPU cores)", ""]
     if results.get("throughput"):
         lines += [
-            f"## Throughput: {results['steps']} GRPO steps, 16 samples x {NEW_TOKENS} tokens each, same run",
+            f"## Throughput: {results['steps']} GRPO steps, 16 samples x {NEW_TOKENS} tokens (EOS ignored), same run",
             "",
             "| arm | samples/s | tokens/s | median step (s) | staleness per step | trainer's wait for data (s) |",
             "|---|---|---|---|---|---|",
@@ -163,15 +169,19 @@ def table(results: dict[str, Any]) -> str:
         lines.append("")
     if results.get("demo"):
         lines += [
-            "## The demo: held-out greedy accuracy at an equal number of samples (45 steps, 200 problems, one seed)",
+            "## The demo: held-out greedy accuracy at an equal number of samples (45 steps, 200 problems)",
             "",
-            "| arm | before | after (95 % interval) | minutes |",
-            "|---|---|---|---|",
+            "| arm | seed | before | after (95 % interval) | training reward, last 10 steps | minutes |",
+            "|---|---|---|---|---|---|",
         ]
-        for r in results["demo"]:
+        for r in sorted(results["demo"], key=lambda r: (r.get("seed", 0), r["arm"])):
             interval = r["after_interval"]
             shown = f" ({interval[0]:.3f}–{interval[1]:.3f})" if interval else ""
-            lines.append(f"| {r['arm']} | {r['before']:.3f} | {r['after']:.3f}{shown} | {r['minutes']:.1f} |")
+            late = statistics.mean(r["train_reward_per_step"][-10:]) if r.get("train_reward_per_step") else float("nan")
+            lines.append(
+                f"| {r['arm']} | {r.get('seed', 0)} | {r['before']:.3f} | {r['after']:.3f}{shown} | {late:.3f} | "
+                f"{r['minutes']:.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -179,14 +189,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--parts", default="throughput,mismatch,demo")
+    parser.add_argument("--demo_seed", type=int, default=0, help="the seed of the demo arms (--parts demo)")
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--max_staleness", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--capture", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--fixed_length", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     if args.arm:
-        result = arm_train(args.arm, args.steps, args.max_staleness, args.capture)
+        result = arm_train(args.arm, args.steps, args.max_staleness, args.capture, args.fixed_length)
         Path(args.out).write_text(json.dumps(result))
         return
     from bench.common import write_results
@@ -198,7 +210,8 @@ def main() -> None:
     if "throughput" in parts:
         steps = str(args.steps)
         results["steps"] = args.steps
-        results["throughput"] = [_in_process("colocate", "--steps", steps), _in_process("async", "--steps", steps)]
+        fixed = ["--steps", steps, "--fixed_length"]
+        results["throughput"] = [_in_process("colocate", *fixed), _in_process("async", *fixed)]
     if "mismatch" in parts:
         results["mismatch"] = {}
         for staleness in (1, 2, 4):
@@ -206,8 +219,10 @@ def main() -> None:
             _in_process("async", "--steps", "8", "--max_staleness", str(staleness), "--capture", capture)
             # the first batch is on-policy in every arm
             results["mismatch"][str(staleness)] = mismatch(capture, ["none", "token_tis", "icepop"], skip=1)
-    if "demo" in parts:
-        results["demo"] = [arm_demo(False, work / "demo"), arm_demo(True, work / "demo_async")]
+    if "demo" in parts:  # one seed a call; the arms of other seeds already measured are kept
+        kept = [r for r in results.get("demo") or [] if r.get("seed", 0) != args.demo_seed]
+        new = [arm_demo(False, work / "demo", args.demo_seed), arm_demo(True, work / "demo_async", args.demo_seed)]
+        results["demo"] = kept + new
     write_results("async_cpu", results, table(results))
 
 

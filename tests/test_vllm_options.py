@@ -37,7 +37,7 @@ def test_use_vllm_without_vllm_names_the_extra(tmp_path, monkeypatch, arithmetic
 def test_server_mode_on_a_cpu_build_is_zrls_server_generation(monkeypatch):
     from types import SimpleNamespace as Components
 
-    from zrl_plugins.trainers.server_rollouts import check_server_generation
+    from zrl_plugins.trainers.server_setup import check_server_generation
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: SimpleNamespace(name=name))
     monkeypatch.setattr(vllm_cpu, "vllm_runs_on_cpu", lambda: True)

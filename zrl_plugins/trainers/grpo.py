@@ -5,7 +5,8 @@ The class is the list of TRL methods zrl overrides; the work is in small modules
 selects, built and checked once), ``rollout`` (rewards, advantages, the rollout correction), ``loss`` (the policy
 objective as one function), ``controllers`` (KL and entropy coefficients, moved once per optimizer step),
 ``numerics`` and ``checkpoint`` (each with the mixin of its Trainer overrides: the non-finite step guard; complete,
-safely loaded, setup-checked checkpoints), ``vllm_cpu`` (TRL's colocated vLLM on vLLM's CPU build). Everything
+safely loaded, setup-checked checkpoints), ``vllm_cpu`` (TRL's colocated vLLM on vLLM's CPU build),
+``server_rollouts`` (generation on a ``vllm serve`` process, ahead of training with ``async_rollouts``). Everything
 else — sampling, generation (transformers or TRL's vLLM modes), tool loops, PEFT, the reference model, gradient
 accumulation, multi-process gathering, logging — is TRL's, unchanged.
 """
@@ -50,8 +51,9 @@ from .rollout import (
     rollout_stats,
     sequence_advantages,
 )
-from .server_rollouts import ServerGeneration, ServerRollouts, check_server_generation
-from .server_rollouts import install as install_server_generation
+from .server_rollouts import ServerGeneration, ServerRollouts
+from .server_setup import check_server_generation
+from .server_setup import install as install_server_generation
 from .vllm_cpu import check_vllm_options, engine_options, install_cpu_weight_sync, vllm_runs_on_cpu
 
 logger = logging.getLogger(__name__)
