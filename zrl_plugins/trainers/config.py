@@ -240,6 +240,26 @@ class ZRLConfig(GRPOConfig):
         },
     )
 
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Training and scoring forward passes on packed rows: the micro-batch's prompt + completion "
+            "tokens laid end to end without pad tokens, position_ids restarting per sequence (transformers builds the "
+            "block-diagonal mask; flash-attention takes the boundaries). Per-token log-probs, entropies and critic "
+            "values come back in the padded layout, so every component is unchanged. Checked once per model against "
+            "an unpacked pass; refused for multimodal inputs, MoE router aux losses and unknown attention backends."
+        },
+    )
+    max_tokens_per_microbatch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Token budget of one forward + backward: each micro-batch of per_device_train_batch_size "
+            "sequences is split into balanced parts of at most this many real tokens (a longer sequence gets a part "
+            "of its own, with one warning), the same number of parts on every process, with a backward per part. The "
+            "optimizer step keeps exactly the gradient of the unsplit micro-batch for every loss_type and normalizer. "
+            "None: no split."
+        },
+    )
     nonfinite_policy: str = field(
         default="skip",
         metadata={
@@ -305,6 +325,11 @@ class ZRLConfig(GRPOConfig):
         if self.vllm_weight_transfer not in ("auto", "zrl_shm", "nccl"):
             raise ConfigError(
                 f"vllm_weight_transfer must be 'auto', 'zrl_shm' or 'nccl', got {self.vllm_weight_transfer!r}"
+            )
+        if self.max_tokens_per_microbatch is not None and self.max_tokens_per_microbatch < 1:
+            raise ConfigError(
+                f"max_tokens_per_microbatch must be a positive number of tokens or None, got "
+                f"{self.max_tokens_per_microbatch}"
             )
         if self.vllm_request_timeout <= 0:
             raise ConfigError(f"vllm_request_timeout must be > 0 seconds, got {self.vllm_request_timeout}")

@@ -193,7 +193,9 @@ def values_in_forward(policy: nn.Module) -> Iterator[list[torch.Tensor]]:
             values.append(value_model(hidden.pop()))
         else:
             input_ids = kwargs.get("input_ids", args[0] if args else None)
-            values.append(critic_values(value_model, input_ids, kwargs.get("attention_mask")))
+            values.append(
+                critic_values(value_model, input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids"))
+            )
         # Part of the output too: DDP with find_unused_parameters (the Trainer's default) marks every parameter it
         # cannot reach from the forward's outputs as unused, and would then see the critic's gradients twice.
         return _with_values_field(type(output))(**output, **{OUTPUT_KEY: values[-1]})
@@ -208,9 +210,15 @@ def values_in_forward(policy: nn.Module) -> Iterator[list[torch.Tensor]]:
             handle.remove()
 
 
-def critic_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """V(s) at every position of a separate critic (B x L)."""
-    return value_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[..., 0]
+def critic_values(
+    value_model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """V(s) at every position of a separate critic (B x L; packed rows when given ``position_ids`` and no mask)."""
+    kwargs = {} if position_ids is None else {"position_ids": position_ids}
+    return value_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits[..., 0]
 
 
 def completion_slice(values: torch.Tensor, completion_length: int) -> torch.Tensor:

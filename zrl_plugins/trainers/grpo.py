@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
@@ -30,7 +31,7 @@ from ..framework.plugins import ZRLPluginManager, get_plugin_manager
 from ..framework.protocols import GroupFilter, LossContext, Stateful, ValidatesSetup
 from ..framework.scored_batch import RefillContext, ScoredBatch, capturing_scores, report_scores
 from ..framework.verifier_guard import NamedVerifier
-from . import checkpoint, loss
+from . import checkpoint, loss, padding_free
 from .batch import MULTIMODAL_KEYS, loss_mask, mode_of, sequences
 from .checkpointing import CheckpointOverrides
 from .components import Components, build_components, call_plugin, normalizer, trl_reward_funcs, trl_rollout_func
@@ -41,6 +42,8 @@ from .data_checks import check_prompt_lengths, verifier_columns
 from .fused_head import completion_positions_only
 from .loss import Collective, CompletionForward, ObjectiveSetup
 from .numerics import GuardedSteps, SkipGuard, note_nonfinite_loss
+from .packing import PackedRows
+from .padding_free import check_text_only
 from .rollout import (
     Advantages,
     RewardRule,
@@ -54,6 +57,8 @@ from .rollout import (
 from .server_rollouts import ServerGeneration, ServerRollouts
 from .server_setup import check_server_generation
 from .server_setup import install as install_server_generation
+from .token_budget import TokenBudgetSteps
+from .token_budget import check as check_token_budget
 from .vllm_cpu import check_vllm_options, engine_options, install_cpu_weight_sync, vllm_runs_on_cpu
 
 logger = logging.getLogger(__name__)
@@ -72,7 +77,7 @@ class _ObservedLog(Trainer):
 
 
 class ZRLGRPOTrainer(
-    CheckpointOverrides, GuardedSteps, ControllerAttributes, ServerRollouts, GRPOTrainer, _ObservedLog
+    CheckpointOverrides, GuardedSteps, ControllerAttributes, ServerRollouts, GRPOTrainer, TokenBudgetSteps, _ObservedLog
 ):
     """GRPO-family trainer whose ingredients are plugins. Same constructor as ``trl.GRPOTrainer``.
 
@@ -136,6 +141,8 @@ class ZRLGRPOTrainer(
             install_server_generation(self, args, model)
         elif on_cpu and args.vllm_mode == "colocate":
             install_cpu_weight_sync(self.vllm_generation)
+        self.padding_free = padding_free.settings_for(self)  # None unless args.padding_free
+        check_token_budget(self)
         self.vllm_importance_sampling_correction = False  # TRL's ratio: the rollout_correction component computes it
         warn_truncated_support(args, self.correction_name)
         self.reward_rule = RewardRule(self.reward_weights, args.multi_objective_aggregation, args.truncated_reward)
@@ -285,23 +292,59 @@ class ZRLGRPOTrainer(
 
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
-        mode = mode_of(self.model)
-        loss = self._policy_objective(self._forward_completions(model, inputs), inputs, mode)
-        if mode == "train":
+        return self._loss_from_forward(self._forward_completions(model, inputs), inputs, mode_of(self.model))
+
+    def _loss_from_forward(
+        self, forward: CompletionForward, inputs: dict[str, Any], mode: str, record: bool = True
+    ) -> torch.Tensor:
+        """The micro-batch's loss given its forward pass. ``record=False`` (a token-budget part before the last,
+        :mod:`.token_budget`): neither metrics nor controller observations nor the non-finite check, which the
+        last part makes over all rows."""
+        loss = self._policy_objective(forward, inputs, mode, record)
+        if mode == "train" and record:
             step = self.state.global_step + 1
             note_nonfinite_loss(loss, self._nonfinite, self.is_deepspeed_enabled, self.collective.any_process, step)
         return loss
 
-    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any):
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        on_pack: Callable[[PackedRows], None] | None = None,
+        **multimodal: Any,
+    ):
         # On CPU, TRL's fused LM head projects every position; only the completion's are needed (fused_head.py)
         with completion_positions_only(self.accelerator.device):
-            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+            if self.padding_free is None:
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
+                    **multimodal,
+                )  # fmt: skip
+            check_text_only(multimodal)
+            logps, entropies = padding_free.logps_and_entropies(
+                self.padding_free,
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size=batch_size,
+                compute_entropy=compute_entropy,
+                autocast=self.accelerator.autocast,
+                on_pack=on_pack,
+            )
+            return logps, entropies, None
 
     def _forward_completions(self, model, inputs) -> CompletionForward:
         """One forward pass of ``model`` over the batch's prompts + completions: per-token log-probs and entropies of
         the completion tokens (TRL's fused LM head) and the MoE aux loss. The PPO trainer adds values here."""
         input_ids, attention_mask = sequences(inputs)
         multimodal = {key: inputs.get(key) for key in MULTIMODAL_KEYS}
+        packs: list[PackedRows] = []
         logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
             input_ids,
@@ -309,15 +352,21 @@ class ZRLGRPOTrainer(
             inputs["completion_ids"].size(1),
             compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled,
+            on_pack=packs.append,
             **multimodal,
         )
-        return CompletionForward(logps=logps, entropies=entropies, aux_loss=aux_loss)
+        layout = partial(padding_free.unpack_each, packs) if self.padding_free is not None else torch.cat
+        return CompletionForward(logps=logps, entropies=entropies, aux_loss=aux_loss, sequence_layout=layout)
 
-    def _policy_objective(self, forward: CompletionForward, inputs: dict[str, Any], mode: str) -> torch.Tensor:
+    def _policy_objective(
+        self, forward: CompletionForward, inputs: dict[str, Any], mode: str, record: bool = True
+    ) -> torch.Tensor:
         """The micro-batch's policy objective (:func:`zrl_plugins.trainers.loss.objective`); in training, the
         controllers observe what it showed (they move at the optimizer step)."""
         ctx = self._loss_context(inputs, mode)
         result = loss.objective(self.objective_setup, forward, inputs, ctx, self.collective)
+        if not record:
+            return result.loss
         if mode == "train":
             self.controllers.observe(result.kl, result.entropy)
         self._log_metrics(mode, result.metrics)

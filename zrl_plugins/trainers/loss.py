@@ -6,7 +6,7 @@ the loss, the metrics TRL logs, and what the coefficient controllers observe (th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,9 @@ class CompletionForward:
     entropies: torch.Tensor | None
     aux_loss: torch.Tensor | None = None
     values: torch.Tensor | None = None  # V(s_t) of a PPO critic computed in the same pass
+    # per-position outputs of the pass's model calls (one tensor per call) -> the padded B x L layout: the
+    # concatenation, or the unpacking of packed rows (padding_free)
+    sequence_layout: Callable[[list[torch.Tensor]], torch.Tensor] = field(default=torch.cat)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from ..framework.errors import ConfigError
 from ..framework.ops import token_mean_aggregate
 from ..framework.scored_batch import ScoredBatch
-from .batch import loss_mask, mode_of, sequences
+from . import padding_free
+from .batch import loss_mask, sequences
 from .components import Components, advantage_estimator, build_components, call_plugin
 from .critic import (
     ValueHead,
@@ -104,6 +105,8 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         self.reward_moments = RunningMoments()
         if self.advantage_estimator.needs_critic:
             attach_value_model(self.model, self._make_critic(critic))
+            if self.padding_free is not None and not self.shared_critic:  # a separate critic packs its rows too
+                padding_free.check_model(self.critic, aux_loss=False, multimodal=False)
             if self.use_vllm:  # TRL's weight sync walks the policy's parameters, which now include the critic's
                 sync = self.vllm_generation
                 sync._iter_named_params = without_critic(sync._iter_named_params)
@@ -290,27 +293,34 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         with torch.no_grad(), self.accelerator.autocast():
             for i in range(0, len(input_ids), size):
                 ids, mask = input_ids[i : i + size], attention_mask[i : i + size]
+                layout, model_inputs = (lambda x: x), {"input_ids": ids, "attention_mask": mask}
+                if self.padding_free is not None:  # the same packed rows as the training pass
+                    rows = self.padding_free.pack(ids, mask, length)
+                    layout, model_inputs = rows.unpack, {"input_ids": rows.input_ids, "attention_mask": None}
+                    model_inputs["position_ids"] = rows.position_ids
                 if self.shared_critic:
-                    hidden = decoder_of(self.model)(input_ids=ids, attention_mask=mask, use_cache=False)
+                    hidden = decoder_of(self.model)(**model_inputs, use_cache=False)
                     values = self.critic(hidden.last_hidden_state)
                 else:
-                    values = critic_values(self.critic, ids, mask)
-                chunks.append(completion_slice(values, length))
+                    values = critic_values(self.critic, **model_inputs)
+                chunks.append(completion_slice(layout(values), length))
         return torch.cat(chunks) * output["completion_mask"]
 
     def _perplexity(self, logps: torch.Tensor, mask: torch.Tensor) -> float:
         return float(torch.exp(torch.tensor(-self.collective.masked_mean(logps.detach(), mask))))
 
     # ------------------------------------------------------------------------------------------------ loss
-    def _compute_loss(self, model, inputs):
-        mode = mode_of(self.model)
-        forward = self._forward_completions(model, inputs)
-        loss = self._policy_objective(forward, inputs, mode)
+    def _loss_from_forward(
+        self, forward: CompletionForward, inputs: dict[str, Any], mode: str, record: bool = True
+    ) -> torch.Tensor:
+        """Policy objective + vf_coef · value loss (+ ptx_coef · pretraining loss, once per micro-batch: with the
+        last token-budget part)."""
+        loss = self._policy_objective(forward, inputs, mode, record)
         if forward.values is not None:
-            loss = loss + self.args.vf_coef * self._value_loss(forward.values, inputs, mode)
-        if self._ptx_batches is not None and mode == "train":
+            loss = loss + self.args.vf_coef * self._value_loss(forward.values, inputs, mode, record)
+        if self._ptx_batches is not None and mode == "train" and record:
             loss = loss + self.args.ptx_coef * self._pretrain_loss()
-        if mode == "train":
+        if mode == "train" and record:
             step = self.state.global_step + 1
             note_nonfinite_loss(loss, self._nonfinite, self.is_deepspeed_enabled, self.collective.any_process, step)
         return loss
@@ -320,19 +330,23 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
         shared head reads the decoder's hidden states of that very pass, so the backbone runs once)."""
         if self.critic is None:
             return super()._forward_completions(model, inputs)
+        length = inputs["completion_ids"].size(1)
+        if self.padding_free is not None:  # its one-time check runs the model: before the values are collected
+            self.padding_free.verify(model, *sequences(inputs), length, self.accelerator.autocast)
         with values_in_forward(self.model) as values:
             forward = super()._forward_completions(model, inputs)
-        length = inputs["completion_ids"].size(1)
-        return dataclasses.replace(forward, values=completion_slice(torch.cat(values), length))
+        return dataclasses.replace(forward, values=completion_slice(forward.sequence_layout(values), length))
 
-    def _value_loss(self, values: torch.Tensor, inputs: dict[str, Any], mode: str) -> torch.Tensor:
+    def _value_loss(self, values: torch.Tensor, inputs: dict[str, Any], mode: str, record: bool = True) -> torch.Tensor:
         """½·max((V − R)², (clip(V, V_old ± c) − R)²), token mean over the generation batch (docs/methods.md)."""
         mask = loss_mask(inputs)
         clip = self.args.cliprange_value
         per_token, clipped = clipped_value_loss(values, inputs["old_values"], inputs["returns"], clip)
-        self._metrics[mode]["critic/value_clip_fraction"].append(self.collective.masked_mean(clipped.float(), mask))
         loss = token_mean_aggregate(per_token, mask, self._loss_context(inputs, mode))
-        self._metrics[mode]["critic/value_loss"].append(self.collective.masked_mean(per_token.detach(), mask))
+        if record:
+            clip_fraction = self.collective.masked_mean(clipped.float(), mask)
+            self._metrics[mode]["critic/value_clip_fraction"].append(clip_fraction)
+            self._metrics[mode]["critic/value_loss"].append(self.collective.masked_mean(per_token.detach(), mask))
         return loss
 
     def _pretrain_loss(self) -> torch.Tensor:
