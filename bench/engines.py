@@ -72,6 +72,23 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
             "1e-5",
         ],
     ),
+    "ppo_max_packed": (  # padding_free: packed rows through the engine's forward, critic values included
+        "ppo_max",
+        [
+            "--advantage_estimator",
+            "gae",
+            "--kl_penalty",
+            "k1",
+            "--beta",
+            "0.01",
+            "--critic_mode",
+            "separate",
+            "--critic_learning_rate",
+            "1e-5",
+            "--padding_free",
+            "true",
+        ],
+    ),
     "nested_reft": (
         "nested_reft",
         [
@@ -123,7 +140,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
         ],
     ),
 }
-PPO_CELLS = ("ppo_max", "ppo_max_shared")
+PPO_CELLS = ("ppo_max", "ppo_max_shared", "ppo_max_packed")
 Launcher = Callable[[list[str], dict[str, str], float], int]
 
 

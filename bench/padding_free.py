@@ -41,7 +41,7 @@ model, batch_name, variant, out, repeats, chat, device, attn = sys.argv[1:9]
 repeats, chat, cuda = int(repeats), chat == "chat", device == "cuda"
 rows, _ = addition_splits(n_eval=10, chat=chat, system=SYSTEM_PROMPT if chat else None)
 shapes = {  # completion lengths, micro-batch size, token budget
-    "skewed": ([round(8 * 64 ** (i / 7)) for i in range(8)], 1024),
+    "skewed": ([round(8 * (64 if chat else 32) ** (i / 7)) for i in range(8)], 1024),  # tiny: a 512-token context
     "demo": ([4 + (5 * i) % 13 for i in range(16)], 512),
 }
 lengths, budget = shapes[batch_name]
@@ -64,7 +64,7 @@ prompts = [rows[i % len(rows)]["prompt"] for i in range(len(lengths))]
 if chat:
     prompts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
 encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-completion_ids = torch.randint(10, 1000, (len(lengths), width), generator=generator)
+completion_ids = torch.randint(10, min(1000, len(tokenizer)), (len(lengths), width), generator=generator)
 completion_mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
 device = trainer.accelerator.device
 batch = {

@@ -13,7 +13,14 @@ from bench import engines
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("engine", "recipe"), [("zero3", "ppo_max"), ("zero3", "nested_reft"), ("fsdp2", "ppo_max_shared")]
+    ("engine", "recipe"),
+    [
+        ("zero3", "ppo_max"),
+        ("zero3", "nested_reft"),
+        ("fsdp2", "ppo_max_shared"),
+        ("zero3", "ppo_max_packed"),
+        ("fsdp2", "ppo_max_packed"),
+    ],
 )
 def test_cell_trains_changes_weights_and_resumes_exactly(engine, recipe, tmp_path):
     from zrl_plugins.apps.models import resolve_model

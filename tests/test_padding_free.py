@@ -254,6 +254,18 @@ def test_a_leaking_mask_fails_the_comparison_and_is_refused(monkeypatch, tmp_pat
         packed.compute_loss(packed.model, batch)
 
 
+@pytest.mark.parametrize("precision", ["bf16_autocast", "bf16_weights"])
+def test_the_check_passes_in_low_precision(precision, tmp_path, tiny_model_path, arithmetic_dataset):
+    """Rounding is not a leak: the check runs without autocast and allows bf16 weights their rounding (an earlier
+    version refused SmolLM2 under bf16 autocast)."""
+    options = {"bf16": True} if precision == "bf16_autocast" else {"model_init_kwargs": {"dtype": "bfloat16"}}
+    padded, packed = _trainers(tmp_path, tiny_model_path, arithmetic_dataset, **options)
+    batch = _batch(padded, arithmetic_dataset)
+    with packed.compute_loss_context_manager():
+        loss = packed.compute_loss(packed.model, batch)
+    assert torch.isfinite(loss) and id(packed.model) in packed.padding_free.verified
+
+
 def test_refusals_before_training(tmp_path, tiny_model_path, arithmetic_dataset):
     with pytest.raises(ConfigError, match="max_tokens_per_microbatch"):
         ZRLConfig(output_dir=str(tmp_path), max_tokens_per_microbatch=0)
@@ -307,3 +319,28 @@ def test_two_processes_reduce_the_same_gradient(tiny_model_path, tmp_path):
         for padded, packed in zip(rank["padded"], rank["packed"], strict=True):
             assert abs(packed - padded) <= 1e-5 * abs(padded), (packed, padded)
     assert ranks[0]["padded"] == ranks[1]["padded"]  # one gradient on both processes
+
+
+# ---------------------------------------------------------------------------------------------------- entry points
+def test_yaml_and_command_line(tmp_path):
+    from zrl_plugins.trainers.config import parse_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\npadding_free: true\nmax_tokens_per_microbatch: 4096\n")
+    (parsed,) = parse_config([ZRLConfig], ["--config", str(config)])
+    assert parsed.padding_free is True and parsed.max_tokens_per_microbatch == 4096
+    (parsed,) = parse_config([ZRLConfig], ["--output_dir", "o", "--padding_free", "true"])
+    assert parsed.padding_free is True and parsed.max_tokens_per_microbatch is None
+
+
+@pytest.mark.parametrize("method", ["dr_grpo", "ppo_max"])
+def test_recipes_train_with_both_options(method, tmp_path):
+    from tests.test_recipes import TINY_OVERRIDES
+    from zrl_plugins.apps.recipe import run
+
+    flags = ["--padding_free", "true", "--max_tokens_per_microbatch", "40"]
+    summary = run(method, ["--preset", "cpu-demo", *TINY_OVERRIDES, *flags, "--output_dir", str(tmp_path)])
+    steps = [h for h in summary["log_history"] if "loss" in h]
+    assert len(steps) == 2 and all(step["microbatch_parts"] > 1 for step in steps)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["config"]["padding_free"] is True and written["config"]["max_tokens_per_microbatch"] == 40

@@ -26,10 +26,12 @@ logger = logging.getLogger(__name__)
 # sequence boundaries from them (flash-attention varlen)
 MASKED_BACKENDS = ("eager", "sdpa", "flex_attention")
 
-# The largest |Δ log p| between a sequence alone and the same sequence packed after another, per compute dtype: far
-# above the rounding of a different kernel shape, far below what a leaking mask does to a real model
-ISOLATION_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
-LOW_PRECISION_TOLERANCE = 0.25
+# The mean |Δ log p| over a sequence's completion tokens, alone vs packed after another sequence, allowed per weight
+# dtype (the check runs without autocast: it tests the mask, not the arithmetic). Measured on SmolLM2-135M (16 and 128
+# completion tokens): rounding gives 5e-7 with fp32 weights and 0.009-0.012 with bf16 weights; a leaking mask gives
+# 0.89 and 0.66-0.89
+ISOLATION_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6}
+LOW_PRECISION_TOLERANCE = 0.2
 
 
 def attention_backend(model: torch.nn.Module) -> str:
@@ -98,7 +100,6 @@ class PaddingFree:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         logits_to_keep: int,
-        autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         """On a model's first packed pass: the last sequence's log-probs packed after the first one must equal its
         log-probs alone. Every process runs it at the same call (ZeRO-3 / FSDP gather parameters collectively)."""
@@ -108,21 +109,22 @@ class PaddingFree:
         ids, mask = input_ids[rows], attention_mask[rows]
         together = pack(ids, mask, logits_to_keep, one_row=True, pad_token_id=self.pad_token_id)
         alone = pack(ids[1:], mask[1:], logits_to_keep, pad_token_id=self.pad_token_id)
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
             packed_logps = scored_logps(model, together, logits_to_keep, varlen=self.one_row)[1]
             alone_logps = scored_logps(model, alone, logits_to_keep)[0]
         completion = mask[1, -logits_to_keep:].bool()
-        difference = (
-            (packed_logps[completion] - alone_logps[completion]).abs().max().item() if completion.any() else 0.0
-        )
+        if not completion.any():
+            return
+        difference = (packed_logps[completion] - alone_logps[completion]).abs()
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         tolerance = ISOLATION_TOLERANCE.get(dtype, LOW_PRECISION_TOLERANCE)
-        if not difference <= tolerance:
+        if not difference.mean().item() <= tolerance:
             raise ConfigError(
                 f"padding_free=True: {type(model).__name__} ({attention_backend(model)} attention) does not keep "
-                f"packed sequences apart: a sequence's log-probs change by {difference:.3g} when another sequence is "
-                f"packed before it (tolerance {tolerance:g} in {dtype}). Its layers ignore position_ids or carry "
-                "state across the row. Set padding_free=False."
+                f"packed sequences apart: a sequence's log-probs change by {difference.mean().item():.3g} on average "
+                f"(at most {difference.max().item():.3g}) when another sequence is packed before it (tolerance "
+                f"{tolerance:g} in {dtype}). Its layers ignore position_ids or carry state across the row. Set "
+                "padding_free=False."
             )
         self.verified.add(id(model))
 
@@ -176,7 +178,7 @@ def logps_and_entropies(
     on_pack: Callable[[PackedRows], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """TRL's ``_get_per_token_logps_and_entropies`` over packed rows, ``batch_size`` sequences per pass."""
-    settings.verify(model, input_ids, attention_mask, logits_to_keep, autocast)
+    settings.verify(model, input_ids, attention_mask, logits_to_keep)
     batch_size = batch_size or input_ids.size(0)
     all_logps, all_entropies = [], []
     for start in range(0, input_ids.size(0), batch_size):

@@ -332,7 +332,7 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             return super()._forward_completions(model, inputs)
         length = inputs["completion_ids"].size(1)
         if self.padding_free is not None:  # its one-time check runs the model: before the values are collected
-            self.padding_free.verify(model, *sequences(inputs), length, self.accelerator.autocast)
+            self.padding_free.verify(model, *sequences(inputs), length)
         with values_in_forward(self.model) as values:
             forward = super()._forward_completions(model, inputs)
         return dataclasses.replace(forward, values=completion_slice(forward.sequence_layout(values), length))
