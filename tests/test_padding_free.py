@@ -57,6 +57,28 @@ def test_pack_then_unpack_is_the_identity_on_real_tokens(lengths, one_row, capac
         assert rows.input_ids.size(1) <= max(max(capacity, 1), max(p + c for p, c in lengths))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 7), st.integers(0, 9)), min_size=1, max_size=9))
+def test_trimmed_rows_keep_every_real_token_and_the_labels(lengths):
+    prompts, completions = zip(*lengths, strict=True)
+    ids, mask = _padded(prompts, completions, 7, 9)
+    rows = packing.trim(ids, mask, 9)
+    assert rows.input_ids.size(1) == max(completions) + max(prompts)  # the common padding is gone
+    torch.testing.assert_close(rows.unpack(rows.input_ids) * mask, ids * mask)
+    assert int((rows.labels != packing.IGNORE).sum()) == sum(completions)
+
+
+def test_the_layout_is_the_one_with_fewer_positions():
+    from zrl_plugins.trainers.padding_free import PaddingFree
+
+    settings = PaddingFree()
+    skewed = _padded([4] * 4, [1, 2, 3, 40], 4, 40)  # three short answers share a row
+    assert isinstance(settings.layout(*skewed, 40), packing.PackedRows)
+    even = _padded([4] * 4, [9, 10, 10, 9], 4, 10)  # nothing to gain: the padded pass, trimmed
+    assert isinstance(settings.layout(*even, 10), packing.TrimmedRows)
+    assert isinstance(PaddingFree(one_row=True).layout(*even, 10), packing.PackedRows)  # flash: always packed
+
+
 def test_a_mask_with_holes_is_refused():
     ids, mask = _padded([3, 2], [4, 4], 4, 4)
     mask[0, 5] = 0
@@ -135,13 +157,18 @@ def _assert_forward_same(padded, packed, batch):
 
 
 def _check_all_ways(padded, packed, batch):
-    """padded (reference) = padding-free = padding-free in token-budget parts = padded in token-budget parts."""
-    _assert_forward_same(padded, packed, batch)
+    """padded (reference) = padding-free = padding-free in token-budget parts = padded in token-budget parts, with
+    padding_free's own choice of layout and with packing forced (these short batches would otherwise be trimmed)."""
     reference = _loss_and_grads(padded, batch)
-    _assert_same(reference, _loss_and_grads(packed, batch), "padding_free")
-    _assert_same(reference, _loss_and_grads(packed, batch, BUDGET), "padding_free + max_tokens_per_microbatch")
+    settings = packed.padding_free
+    for layout in (settings.layout, settings.pack):
+        settings.layout = layout
+        _assert_forward_same(padded, packed, batch)
+        _assert_same(reference, _loss_and_grads(packed, batch), "padding_free")
+        _assert_same(reference, _loss_and_grads(packed, batch, BUDGET), "padding_free + max_tokens_per_microbatch")
+        assert packed._metrics["train"]["microbatch_parts"][-1] >= 3
+    del settings.layout  # the class's method again
     _assert_same(reference, _loss_and_grads(padded, batch, BUDGET), "max_tokens_per_microbatch")
-    assert packed._metrics["train"]["microbatch_parts"][-1] >= 3
 
 
 def test_one_row_with_varlen_boundaries(tmp_path, tiny_model_path, arithmetic_dataset):
@@ -326,10 +353,14 @@ def test_yaml_and_command_line(tmp_path):
     from zrl_plugins.trainers.config import parse_config
 
     config = tmp_path / "run.yaml"
-    config.write_text("output_dir: out\npadding_free: true\nmax_tokens_per_microbatch: 4096\n")
+    config.write_text(
+        "output_dir: out\nuse_cpu: true\nbf16: false\npadding_free: true\nmax_tokens_per_microbatch: 4096\n"
+    )
     (parsed,) = parse_config([ZRLConfig], ["--config", str(config)])
     assert parsed.padding_free is True and parsed.max_tokens_per_microbatch == 4096
-    (parsed,) = parse_config([ZRLConfig], ["--output_dir", "o", "--padding_free", "true"])
+    (parsed,) = parse_config(
+        [ZRLConfig], ["--output_dir", "o", "--use_cpu", "true", "--bf16", "false", "--padding_free", "true"]
+    )
     assert parsed.padding_free is True and parsed.max_tokens_per_microbatch is None
 
 

@@ -42,8 +42,7 @@ from .data_checks import check_prompt_lengths, verifier_columns
 from .fused_head import completion_positions_only
 from .loss import Collective, CompletionForward, ObjectiveSetup
 from .numerics import GuardedSteps, SkipGuard, note_nonfinite_loss
-from .packing import PackedRows
-from .padding_free import check_text_only
+from .padding_free import Rows, check_text_only
 from .rollout import (
     Advantages,
     RewardRule,
@@ -315,7 +314,7 @@ class ZRLGRPOTrainer(
         batch_size=None,
         compute_entropy=False,
         compute_aux_loss=False,
-        on_pack: Callable[[PackedRows], None] | None = None,
+        on_pack: Callable[[Rows], None] | None = None,
         **multimodal: Any,
     ):
         # On CPU, TRL's fused LM head projects every position; only the completion's are needed (fused_head.py)
@@ -344,7 +343,7 @@ class ZRLGRPOTrainer(
         the completion tokens (TRL's fused LM head) and the MoE aux loss. The PPO trainer adds values here."""
         input_ids, attention_mask = sequences(inputs)
         multimodal = {key: inputs.get(key) for key in MULTIMODAL_KEYS}
-        packs: list[PackedRows] = []
+        packs: list[Rows] = []
         logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
             input_ids,

@@ -11,6 +11,8 @@ critic's values come back exactly where the padded pass puts them and everything
 Rows: sequences are placed first-fit-decreasing into rows of ``capacity`` tokens (default: the longest sequence, so
 no row attends over more positions than the padded rectangle did). Flash-attention backends take one row holding
 every sequence (``capacity=None`` with ``one_row=True``): their varlen kernels cost Σ nᵢ², whatever the row's length.
+Where packing would save no position (sequences all about as long as each other), :func:`trim` gives the padded
+batch cut to its own extent instead, with the same interface (``model_inputs()``, ``labels``, ``unpack``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class PackedRows:
     def real_tokens(self) -> int:
         return sum(self.lengths)
 
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids}
+
     def varlen_kwargs(self) -> dict[str, torch.Tensor | int]:
         """Sequence boundaries of a single packed row for varlen kernels (flash attention; the ``seq_idx`` of
         linear-attention convolutions), as TRL's padding-free SFT collator passes them: computed once here rather
@@ -66,6 +71,40 @@ class PackedRows:
         gathered = flat[self.source.clamp(min=0).reshape(-1)].reshape(*self.source.shape, *packed.shape[2:])
         valid = valid.reshape(*valid.shape, *([1] * (packed.dim() - 2)))
         return torch.where(valid, gathered, torch.zeros((), dtype=packed.dtype, device=packed.device))
+
+
+@dataclass(frozen=True)
+class TrimmedRows:
+    """The padded batch cut to its own extent (columns holding no real token removed, at most the prompts' common
+    left padding and the completions' common right padding): what a micro-batch whose sequences are all about as long
+    as each other costs least as, since packing them would save no position."""
+
+    input_ids: torch.Tensor  # B x W
+    attention_mask: torch.Tensor  # B x W
+    labels: torch.Tensor  # B x W: the completion tokens, IGNORE elsewhere
+    columns: tuple[int, int]  # [first, last) column of the padded batch kept
+    width: int  # L, the padded batch's width
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+    def unpack(self, trimmed: torch.Tensor) -> torch.Tensor:
+        """``trimmed`` (B x W x ...) in the padded layout (B x L x ...), 0 in the columns cut away."""
+        first, last = self.columns
+        padding = [0, 0] * (trimmed.dim() - 2) + [first, self.width - last]
+        return torch.nn.functional.pad(trimmed, padding)
+
+
+def trim(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> TrimmedRows:
+    """The padded batch without the columns in which no row has a real token; labels as TRL sets them."""
+    width = input_ids.size(1)
+    used = attention_mask.bool().any(0).nonzero().flatten()
+    first, last = int(used[0]), int(used[-1]) + 1
+    ids, mask = input_ids[:, first:last], attention_mask[:, first:last]
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    prompt_columns = max(width - logits_to_keep - first, 0)
+    labels[:, :prompt_columns] = IGNORE
+    return TrimmedRows(ids, mask, labels, (first, last), width)
 
 
 def sequence_spans(attention_mask: torch.Tensor) -> list[tuple[int, int]]:

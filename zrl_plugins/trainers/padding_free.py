@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from ..framework.errors import ConfigError
-from .packing import PackedRows, pack
+from .packing import PackedRows, TrimmedRows, pack, trim
+
+Rows = PackedRows | TrimmedRows
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,16 @@ class PaddingFree:
     def pack(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> PackedRows:
         return pack(input_ids, attention_mask, logits_to_keep, one_row=self.one_row, pad_token_id=self.pad_token_id)
 
+    def layout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> Rows:
+        """The packed rows, or the padded batch trimmed to its extent where packing saves no position (sequences
+        about as long as each other: the padded pass then skips building a packed mask). Flash backends always
+        pack: their varlen kernels skip pad positions either way, and need the boundaries."""
+        packed = self.pack(input_ids, attention_mask, logits_to_keep)
+        if self.one_row:
+            return packed
+        trimmed = trim(input_ids, attention_mask, logits_to_keep)
+        return packed if packed.input_ids.numel() < trimmed.input_ids.numel() else trimmed
+
     def verify(
         self,
         model: Any,
@@ -129,7 +141,7 @@ class PaddingFree:
         self.verified.add(id(model))
 
 
-def scored_logps(model: Any, rows: PackedRows, logits_to_keep: int, **forward_kwargs: Any) -> torch.Tensor:
+def scored_logps(model: Any, rows: Rows, logits_to_keep: int, **forward_kwargs: Any) -> torch.Tensor:
     """Per-token log-probs of the completions (B x T) from one packed forward of a fused-LM-head model."""
     logps, _, _ = packed_forward(model, rows, logits_to_keep, **forward_kwargs)
     return logps
@@ -137,7 +149,7 @@ def scored_logps(model: Any, rows: PackedRows, logits_to_keep: int, **forward_kw
 
 def packed_forward(
     model: Any,
-    rows: PackedRows,
+    rows: Rows,
     logits_to_keep: int,
     compute_entropy: bool = False,
     varlen: bool = False,
@@ -145,15 +157,9 @@ def packed_forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
     """One packed forward: (log-probs, entropies or ``None``, the model's output), per-token fields in B x T.
     ``varlen``: pass a single row's sequence boundaries to the attention kernels (flash-attention backends)."""
-    if rows.input_ids.size(0) == 1 and varlen:
+    if varlen and isinstance(rows, PackedRows) and rows.input_ids.size(0) == 1:
         forward_kwargs = {**rows.varlen_kwargs(), **forward_kwargs}
-    outputs = model(
-        input_ids=rows.input_ids,
-        position_ids=rows.position_ids,
-        labels=rows.labels,
-        fused_lm_head=True,
-        **forward_kwargs,
-    )
+    outputs = model(**rows.model_inputs(), labels=rows.labels, fused_lm_head=True, **forward_kwargs)
 
     def completion_layout(per_position: torch.Tensor) -> torch.Tensor:
         # the fused head scores position k + 1 from hidden state k: shift back to token positions, then unpack
@@ -175,15 +181,16 @@ def logps_and_entropies(
     batch_size: int | None,
     compute_entropy: bool,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]],
-    on_pack: Callable[[PackedRows], None] | None = None,
+    on_pack: Callable[[Rows], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """TRL's ``_get_per_token_logps_and_entropies`` over packed rows, ``batch_size`` sequences per pass."""
+    """TRL's ``_get_per_token_logps_and_entropies`` over packed (or trimmed) rows, ``batch_size`` sequences per
+    pass; ``on_pack`` receives each pass's rows (what per-position outputs of the same passes are unpacked with)."""
     settings.verify(model, input_ids, attention_mask, logits_to_keep)
     batch_size = batch_size or input_ids.size(0)
     all_logps, all_entropies = [], []
     for start in range(0, input_ids.size(0), batch_size):
         end = start + batch_size
-        rows = settings.pack(input_ids[start:end], attention_mask[start:end], logits_to_keep)
+        rows = settings.layout(input_ids[start:end], attention_mask[start:end], logits_to_keep)
         if on_pack is not None:
             on_pack(rows)
         with autocast():
@@ -194,7 +201,7 @@ def logps_and_entropies(
     return torch.cat(all_logps), torch.cat(all_entropies) if compute_entropy else None
 
 
-def unpack_each(packs: list[PackedRows], per_position: list[torch.Tensor]) -> torch.Tensor:
+def unpack_each(packs: list[Rows], per_position: list[torch.Tensor]) -> torch.Tensor:
     """Values computed per packed position in each pass, back in the padded B x L layout."""
     if len(packs) != len(per_position):
         raise RuntimeError(f"{len(per_position)} packed outputs for {len(packs)} packs")

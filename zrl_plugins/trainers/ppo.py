@@ -294,10 +294,9 @@ class ZRLPPOTrainer(ZRLGRPOTrainer):
             for i in range(0, len(input_ids), size):
                 ids, mask = input_ids[i : i + size], attention_mask[i : i + size]
                 layout, model_inputs = (lambda x: x), {"input_ids": ids, "attention_mask": mask}
-                if self.padding_free is not None:  # the same packed rows as the training pass
-                    rows = self.padding_free.pack(ids, mask, length)
-                    layout, model_inputs = rows.unpack, {"input_ids": rows.input_ids, "attention_mask": None}
-                    model_inputs["position_ids"] = rows.position_ids
+                if self.padding_free is not None:  # the same packed (or trimmed) rows as the training pass
+                    rows = self.padding_free.layout(ids, mask, length)
+                    layout, model_inputs = rows.unpack, {"attention_mask": None, **rows.model_inputs()}
                 if self.shared_critic:
                     hidden = decoder_of(self.model)(**model_inputs, use_cache=False)
                     values = self.critic(hidden.last_hidden_state)
