@@ -166,7 +166,8 @@ def test_one_flag_ablation_and_unknown_preset(tmp_path):
     assert summary["normalizer"] == "dr_grpo"
     with pytest.raises(ConfigError, match="presets: \\['cpu_demo'\\]"):
         expand_preset("dr_grpo", ["--preset", "gpu-huge"])
-    assert expand_preset("dr_grpo", ["--preset", "cpu-demo", "--config", "x.yaml"]) == ["--config", "x.yaml"]
+    with pytest.raises(ConfigError, match="--preset cpu-demo and --config both name a config file"):
+        expand_preset("dr_grpo", ["--preset", "cpu-demo", "--config", "x.yaml"])  # was: the preset silently dropped
 
 
 @pytest.mark.parametrize("method", RECIPES)

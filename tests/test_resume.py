@@ -80,3 +80,51 @@ def test_a_checkpoint_lacking_one_state_entry_loads_with_a_warning(tmp_path, tin
     with pytest.warns(UserWarning, match="has no state for kl_penalty"):
         resumed.train(resume_from_checkpoint=str(state_file.parent))
     assert resumed.state.global_step == 2  # training went on
+
+
+BUFFERED = {
+    "steps_per_generation=2": dict(steps_per_generation=2),
+    "num_iterations=2": dict(num_iterations=2, kl_penalty="k1", beta=0.05, kl_penalty_kwargs=ADAPTIVE),
+    "ppo epochs and mini-batches": dict(steps_per_generation=2, num_iterations=2, ppo=True),
+}
+
+
+@pytest.mark.parametrize("case", BUFFERED, ids=list(BUFFERED))
+def test_resume_inside_a_generation_buffer_is_exact(case, tmp_path, tiny_model_path, arithmetic_dataset):
+    """A checkpoint after step 1 falls inside a generation buffer (steps 1-2, or 1-4): the resumed run reuses the
+    buffered batches as the uninterrupted run does. Was: it generated a new batch at step 2 (losses at steps 2-4
+    differed; with num_iterations=2 the final β was 0.05079 instead of 0.04919)."""
+    options = dict(BUFFERED[case])
+    ppo = options.pop("ppo", False)
+    options = dict(max_steps=4, save_strategy="steps", save_steps=1, per_device_train_batch_size=4, **options)
+
+    def trainer(run: str):
+        if ppo:
+            from tests.helpers import TINY_TRAINING
+            from zrl_plugins import ZRLPPOConfig, ZRLPPOTrainer
+
+            args = ZRLPPOConfig(
+                **{**TINY_TRAINING, **options, "output_dir": str(tmp_path / run / "out"), "critic_learning_rate": 1e-2}
+            )
+            return ZRLPPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
+        args = tiny_config(tmp_path / run, **options)
+        return ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
+
+    first = trainer("a")
+    first.train()
+    resumed = trainer("b")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-1"))
+
+    def logged(t) -> dict[int, dict]:
+        return {h["step"]: h for h in t.state.log_history if "loss" in h}
+
+    a, b = logged(first), logged(resumed)
+    assert {2, 3, 4} <= set(b)
+    for step in (2, 3, 4):
+        keys = [k for k in ("loss", "reward", "completions/mean_length", "kl_coef") if k in a[step]]
+        assert "loss" in keys and [k for k in keys if k in b[step]] == keys, (step, keys)
+        for key in keys:
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-7), (step, key)
+    assert resumed.kl_penalty.controller.beta == pytest.approx(first.kl_penalty.controller.beta, rel=1e-6)
+    for p, q in zip(first.model.parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q)

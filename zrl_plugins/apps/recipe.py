@@ -106,7 +106,7 @@ class RecipeArguments:
 
 
 def expand_preset(method: str, argv: Sequence[str]) -> list[str]:
-    """``--preset cpu-demo`` → ``--config recipes/<method>_cpu_demo.yaml`` (an explicit --config wins)."""
+    """``--preset cpu-demo`` → ``--config recipes/<method>_cpu_demo.yaml`` (refused together with ``--config``)."""
     argv = list(argv)
     if "--preset" not in argv:
         return argv
@@ -117,8 +117,13 @@ def expand_preset(method: str, argv: Sequence[str]) -> list[str]:
     if not path.exists():
         presets = sorted(p.stem.removeprefix(f"{method}_") for p in root.glob(f"{method}_*.yaml"))
         raise ConfigError(f"no preset {preset!r} for {method}; presets: {presets}")
+    if "--config" in argv:
+        raise ConfigError(
+            f"--preset {preset} and --config both name a config file (--preset {preset} is --config {path}); pass "
+            "one of them and override its keys with flags"
+        )
     del argv[i : i + 2]
-    return argv if "--config" in argv else ["--config", str(path), *argv]
+    return ["--config", str(path), *argv]
 
 
 def task_rows(recipe: RecipeArguments, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -15,6 +15,15 @@ TRLMode = Literal["token_truncate", "token_mask", "sequence_truncate", "sequence
 TRL_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
+LOG_FLOAT32_MAX = 88.0  # exp(88) ≈ 1.65e38 < float32's 3.4e38
+
+
+def finite_exp(log_ratio: torch.Tensor) -> torch.Tensor:
+    """exp of a log ratio, finite for any input: a behaviour log-prob of -inf (which vLLM returns) or one far below
+    π_old's gives +inf, clamped to float32's range (identical to exp below it)."""
+    return torch.exp(log_ratio.clamp(max=LOG_FLOAT32_MAX))
+
+
 class NoCorrection:
     """``none``: weight 1 everywhere (the biased baseline); the mismatch is still measured and logged."""
 
@@ -40,7 +49,7 @@ class TRLCorrection:
         log_ratio = token_log_ratio(old_logps, behaviour_logps, mask)
         if self.mode.startswith("sequence"):
             log_ratio = log_ratio.sum(-1, keepdim=True)
-        ratio = torch.exp(log_ratio)
+        ratio = finite_exp(log_ratio)
         if self.mode.endswith("truncate"):
             return CorrectionOutput(weights=torch.clamp(ratio, min=self.clip_min, max=self.clip_max))
         low = -math.inf if self.clip_min is None else self.clip_min
@@ -75,10 +84,10 @@ class TruncatedIS:
         mask = mask.float()
         log_ratio = token_log_ratio(old_logps, behaviour_logps, mask)
         if self.level == "sequence":
-            raw = torch.exp(sequence_log_ratio(log_ratio, mask, mean=True))
+            raw = finite_exp(sequence_log_ratio(log_ratio, mask, mean=True))
             valid = mask.sum(-1, keepdim=True) > 0
         else:
-            raw = torch.exp(log_ratio)
+            raw = finite_exp(log_ratio)
             valid = mask > 0
         values = raw[valid]
         truncated = (values > self.clip).float().mean().item() if values.numel() else 0.0

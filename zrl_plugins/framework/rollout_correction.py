@@ -50,9 +50,25 @@ def checked_correction(
                 f"per token or ({rows}, 1) per sequence."
             )
     weights = out.weights.detach().float()
-    if torch.isnan(weights).any() and torch.isfinite(old_logps[mask.bool()]).all():
-        raise ComponentContractError(f"rollout_correction {name!r} returned NaN weights from finite log-probs")
-    rejection = None if out.mask is None else out.mask.detach().float().expand(rows, length) * mask
+    counted = mask.bool() if weights.shape[1] == length else mask.bool().any(-1, keepdim=True)
+    bad = counted & ~(torch.isfinite(weights) & (weights >= 0))
+    if bad.any():
+        row, column = (int(i) for i in bad.nonzero()[0])
+        raise ComponentContractError(
+            f"rollout_correction {name!r} returned weight {weights[row, column].item()} at row {row}, position "
+            f"{column}; weights must be finite and >= 0 (0 drops a token's gradient; to reject it, use the mask). "
+            "No optimizer step was taken."
+        )
+    rejection = None
+    if out.mask is not None:
+        rejection = out.mask.detach().float()
+        if not ((rejection == 0) | (rejection == 1)).all():
+            values = sorted({float(v) for v in rejection.unique()[:5]})
+            raise ComponentContractError(
+                f"rollout_correction {name!r} returned a mask with values {values}; a rejection mask holds 1 (keep) "
+                "and 0 (reject) only (scale a token's weight through `weights`). No optimizer step was taken."
+            )
+        rejection = rejection.expand(rows, length) * mask
     return weights, rejection
 
 

@@ -98,9 +98,30 @@ def _row(columns: dict[str, Any], index: int, n: int) -> dict[str, Any]:
     return {k: [v[index]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
 
 
+def _as_number(reward: Any) -> Any:
+    """A one-element tensor or array (what a reward function computed with torch or numpy holds) as its number."""
+    if reward is None or isinstance(reward, numbers.Real):
+        return reward
+    shape = getattr(reward, "shape", None)
+    if shape is not None and math.prod(shape) == 1 and callable(getattr(reward, "item", None)):
+        return reward.item()
+    return reward
+
+
+def _described(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__name__} ({str(value)[:60]!r})"
+
+
 def check_rewards(name: str, origin: str, rewards: Any, n: int) -> list[float | None]:
     """The verifier's rewards as a list, or :class:`ComponentContractError` naming the verifier and the row."""
-    rewards = list(rewards)
+    if hasattr(rewards, "tolist") and not isinstance(rewards, str | bytes):
+        rewards = rewards.tolist()  # a tensor or an array of rewards
+    if rewards is None or isinstance(rewards, str | bytes | dict) or not hasattr(rewards, "__iter__"):
+        raise ComponentContractError(
+            f"verifier {name!r} ({origin}) returned {_described(rewards)}; it must return a list of {n} rewards, one "
+            "number (or None) per completion."
+        )
+    rewards = [_as_number(reward) for reward in rewards]
     if len(rewards) != n:
         raise ComponentContractError(
             f"verifier {name!r} ({origin}) returned {len(rewards)} rewards for {n} completions; it must return "
@@ -109,7 +130,7 @@ def check_rewards(name: str, origin: str, rewards: Any, n: int) -> list[float | 
     for row, reward in enumerate(rewards):
         if reward is None:
             continue
-        if not isinstance(reward, numbers.Real) or not math.isfinite(reward):
+        if isinstance(reward, bool) or not isinstance(reward, numbers.Real) or not math.isfinite(reward):
             raise ComponentContractError(
                 f"verifier {name!r} ({origin}) returned {reward!r} for row {row}; rewards must be finite numbers, or "
                 "None when the row cannot be scored."

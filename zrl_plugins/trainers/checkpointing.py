@@ -63,7 +63,40 @@ def zrl_state(trainer: Any, checkpoint_dir: str) -> dict[str, Any]:
     for key, value in plugins.items():
         owner = f"plugin {key!r}" if key in implementers else f"one of the plugins {implementers}"
         validate_state(f"{owner} (zrl_on_save_checkpoint, key {key!r})", value)
-    return {"components": components, "plugins": plugins, "kl_window": trainer.kl_control.window.clone()}
+    state = {"components": components, "plugins": plugins, "kl_window": trainer.kl_control.window.clone()}
+    buffer = generation_buffer(trainer)
+    if buffer is not None:
+        state["generation_buffer"] = buffer
+    return state
+
+
+def generation_buffer(trainer: Any) -> dict[str, Any] | None:
+    """TRL's generation buffer and the position in it, when the checkpoint falls inside one: with
+    ``steps_per_generation`` or ``num_iterations`` (PPO's epochs and mini-batches) > 1 the next steps reuse buffered
+    batches, which TRL's own checkpoint does not hold — without them a resumed run would generate a new batch where
+    the uninterrupted one reused its buffered one."""
+    buffered = getattr(trainer, "_buffered_inputs", None)
+    generate_every = trainer.args.steps_per_generation * trainer.num_iterations
+    if buffered is None or trainer._step % generate_every == 0:
+        return None  # the next step generates anyway
+    buffer = {"step": int(trainer._step), "batches": [dict(batch) for batch in buffered]}
+    try:
+        validate_state("TRL's generation buffer", buffer)
+    except CheckpointError as exc:
+        logger.warning("%s The checkpoint holds no generation buffer: a resume from it regenerates.", exc)
+        return None
+    return buffer
+
+
+def restore_generation_buffer(trainer: Any, buffer: dict[str, Any]) -> None:
+    """Put TRL's generation buffer back where the checkpoint left it (tensors onto this process's device)."""
+    device = trainer.accelerator.device
+
+    def placed(value: Any) -> Any:
+        return value.to(device) if isinstance(value, torch.Tensor) else value
+
+    trainer._buffered_inputs = [{k: placed(v) for k, v in batch.items()} for batch in buffer["batches"]]
+    trainer._step = int(buffer["step"])
 
 
 def save(trainer: Any, trial: Any, trl_save: Callable[[], None]) -> None:
@@ -155,6 +188,11 @@ def restore(trainer: Any, checkpoint_dir: str) -> None:
             )
     if "kl_window" in state:
         trainer.kl_control.window = state["kl_window"].clone()
+    if state.get("generation_buffer") is not None:
+        if changes:  # batches scored and normalized under the checkpoint's setup: this run's setup regenerates them
+            logger.warning("resume_override: the checkpoint's buffered batches are dropped; the next step generates.")
+        else:
+            restore_generation_buffer(trainer, state["generation_buffer"])
     trainer.zrl_pm.call_observer(
         "zrl_on_load_checkpoint", trainer=trainer, checkpoint_dir=checkpoint_dir, state=state.get("plugins", {})
     )

@@ -146,16 +146,27 @@ def call_plugin(pm: ZRLPluginManager, selected: Selected, method: str, *args: An
         raise PluginError(entry.plugin, f"{selected.kind} {selected.name!r}.{method}", exc, entry.distribution) from exc
 
 
+def guarded_reward_func(func: Any, args: Any) -> Any:
+    """A reward function passed TRL's way under the verifier's contract (:mod:`~zrl_plugins.framework.verifier_guard`:
+    deadline, row-by-row retries, checked values, errors naming it), named as TRL names it. Reward models (a module,
+    or a model id TRL loads) are TRL's to run."""
+    if isinstance(func, str | torch.nn.Module | NamedVerifier):
+        return func
+    guard = AsyncNamedVerifier if is_async_callable(func) else NamedVerifier
+    limits = (args.verifier_timeout, args.verifier_max_consecutive_timeouts)
+    return guard(get_callable_name(func), func, "a reward function passed to the trainer", *limits)
+
+
 def trl_reward_funcs(
-    pm: ZRLPluginManager, components: Components, reward_funcs: Any, environments: bool
+    pm: ZRLPluginManager, components: Components, reward_funcs: Any, environments: bool, args: Any
 ) -> list[Callable[..., Any]]:
-    """TRL's ``reward_funcs``: the verifiers selected by name, then the caller's; at least one unless environments
-    give the rewards."""
+    """TRL's ``reward_funcs``: the verifiers selected by name, then the caller's, every one under the same guard; at
+    least one unless environments give the rewards."""
     if reward_funcs is None:
         reward_funcs = []
     elif not isinstance(reward_funcs, list):
         reward_funcs = [reward_funcs]
-    reward_funcs = [*components.verifiers, *reward_funcs]
+    reward_funcs = [*components.verifiers, *(guarded_reward_func(func, args) for func in reward_funcs)]
     if not reward_funcs and not environments:
         raise ValueError(
             "no reward: select verifiers by name (ZRLConfig(verifiers=[...]), `--verifiers` on the CLI; installed: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -293,6 +294,9 @@ class ZRLConfig(GRPOConfig):
             )
         if self.max_consecutive_skips < 1:
             raise ConfigError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
+        self._check_numbers()
+        if isinstance(self.verifiers, str):  # `verifiers: last_number` in YAML, or one name from Python
+            self.verifiers = [name.strip() for name in self.verifiers.split(",") if name.strip()]
         self._check_server_generation()
         for name in KWARGS_FIELDS:
             setattr(self, name, _parse_kwargs(name, getattr(self, name)))
@@ -313,6 +317,21 @@ class ZRLConfig(GRPOConfig):
                 f"selected verifiers: {self.verifiers}"
             )
         super().__post_init__()
+
+    def _check_numbers(self) -> None:
+        """Values that would fail (or train the opposite of what was meant) only after the model loads."""
+        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta >= 0):
+            raise ConfigError(
+                f"beta must be a finite number >= 0, got {self.beta}: a negative beta turns the KL penalty into a "
+                "bonus for moving away from the reference. Use beta=0 (or kl_penalty='none') for no KL term."
+            )
+        if not (isinstance(self.temperature, int | float) and math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(
+                f"temperature must be > 0, got {self.temperature}: log-probs are computed from logits / temperature. "
+                "For greedy decoding in evaluation use the evaluation's own settings; training samples."
+            )
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ConfigError(f"learning_rate must be a finite number >= 0, got {self.learning_rate}")
 
     def _check_server_generation(self) -> None:
         if self.max_staleness < 0:

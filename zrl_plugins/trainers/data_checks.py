@@ -46,3 +46,18 @@ def check_prompt_lengths(
             f"max_completion_length={max_completion_length} that exceeds the model's context of {context} "
             "tokens. Shorten or filter the prompts, or lower max_completion_length."
         )
+
+
+def check_enough_prompts(dataset: Any, args: Any) -> None:
+    """A data set smaller than one generation batch yields no batch at all: TRL's sampler drops an incomplete one,
+    and training would end after 0 steps with exit status 0."""
+    if not hasattr(dataset, "__len__"):
+        return
+    needed = args.generation_batch_size // args.num_generations
+    if len(dataset) < needed:
+        raise DataError(
+            f"train_dataset has {len(dataset)} prompts; one generation batch takes {needed} "
+            f"(per_device_train_batch_size {args.per_device_train_batch_size} x {args.world_size} processes x "
+            f"steps_per_generation {args.steps_per_generation} / num_generations {args.num_generations}), so not a "
+            "single step would train. Add prompts, or lower per_device_train_batch_size or gradient_accumulation_steps."
+        )

@@ -38,7 +38,7 @@ from .components import Components, build_components, call_plugin, normalizer, t
 from .config import ZRLConfig
 from .controllers import ControllerAttributes, EntropyControl, KLControl, StepControllers
 from .correction_options import warn_truncated_support
-from .data_checks import check_prompt_lengths, verifier_columns
+from .data_checks import check_enough_prompts, check_prompt_lengths, verifier_columns
 from .fused_head import completion_positions_only
 from .loss import Collective, CompletionForward, ObjectiveSetup
 from .numerics import GuardedSteps, SkipGuard, note_nonfinite_loss
@@ -118,7 +118,7 @@ class ZRLGRPOTrainer(
         self.correction_name = self.components.rollout_correction.name
 
         environments = kwargs.get("environment_factory") is not None
-        reward_funcs = trl_reward_funcs(self.zrl_pm, self.components, reward_funcs, environments)
+        reward_funcs = trl_reward_funcs(self.zrl_pm, self.components, reward_funcs, environments, args)
         kwargs["rollout_func"] = trl_rollout_func(self.components, kwargs.get("rollout_func"))
 
         self.entropy_control = EntropyControl.from_config(args)  # before TRL's __init__, which sets entropy_coef
@@ -129,6 +129,7 @@ class ZRLGRPOTrainer(
         train_dataset = kwargs.get("train_dataset", pargs[0] if pargs else None)
         if train_dataset is not None:  # before TRL loads the model
             check_data_before_loading(train_dataset, verifier_columns(reward_funcs))
+            check_enough_prompts(train_dataset, args)
         check_vllm_options(args.use_vllm, args.vllm_mode)
         on_cpu = args.use_vllm and vllm_runs_on_cpu()
         on_server = check_server_generation(args, on_cpu, self.components, kwargs)

@@ -66,7 +66,29 @@ def policy_loss(pm: ZRLPluginManager, selected: Selected, *args: torch.Tensor | 
         raise ComponentContractError(
             f"policy_loss {selected.name!r} must return a PolicyLossOutput, got {type(out).__name__}"
         )
+    check_policy_loss(selected.name, out, args[0])
     return out
+
+
+def check_policy_loss(name: str, out: PolicyLossOutput, logps: torch.Tensor) -> None:
+    """A policy loss's output where the core receives it: per-token (B x T) or per-sequence (B x 1) floating tensors
+    — never broadcast over rows — and a loss that carries the gradient of the log-probs it was given."""
+    rows, length = logps.shape
+    for field_name in ("per_token_loss", "ratio"):
+        tensor = getattr(out, field_name)
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) not in ((rows, length), (rows, 1)):
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ComponentContractError(
+                f"policy_loss {name!r} returned {field_name} of shape {shape}; expected ({rows}, {length}) per token "
+                f"or ({rows}, 1) per sequence. No optimizer step was taken."
+            )
+        if not tensor.is_floating_point():
+            raise ComponentContractError(f"policy_loss {name!r} returned {field_name} of dtype {tensor.dtype}")
+    if logps.requires_grad and not out.per_token_loss.requires_grad:
+        raise ComponentContractError(
+            f"policy_loss {name!r} returned a per_token_loss without gradient: it must be computed from the logps it "
+            "is given (not detached, not from old_logps alone). No optimizer step was taken."
+        )
 
 
 def kl_term(

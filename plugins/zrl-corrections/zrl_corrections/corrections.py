@@ -6,6 +6,7 @@ engine could not score count as 0 (:func:`zrl_plugins.sdk.token_log_ratio`).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -27,10 +28,15 @@ class IcePop:
 
     def __call__(self, old_logps: torch.Tensor, behaviour_logps: torch.Tensor, mask: torch.Tensor) -> CorrectionOutput:
         mask = mask.float()
-        ratio = torch.exp(token_log_ratio(old_logps, behaviour_logps, mask))
-        keep = (ratio >= self.alpha) & (ratio <= self.beta)
+        log_ratio = token_log_ratio(old_logps, behaviour_logps, mask)
+        ratio = torch.exp(log_ratio.clamp(max=math.log(self.beta)))  # never overflows; above beta it is dropped
+        keep = log_ratio <= math.log(self.beta)
+        if self.alpha > 0:
+            keep &= log_ratio >= math.log(self.alpha)
         masked = ((~keep).float() * mask).sum() / mask.sum().clamp(min=1.0)
-        return CorrectionOutput(weights=ratio * keep, metrics={"icepop_masked_fraction": masked.item()})
+        # where, not a product: a ratio outside [alpha, beta] gets 0 even when it overflowed (inf * 0 is NaN)
+        weights = torch.where(keep, ratio, torch.zeros_like(ratio))
+        return CorrectionOutput(weights=weights, metrics={"icepop_masked_fraction": masked.item()})
 
 
 class GeometricMeanMask:

@@ -1,0 +1,282 @@
+"""Every boundary keeps its contract (issue: reward functions, plugin outputs, configs). Each test failed on the code
+before the fix it names."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import tiny_config
+from zrl_plugins import ZRLGRPOTrainer
+from zrl_plugins.framework.errors import ComponentContractError
+from zrl_plugins.framework.protocols import CorrectionOutput, PolicyLossOutput
+from zrl_plugins.framework.rollout_correction import checked_correction
+from zrl_plugins.framework.verifier_guard import VerifierHangError, check_rewards
+from zrl_plugins.trainers import loss
+from zrl_plugins.trainers.components import Selected
+
+
+# ---------------------------------------------------------------------------------------------------- reward functions
+def sleeps_forever(prompts, completions, **kwargs):
+    while True:
+        time.sleep(0.05)
+
+
+async def never_returns(prompts, completions, **kwargs):
+    await asyncio.Event().wait()
+
+
+def huge(prompts, completions, **kwargs):
+    return [1e39] * len(completions)
+
+
+def strings(prompts, completions, **kwargs):
+    return ["good"] * len(completions)
+
+
+def nothing(prompts, completions, **kwargs):
+    return None
+
+
+def as_tensor(prompts, completions, **kwargs):
+    return torch.arange(len(completions), dtype=torch.float32)
+
+
+def _trainer(tmp_path, model, data, funcs, **overrides):
+    args = tiny_config(tmp_path, **{"verifier_timeout": 1.0, "verifier_max_consecutive_timeouts": 1, **overrides})
+    return ZRLGRPOTrainer(model, funcs, args=args, train_dataset=data)
+
+
+def test_a_reward_function_that_hangs_is_stopped_by_the_verifier_deadline(
+    tmp_path, tiny_model_path, arithmetic_dataset
+):
+    """Was: training hung whatever verifier_timeout said (TRL's reward_funcs were appended unguarded)."""
+    trainer = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, [sleeps_forever])
+    start = time.monotonic()
+    with pytest.raises(VerifierHangError, match="sleeps_forever"):
+        trainer.train()
+    assert time.monotonic() - start < 60
+
+
+def test_an_async_reward_function_that_never_returns_times_out(tmp_path, tiny_model_path, arithmetic_dataset):
+    trainer = _trainer(
+        tmp_path, tiny_model_path, arithmetic_dataset, [never_returns], verifier_max_consecutive_timeouts=2
+    )
+    (guarded,) = trainer.reward_funcs
+    assert asyncio.run(guarded(prompts=["p", "q"], completions=["a", "b"])) == [None, None]  # rows not scored
+    with pytest.raises(VerifierHangError, match="never_returns"):  # the second timeout in a row stops the run
+        asyncio.run(guarded(prompts=["p", "q"], completions=["a", "b"]))
+
+
+@pytest.mark.parametrize(
+    ("func", "message"),
+    [
+        (huge, "1e\\+39 for row 0, beyond float32's range"),
+        (strings, "'good' for row 0; rewards must be finite numbers"),
+        (nothing, "returned None; it must return a list of 2 rewards"),
+    ],
+)
+def test_bad_rewards_name_the_function(func, message, tmp_path, tiny_model_path, arithmetic_dataset):
+    """Was: 1e39 trained on silently; strings gave "too many dimensions 'str'", None "'NoneType' object is not
+    iterable" — neither named the function."""
+    trainer = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, [func])
+    (guarded,) = trainer.reward_funcs
+    with pytest.raises(ComponentContractError, match=f"{func.__name__}.*{message}"):
+        guarded(prompts=["p", "q"], completions=["a", "b"])
+
+
+def test_a_reward_function_keeps_its_name_and_tensor_rewards(tmp_path, tiny_model_path, arithmetic_dataset):
+    trainer = _trainer(tmp_path, tiny_model_path, arithmetic_dataset, [as_tensor])
+    assert trainer.reward_func_names == ["as_tensor"]  # TRL logs rewards/as_tensor/mean
+    (guarded,) = trainer.reward_funcs
+    assert guarded(prompts=["p", "q", "r"], completions=["a", "b", "c"]) == [0.0, 1.0, 2.0]
+
+
+# ---------------------------------------------------------------------------------------------------- plugin outputs
+LOGPS = st.one_of(
+    st.floats(-120.0, 0.0), st.sampled_from([float("-inf"), float("nan"), -100.0, -1e-9, 0.0])
+)  # what an inference engine reports: finite, far below π_old, -inf, unscored (NaN)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.data(),
+)
+def test_every_built_in_correction_stays_finite_for_any_behaviour_log_prob(rows, length, data):
+    """Was: icepop returned NaN weights when log(π_old / π_behaviour) > 88 (inf · 0); the step then aborted."""
+    from zrl_plugins.framework.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    old = torch.tensor(data.draw(st.lists(st.floats(-30.0, 0.0), min_size=rows * length, max_size=rows * length)))
+    behaviour = torch.tensor(data.draw(st.lists(LOGPS, min_size=rows * length, max_size=rows * length)))
+    mask = torch.tensor(data.draw(st.lists(st.sampled_from([0, 1]), min_size=rows * length, max_size=rows * length)))
+    old, behaviour, mask = old.view(rows, length), behaviour.view(rows, length), mask.view(rows, length)
+    for name in pm.names("rollout_correction"):
+        out = pm.load_component("rollout_correction", name)(old, behaviour, mask)
+        weights, _ = checked_correction(name, out, old, mask)  # raises on a broken contract
+        assert torch.isfinite(weights).all(), name
+
+
+def test_icepop_at_the_overflow_from_a_minus_infinity_behaviour_log_prob():
+    from zrl_corrections.corrections import IcePop
+
+    old = torch.tensor([[-1.0, -2.0, -0.5]])
+    behaviour = torch.tensor([[-100.0, float("-inf"), -0.6]])  # log ratios 99, inf, 0.1
+    out = IcePop()(old, behaviour, torch.ones(1, 3))
+    torch.testing.assert_close(out.weights, torch.tensor([[0.0, 0.0, float(torch.exp(torch.tensor(0.1)))]]))
+
+
+def _correction(weights, mask=None):
+    class Correction:
+        def __call__(self, old_logps, behaviour_logps, mask_):
+            return CorrectionOutput(weights=weights, mask=mask)
+
+    return Correction()(None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("weights", "mask", "message"),
+    [
+        (-torch.ones(2, 3), None, "weight -1.0 at row 0, position 0; weights must be finite and >= 0"),
+        (torch.ones(2, 3), 2 * torch.ones(2, 3), r"a mask with values \[2.0\]"),
+        (torch.ones(2, 3), -torch.ones(2, 1), r"a mask with values \[-1.0\]"),
+        (torch.full((2, 1), float("inf")), None, "weight inf at row 0"),
+    ],
+)
+def test_correction_outputs_out_of_range_are_refused_naming_it(weights, mask, message):
+    """Was: weights of -1 or a mask of 2 trained on with the loss flipped or doubled (masked_fraction 2.0 / -1.0)."""
+    with pytest.raises(ComponentContractError, match=f"rollout_correction 'mine' .*{message}"):
+        checked_correction("mine", _correction(weights, mask), torch.zeros(2, 3), torch.ones(2, 3))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(1, 4),
+    st.integers(1, 5),
+    st.sampled_from(["token", "sequence"]),
+    st.data(),
+)
+def test_a_correction_output_is_accepted_exactly_when_it_keeps_the_contract(rows, length, level, data):
+    width = length if level == "token" else 1
+    values = st.one_of(st.floats(-1e30, 1e30), st.sampled_from([float("nan"), float("inf"), -float("inf"), 0.0]))
+    weights = torch.tensor(data.draw(st.lists(values, min_size=rows * width, max_size=rows * width))).view(rows, width)
+    mask = torch.tensor(
+        data.draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=rows * length, max_size=rows * length))
+    )
+    mask = mask.view(rows, length)
+    counted = mask.bool() if width == length else mask.bool().any(-1, keepdim=True)
+    valid = bool((~counted | (torch.isfinite(weights) & (weights >= 0))).all())
+    if valid:
+        accepted, _ = checked_correction("c", _correction(weights), torch.zeros(rows, length), mask)
+        assert torch.isfinite(accepted[counted]).all()
+    else:
+        with pytest.raises(ComponentContractError, match="rollout_correction 'c'"):
+            checked_correction("c", _correction(weights), torch.zeros(rows, length), mask)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.integers(-(10**40), 10**40),
+            st.booleans(),
+            st.text(max_size=3),
+        ),
+        max_size=5,
+    ),
+    st.integers(0, 5),
+)
+def test_rewards_are_numbers_or_none_or_a_contract_error_naming_the_source(rewards, n):
+    try:
+        checked = check_rewards("fn", "origin", rewards, n)
+    except ComponentContractError as error:
+        assert "'fn' (origin)" in str(error)
+        return
+    assert len(checked) == n
+    assert all(r is None or (isinstance(r, float | int) and abs(r) <= 3.5e38) for r in checked)
+
+
+class _Loss:
+    def __init__(self, make):
+        self.make = make
+
+    def __call__(self, logps, old_logps, advantages, mask, sampling_ratio):
+        return self.make(logps)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda lp: PolicyLossOutput(per_token_loss=lp[:1], ratio=torch.ones_like(lp)),
+            r"per_token_loss of shape \(1, 5\)",
+        ),
+        (lambda lp: PolicyLossOutput(per_token_loss=lp[:, :-1], ratio=torch.ones_like(lp)), r"shape \(4, 4\)"),
+        (lambda lp: PolicyLossOutput(per_token_loss=lp.detach(), ratio=torch.ones_like(lp)), "without gradient"),
+        (lambda lp: PolicyLossOutput(per_token_loss=-lp, ratio=torch.ones(4, 5, dtype=torch.long)), "ratio of dtype"),
+    ],
+)
+def test_a_policy_loss_output_is_checked_where_the_core_receives_it(make, message):
+    """Was: a 1 x T loss was broadcast over every row; a detached one gave torch's bare "element 0 of tensors does
+    not require grad"; a wrong length was blamed on the normalizer's aggregate."""
+    from zrl_plugins.framework.plugins import get_plugin_manager
+
+    logps = torch.randn(4, 5, requires_grad=True)
+    selected = Selected("policy_loss", "mine", _Loss(make))
+    with pytest.raises(ComponentContractError, match=f"policy_loss 'mine' .*{message}"):
+        loss.policy_loss(
+            get_plugin_manager(), selected, logps, logps.detach(), torch.ones(4, 1), torch.ones(4, 5), None
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+def test_one_verifier_name_as_a_string(tmp_path):
+    """Was: `verifiers: last_number` gave "unknown verifier 'l'" (the string iterated letter by letter)."""
+    assert tiny_config(tmp_path, verifiers="last_number").verifiers == ["last_number"]
+    assert tiny_config(tmp_path, verifiers="last_number, countdown").verifiers == ["last_number", "countdown"]
+    from zrl_plugins.trainers.config import parse_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\nuse_cpu: true\nbf16: false\nverifiers: last_number\n")
+    from zrl_plugins import ZRLConfig
+
+    (parsed,) = parse_config([ZRLConfig], ["--config", str(config)])
+    assert parsed.verifiers == ["last_number"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("beta", -0.04, "beta must be a finite number >= 0"),
+        ("temperature", 0.0, "temperature must be > 0"),
+        ("learning_rate", float("nan"), "learning_rate must be a finite number >= 0"),
+    ],
+)
+def test_values_that_would_fail_late_are_refused_in_the_config(option, value, message, tmp_path):
+    """Was: a negative beta trained with a KL bonus; temperature 0 and a NaN learning rate failed only after the
+    model loaded (temperature 0 after the held-out evaluation)."""
+    from zrl_plugins.framework.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(tmp_path, **{option: value})
+
+
+def test_fewer_prompts_than_one_generation_batch_is_refused_before_loading(
+    tmp_path, tiny_model_path, arithmetic_dataset
+):
+    """Was: gradient_accumulation_steps larger than the data trained 0 steps and exited 0."""
+    from zrl_plugins.framework.errors import DataError
+
+    args = tiny_config(tmp_path, gradient_accumulation_steps=16)  # 8 x 16 / 4 = 32 prompts per generation batch
+    with pytest.raises(DataError, match="train_dataset has 16 prompts; one generation batch takes 32"):
+        ZRLGRPOTrainer(tiny_model_path, lambda completions, **kw: [0.0] * len(completions), args=args,
+                       train_dataset=arithmetic_dataset)  # fmt: skip
