@@ -146,3 +146,17 @@ def launch_two_cpu_processes(script: str | Path, *args: str, timeout: float = 60
         "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
     }
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def rehash_checkpoint(checkpoint_dir) -> None:
+    """Record a checkpoint's files as they are now in its manifest, as if it had been written so (tests that edit a
+    checkpoint to stand for one written differently: by an older plugin version, or by someone else)."""
+    import json
+    from pathlib import Path
+
+    from zrl_plugins.trainers.checkpoint import MANIFEST, file_digest
+
+    path = Path(checkpoint_dir) / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["digests"] = {name: file_digest(Path(checkpoint_dir) / name) for name in manifest["files"]}
+    path.write_text(json.dumps(manifest))

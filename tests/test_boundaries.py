@@ -4,6 +4,8 @@ before the fix it names."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 import time
 
 import pytest
@@ -17,8 +19,10 @@ from zrl_plugins.framework.errors import ComponentContractError
 from zrl_plugins.framework.protocols import CorrectionOutput, PolicyLossOutput
 from zrl_plugins.framework.rollout_correction import checked_correction
 from zrl_plugins.framework.verifier_guard import VerifierHangError, check_rewards
-from zrl_plugins.trainers import loss
+from zrl_plugins.trainers import checkpoint, loss
+from zrl_plugins.trainers.checkpoint import CheckpointError
 from zrl_plugins.trainers.components import Selected
+from zrl_plugins.trainers.run_folder import RunLock
 
 
 # ---------------------------------------------------------------------------------------------------- reward functions
@@ -280,3 +284,90 @@ def test_fewer_prompts_than_one_generation_batch_is_refused_before_loading(
     with pytest.raises(DataError, match="train_dataset has 16 prompts; one generation batch takes 32"):
         ZRLGRPOTrainer(tiny_model_path, lambda completions, **kw: [0.0] * len(completions), args=args,
                        train_dataset=arithmetic_dataset)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- output folders
+def _saving(tmp_path, model, data, steps=2, **overrides):
+    from tests.helpers import char_count_reward
+
+    args = tiny_config(tmp_path, max_steps=steps, save_strategy="steps", save_steps=1, **overrides)
+    return ZRLGRPOTrainer(model, char_count_reward, args=args, train_dataset=data)
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, tiny_model_path, arithmetic_dataset):
+    """Was: two runs on one output_dir mixed a checkpoint silently (one's weights beside the other's state)."""
+    busy = pytest.raises(CheckpointError, match=r"in use by another run \(pid \d+ on .*, run run-a")
+    with RunLock(str(tmp_path / "out"), "run-a"), busy:  # run A is writing the folder
+        _saving(tmp_path, tiny_model_path, arithmetic_dataset).train()
+    _saving(tmp_path, tiny_model_path, arithmetic_dataset).train()  # A is done: the folder is free
+
+
+def test_a_checkpoint_changed_after_it_was_written_is_refused_naming_the_file(
+    tmp_path, tiny_model_path, arithmetic_dataset
+):
+    """Another run's weights in this run's checkpoint (same size, other bytes): its SHA-256 no longer matches."""
+    _saving(tmp_path, tiny_model_path, arithmetic_dataset).train()
+    out = tmp_path / "out"
+    weights = out / "checkpoint-1" / "model.safetensors"
+    shutil.copy(out / "checkpoint-2" / "model.safetensors", weights)
+    resumed = _saving(tmp_path, tiny_model_path, arithmetic_dataset, steps=3)
+    with pytest.raises(CheckpointError, match=r"checkpoint-1 changed after it was written: model.safetensors"):
+        resumed.train(resume_from_checkpoint=str(out / "checkpoint-1"))
+
+
+def test_a_fresh_run_in_a_folder_with_checkpoints_is_refused_unless_told_to_overwrite(
+    tmp_path, tiny_model_path, arithmetic_dataset
+):
+    """Was: a fresh run with save_total_limit=1 deleted each of its checkpoints right after writing it, keeping the
+    older run's checkpoint-3, which resume_from_checkpoint=True then continued."""
+    _saving(tmp_path, tiny_model_path, arithmetic_dataset, steps=3).train()  # the older run: checkpoint-1..3
+    fresh = _saving(tmp_path, tiny_model_path, arithmetic_dataset, save_total_limit=1)
+    with pytest.raises(
+        CheckpointError, match=r"already holds checkpoints \(checkpoint-1, checkpoint-2, checkpoint-3\)"
+    ):
+        fresh.train()
+    fresh = _saving(tmp_path, tiny_model_path, arithmetic_dataset, save_total_limit=1, overwrite_output_dir=True)
+    fresh.train()
+    found = checkpoint.scan(str(tmp_path / "out"))
+    assert [f.rsplit("/", 1)[1] for f in found.complete] == ["checkpoint-2"]  # the new run's newest, kept
+    assert checkpoint.read_manifest(found.complete[0])["run_id"] == fresh._zrl_run_id
+
+
+def test_rotation_deletes_only_this_run_s_checkpoints(tmp_path):
+    for step, run in ((1, "old"), (2, "old"), (3, "new"), (4, "new"), (5, "new")):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "zrl_state_0.pt").write_bytes(b"x")
+        checkpoint.write_manifest(str(folder), step, 1, {}, run_id=run)
+    deleted = checkpoint.rotate(str(tmp_path), 1, run_id="new")
+    assert sorted(d.rsplit("-", 1)[1] for d in deleted) == ["3", "4"]
+    assert [f.rsplit("-", 1)[1] for f in checkpoint.scan(str(tmp_path)).complete] == ["1", "2", "5"]
+
+
+def test_a_trl_checkpoint_is_named_as_such_and_resumes_with_resume_override(
+    tmp_path, tiny_model_path, arithmetic_dataset
+):
+    """Was: refused with "the save did not finish"."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tests.helpers import TINY_TRAINING, char_count_reward
+
+    trl_args = GRPOConfig(output_dir=str(tmp_path / "trl"), **{**TINY_TRAINING, "save_strategy": "steps"})
+    trl_args.save_steps, trl_args.max_steps = 1, 1
+    GRPOTrainer(tiny_model_path, char_count_reward, args=trl_args, train_dataset=arithmetic_dataset).train()
+    target = str(tmp_path / "trl" / "checkpoint-1")
+    with pytest.raises(CheckpointError, match="it is not a zrl checkpoint .*resume_override=True loads its model"):
+        _saving(tmp_path, tiny_model_path, arithmetic_dataset).train(resume_from_checkpoint=target)
+    resumed = _saving(tmp_path, tiny_model_path, arithmetic_dataset, resume_override=True)
+    with pytest.warns(UserWarning, match="not a zrl checkpoint"):
+        resumed.train(resume_from_checkpoint=target)
+    assert resumed.state.global_step == 2  # one step resumed from TRL's, one trained
+
+
+def test_resuming_on_other_data_is_said(tmp_path, tiny_model_path, arithmetic_dataset, caplog):
+    _saving(tmp_path, tiny_model_path, arithmetic_dataset).train()
+    fewer = arithmetic_dataset.select(range(12))
+    resumed = _saving(tmp_path, tiny_model_path, fewer, steps=3)
+    with caplog.at_level(logging.WARNING, logger="zrl_plugins.trainers.checkpointing"):
+        resumed.train(resume_from_checkpoint=True)
+    assert "other data than it trained on (rows 16 -> 12" in caplog.text

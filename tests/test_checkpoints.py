@@ -4,6 +4,7 @@ recorded setup, full disks and corrupt state files (zrl_plugins/trainers/checkpo
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from tests.helpers import char_count_reward, tiny_config
+from tests.helpers import char_count_reward, rehash_checkpoint, tiny_config
 from zrl_plugins import PluginError, ZRLGRPOTrainer, hookimpl
 from zrl_plugins.framework.plugins import ZRLPluginManager
 from zrl_plugins.trainers import checkpoint, checkpointing
@@ -86,6 +87,7 @@ def test_a_state_file_carrying_code_does_not_run_it_on_resume(run, tiny_model_pa
     state = torch.load(state_file, weights_only=True)
     state["plugins"]["evil"] = _RunsCode(marker)
     torch.save(state, state_file)  # a checkpoint shared by someone else: complete, with a hostile state file
+    rehash_checkpoint(state_file.parent)  # ... whose manifest matches it
 
     resumed = _trainer(out.parent, tiny_model_path, max_steps=3)
     with pytest.raises(CheckpointError) as info:
@@ -177,7 +179,7 @@ def test_an_explicit_incomplete_or_corrupt_checkpoint_is_an_error_naming_the_fil
     out, _ = run
     (out / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2, "log_hist')
     resumed = _trainer(out.parent, tiny_model_path, max_steps=3)
-    expected = r"checkpoint-2 is incomplete: trainer_state.json is unreadable.*newest complete checkpoint is .*-1"
+    expected = r"checkpoint-2 is incomplete: trainer_state.json changed since it was written.*newest complete .*-1"
     with pytest.raises(CheckpointError, match=expected):
         resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
     (out / "checkpoint-1" / "optimizer.pt").unlink()
@@ -306,6 +308,14 @@ def test_a_corrupt_state_file_names_the_file_the_problem_and_the_fix(damage, pro
     state_file = out / "checkpoint-2" / "zrl_state_0.pt"
     state_file.write_bytes(damage(state_file.read_bytes()))
     resumed = _trainer(out.parent, tiny_model_path, max_steps=2)
+    # the manifest's sizes and hashes catch the damage before anything is read
+    with pytest.raises(CheckpointError, match=r"checkpoint-2 is incomplete: zrl_state_0.pt changed since it was"):
+        resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    # a checkpoint written before manifests held digests: the safe load names the file, the problem and the fix
+    manifest_path = out / "checkpoint-2" / checkpoint.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["digests"]
+    manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError) as info:
         resumed.train(resume_from_checkpoint=True)
     message = str(info.value)

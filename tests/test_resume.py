@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import char_count_reward, tiny_config
+from tests.helpers import char_count_reward, rehash_checkpoint, tiny_config
 from zrl_plugins import ZRLGRPOTrainer
 
 ADAPTIVE = {"controller": "adaptive", "controller_kwargs": {"target_kl": 0.001, "horizon": 10}}
@@ -69,6 +69,7 @@ def test_a_checkpoint_lacking_one_state_entry_loads_with_a_warning(tmp_path, tin
     state = torch.load(state_file, weights_only=False)
     del state["components"]["kl_penalty"]
     torch.save(state, state_file)
+    rehash_checkpoint(state_file.parent)
 
     options["max_steps"] = 2
     resumed = ZRLGRPOTrainer(

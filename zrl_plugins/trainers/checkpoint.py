@@ -14,6 +14,7 @@ The trainer's side (its overrides, saving, resuming, restoring) is :mod:`.checkp
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import logging
@@ -36,8 +37,9 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "zrl_state_{rank}.pt"
 MANIFEST = "zrl_checkpoint.json"
+SAVE_MARKER = "zrl_save_started"  # written first: a folder without a manifest but with it is an unfinished zrl save
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-_FORMAT = 1
+_FORMAT = 2  # 2: file digests, run id, data fingerprint
 
 
 class CheckpointError(ZRLError):
@@ -206,14 +208,38 @@ def state_file(checkpoint_dir: str, rank: int) -> tuple[str, str | None]:
     return os.path.join(checkpoint_dir, STATE_FILE.format(rank=0)), note
 
 
-def write_manifest(checkpoint_dir: str, step: int, world_size: int, setup: Mapping[str, Any]) -> None:
-    """Mark ``checkpoint_dir`` complete: every file now in it (all processes have written theirs) and the setup."""
+def file_digest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Size and SHA-256 of one file (read once, in 1 MiB blocks)."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"size": os.path.getsize(path), "sha256": digest}
+
+
+def write_manifest(
+    checkpoint_dir: str,
+    step: int,
+    world_size: int,
+    setup: Mapping[str, Any],
+    run_id: str | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> None:
+    """Mark ``checkpoint_dir`` complete: every file now in it (all processes have written theirs) with its size and
+    SHA-256, the setup, the run that wrote it and the data it trained on."""
     paths = [p for p in Path(checkpoint_dir).rglob("*") if p.is_file() and not p.name.endswith(".tmp")]
     files = sorted(str(p.relative_to(checkpoint_dir)) for p in paths if p.name != MANIFEST)
     missing = [STATE_FILE.format(rank=r) for r in range(world_size) if STATE_FILE.format(rank=r) not in files]
     if missing:
         raise CheckpointError(f"{checkpoint_dir} lacks {missing} after every process wrote its state")
-    manifest = {"format": _FORMAT, "step": step, "num_processes": world_size, "files": files, "setup": dict(setup)}
+    manifest = {
+        "format": _FORMAT,
+        "step": step,
+        "num_processes": world_size,
+        "files": files,
+        "digests": {name: file_digest(os.path.join(checkpoint_dir, name)) for name in files},
+        "setup": dict(setup),
+        "run_id": run_id,
+        "data": dict(data or {}),
+    }
     tmp = os.path.join(checkpoint_dir, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
@@ -227,19 +253,38 @@ def read_manifest(checkpoint_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def is_foreign_checkpoint(checkpoint_dir: str) -> bool:
+    """A checkpoint written by TRL's or transformers' own Trainer: their files, and no trace of zrl's."""
+    names = set(os.listdir(checkpoint_dir)) if os.path.isdir(checkpoint_dir) else set()
+    zrl_files = bool({MANIFEST, SAVE_MARKER} & names) or any(n.startswith("zrl_state_") for n in names)
+    return "trainer_state.json" in names and not zrl_files
+
+
 def incomplete_reason(checkpoint_dir: str) -> str | None:
-    """Why ``checkpoint_dir`` cannot be resumed from (the missing or unreadable file), or ``None`` if it is complete."""
+    """Why ``checkpoint_dir`` cannot be resumed from (the missing, unreadable or changed file), or ``None`` if it is
+    complete. Sizes are compared here (cheap: every save scans); :func:`changed_files` compares the hashes."""
     path = os.path.join(checkpoint_dir, MANIFEST)
     if not os.path.isfile(path):
+        if is_foreign_checkpoint(checkpoint_dir):
+            return (
+                f"it is not a zrl checkpoint (no {MANIFEST}, no zrl state: written by TRL's or transformers' "
+                "Trainer). resume_override=True loads its model, optimizer and scheduler and starts zrl's components "
+                "from their initial state"
+            )
         return f"{MANIFEST} is missing: the save did not finish"
     try:
         manifest = read_manifest(checkpoint_dir)
         files = list(manifest["files"])
+        digests = dict(manifest.get("digests") or {})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{MANIFEST} is unreadable ({type(exc).__name__}: {exc})"
     for name in files:
-        if not os.path.isfile(os.path.join(checkpoint_dir, name)):
+        file_path = os.path.join(checkpoint_dir, name)
+        if not os.path.isfile(file_path):
             return f"{name} is missing"
+        expected = digests.get(name, {}).get("size")
+        if expected is not None and os.path.getsize(file_path) != expected:
+            return f"{name} changed since it was written ({expected} bytes then, {os.path.getsize(file_path)} now)"
     try:  # the first file a resume reads
         with open(os.path.join(checkpoint_dir, "trainer_state.json")) as f:
             json.load(f)
@@ -248,6 +293,17 @@ def incomplete_reason(checkpoint_dir: str) -> str | None:
     except (OSError, ValueError) as exc:
         return f"trainer_state.json is unreadable ({type(exc).__name__}: {exc})"
     return None
+
+
+def changed_files(checkpoint_dir: str) -> list[str]:
+    """The files of a complete checkpoint whose SHA-256 is no longer the one its manifest recorded (read in full:
+    only for the checkpoint a run resumes from)."""
+    digests = read_manifest(checkpoint_dir).get("digests") or {}
+    return [
+        name
+        for name, recorded in digests.items()
+        if file_digest(os.path.join(checkpoint_dir, name))["sha256"] != recorded["sha256"]
+    ]
 
 
 @dataclass(frozen=True)
@@ -279,9 +335,24 @@ def scan(run_dir: str) -> Scan:
     return Scan(complete, incomplete)
 
 
-def resolve_resume(output_dir: str, resume_from_checkpoint: str | bool) -> tuple[str, list[str]]:
+def resolve_resume(
+    output_dir: str, resume_from_checkpoint: str | bool, override: bool = False
+) -> tuple[str, list[str]]:
     """The checkpoint to resume from and the warnings to give: ``True`` → the newest complete one in ``output_dir``
-    (naming the incomplete ones skipped); a path → that one, if complete."""
+    (naming the incomplete ones skipped); a path → that one, if complete (or, with ``override``, a TRL checkpoint).
+    Its files must still be the ones its manifest hashed."""
+    path, notes = _resume_target(output_dir, resume_from_checkpoint, override)
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        changed = changed_files(path)
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {path} changed after it was written: {', '.join(changed)} no longer match the SHA-256 "
+                f"in its {MANIFEST} (overwritten by another run, or corrupted). Resume from another checkpoint."
+            )
+    return path, notes
+
+
+def _resume_target(output_dir: str, resume_from_checkpoint: str | bool, override: bool) -> tuple[str, list[str]]:
     if resume_from_checkpoint is True:
         found = scan(output_dir)
         if found.newest_complete is None:
@@ -302,6 +373,8 @@ def resolve_resume(output_dir: str, resume_from_checkpoint: str | bool) -> tuple
     if not os.path.isdir(path):
         raise CheckpointError(f"resume_from_checkpoint={path!r} is not a directory")
     reason = incomplete_reason(path)
+    if reason is not None and override and is_foreign_checkpoint(path):
+        return path, [f"{path} is not a zrl checkpoint: resume_override loads its model and optimizer only"]
     if reason is not None:
         newest = scan(os.path.dirname(os.path.abspath(path))).newest_complete
         advice = f"The newest complete checkpoint is {newest}." if newest else "No checkpoint next to it is complete."
@@ -314,12 +387,17 @@ def step_of(folder: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def rotate(run_dir: str, save_total_limit: int | None, best_model_checkpoint: str | None = None) -> list[str]:
+def rotate(
+    run_dir: str, save_total_limit: int | None, best_model_checkpoint: str | None = None, run_id: str | None = None
+) -> list[str]:
     """Delete old checkpoints, keeping the newest ``save_total_limit`` complete ones (and the best one); incomplete
-    folders older than the newest complete one can never be resumed and go too. Returns the deleted folders."""
+    folders older than the newest complete one can never be resumed and go too. With ``run_id``, only that run's
+    checkpoints count and go: another run's are never deleted. Returns the deleted folders."""
     if not save_total_limit or save_total_limit <= 0:
         return []
     found = scan(run_dir)
+    if run_id is not None:
+        found = Scan([f for f in found.complete if read_manifest(f).get("run_id") == run_id], found.incomplete)
     if found.newest_complete is None:
         return []
     keep = set(found.complete[-save_total_limit:])

@@ -6,6 +6,7 @@ state (:func:`restore`). Files and folders — state files, manifest, scan, rota
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -15,12 +16,14 @@ from typing import Any
 import torch
 
 from .checkpoint import (
+    SAVE_MARKER,
     STATE_FILE,
     CheckpointError,
     check_free_space,
     check_setup,
     describe_changes,
     estimate_bytes,
+    is_foreign_checkpoint,
     load_state,
     read_manifest,
     replaced_state_keys,
@@ -36,6 +39,7 @@ from .checkpoint import (
     write_manifest,
     write_state,
 )
+from .run_folder import RunLock, check_fresh_folder, new_run_id, run_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +113,9 @@ def save(trainer: Any, trial: Any, trl_save: Callable[[], None]) -> None:
     failure: BaseException | None = None
     try:
         with translated_write_errors(checkpoint_dir):
+            if args.should_save:  # first of all: marks the folder as a zrl save, finished or not
+                os.makedirs(checkpoint_dir, exist_ok=True)
+                open(os.path.join(checkpoint_dir, SAVE_MARKER), "w").close()
             limit, args.save_total_limit = args.save_total_limit, None
             try:
                 trl_save()
@@ -126,9 +133,12 @@ def save(trainer: Any, trial: Any, trl_save: Callable[[], None]) -> None:
             f"another process failed to write its part of {checkpoint_dir}; the checkpoint is left incomplete"
         )
     if args.should_save:
+        run_id = getattr(trainer, "_zrl_run_id", None)
         with translated_write_errors(checkpoint_dir):
-            write_manifest(checkpoint_dir, trainer.state.global_step, accelerator.num_processes, setup_of(args))
-        rotate(run_dir, args.save_total_limit, trainer.state.best_model_checkpoint)
+            step, processes = trainer.state.global_step, accelerator.num_processes
+            data = data_fingerprint(trainer)
+            write_manifest(checkpoint_dir, step, processes, setup_of(args), run_id, data)
+        rotate(run_dir, args.save_total_limit, trainer.state.best_model_checkpoint, run_id)
     accelerator.wait_for_everyone()
 
 
@@ -139,13 +149,45 @@ def _read_zrl_state(trainer: Any, checkpoint_dir: str) -> dict[str, Any]:
     return load_state(path, earlier[-1] if earlier else None)
 
 
+def data_fingerprint(trainer: Any) -> dict[str, Any]:
+    """What the run trains on, to tell a resume with other data: the rows (count and content hash, the data set's
+    own fingerprint where it has one) and ``num_generations``."""
+    dataset = trainer.train_dataset
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if fingerprint is None and dataset is not None and hasattr(dataset, "__len__"):
+        fingerprint = hashlib.sha256(repr([dataset[i] for i in range(min(len(dataset), 1000))]).encode()).hexdigest()
+    rows = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+    return {"rows": rows, "fingerprint": fingerprint, "num_generations": trainer.args.num_generations}
+
+
+def warn_data_changes(saved: dict[str, Any], current: dict[str, Any], checkpoint_dir: str) -> None:
+    """A resume on other data, or with another ``num_generations``, continues — but says so (the data loader's
+    position then points into other rows)."""
+    changes = [
+        f"{key} {saved[key]!r} -> {current.get(key)!r}"
+        for key in ("rows", "num_generations", "fingerprint")
+        if key in saved and saved[key] != current.get(key)
+    ]
+    if changes:
+        logger.warning(
+            "resuming %s with other data than it trained on (%s): the run goes on, but the rows it sees next are not "
+            "the ones the interrupted run would have seen.",
+            checkpoint_dir,
+            "; ".join(changes),
+        )
+
+
 def prepare_resume(trainer: Any, resume_from_checkpoint: str | bool) -> str:
     """The checkpoint to resume from: ``True`` takes the newest complete one (warning about newer incomplete ones);
-    a changed setup is refused unless ``resume_override``; an unreadable zrl state stops the run before any step."""
+    a changed setup is refused unless ``resume_override``; an unreadable zrl state stops the run before any step; a
+    checkpoint of TRL's own Trainer resumes only with ``resume_override``; other data is warned about."""
     args = trainer.args
-    target, notes = resolve_resume(args.output_dir, resume_from_checkpoint)
+    target, notes = resolve_resume(args.output_dir, resume_from_checkpoint, args.resume_override)
     for note in notes:
         warnings.warn(note, stacklevel=3)
+    if is_foreign_checkpoint(target):
+        return target  # resume_override (resolve_resume refused it otherwise): TRL's files, zrl's initial state
+    warn_data_changes(read_manifest(target).get("data") or {}, data_fingerprint(trainer), target)
     changes = check_setup(target, setup_of(args), args.resume_override)
     if changes:
         logger.warning(
@@ -161,6 +203,9 @@ def restore(trainer: Any, checkpoint_dir: str) -> None:
     """Load the components' and plugins' state of ``checkpoint_dir`` into ``trainer`` (after TRL restored its own);
     components a ``resume_override`` replaced start from their initial state."""
     args = trainer.args
+    if is_foreign_checkpoint(checkpoint_dir):
+        logger.warning("%s is not a zrl checkpoint: zrl's components start from their initial state.", checkpoint_dir)
+        return
     changes = setup_changes(read_manifest(checkpoint_dir)["setup"], setup_of(args))
     replaced = replaced_state_keys(changes)
     _, note = state_file(checkpoint_dir, trainer.accelerator.process_index)
@@ -208,10 +253,25 @@ class CheckpointOverrides:
         save(self, trial, lambda: super(CheckpointOverrides, self)._save_checkpoint(model, trial))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        """Resume only from a complete checkpoint trained with this setup (or with ``resume_override``)."""
-        if resume_from_checkpoint:
-            resume_from_checkpoint = prepare_resume(self, resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        """Resume only from a complete checkpoint trained with this setup (or with ``resume_override``); a fresh
+        run only into a folder without another run's checkpoints; the folder locked while this run writes it."""
+        output_dir, is_main = self.args.output_dir, self.accelerator.is_main_process
+        lock = RunLock(output_dir, new_run_id()) if is_main else None
+        if lock is not None:
+            lock.acquire()  # before anything is read: another run may be writing these checkpoints
+        try:
+            if resume_from_checkpoint:
+                resume_from_checkpoint = prepare_resume(self, resume_from_checkpoint)
+                self._zrl_run_id = run_id_of(resume_from_checkpoint) or new_run_id()  # the checkpoint's lineage
+            else:
+                saves = self.args.save_strategy != "no"
+                check_fresh_folder(output_dir, self.args.overwrite_output_dir, is_main, saves)
+                self._zrl_run_id = lock.run_id if lock is not None else new_run_id()
+            self.accelerator.wait_for_everyone()
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _load_optimizer_and_scheduler(self, checkpoint_dir: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint_dir)

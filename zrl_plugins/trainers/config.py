@@ -273,6 +273,14 @@ class ZRLConfig(GRPOConfig):
     max_consecutive_skips: int = field(
         default=3, metadata={"help": "Non-finite steps in a row after which training stops with a numerics error."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "A run that does not resume, in an output_dir holding another run's checkpoints: delete them "
+            "and start over. Without it such a run is refused (resume it with resume_from_checkpoint=True, or use "
+            "another output_dir)."
+        },
+    )
     resume_override: bool = field(
         default=False,
         metadata={
