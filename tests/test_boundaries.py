@@ -371,3 +371,77 @@ def test_resuming_on_other_data_is_said(tmp_path, tiny_model_path, arithmetic_da
     with caplog.at_level(logging.WARNING, logger="zrl_plugins.trainers.checkpointing"):
         resumed.train(resume_from_checkpoint=True)
     assert "other data than it trained on (rows 16 -> 12" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+def _eval(tiny_model_path, tmp_path, *extra):
+    from zrl_plugins.apps.cli import main
+
+    return main(["eval", "--model", tiny_model_path, "--max_new_tokens", "4", *extra])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--n", "0"], "--n must be at least 1"),  # was: IndexError
+        (["--n", "-5"], "--n must be at least 1"),  # was: 436 problems, training ones included
+        (["--k", "-3"], "--k must be 0"),  # was: greedy only, silently
+    ],
+)
+def test_zrl_eval_refuses_bad_counts_before_loading(extra, message, tiny_model_path, tmp_path, capsys):
+    assert _eval(tiny_model_path, tmp_path, *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_zrl_eval_checks_its_output_folder_first(tiny_model_path, tmp_path, capsys):
+    """Was: an unwritable output folder failed only after the whole evaluation."""
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert _eval(tiny_model_path, tmp_path, "--n", "2", "--output", str(blocked / "out")) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_zrl_eval_on_a_model_without_a_chat_template(tiny_model_path, tmp_path, caplog):
+    """Was: `zrl eval --model tiny` (named in its own help) crashed on the missing chat template."""
+    with caplog.at_level(logging.WARNING, logger="zrl_plugins.apps.evaluation"):
+        assert _eval(tiny_model_path, tmp_path, "--n", "2", "--output", str(tmp_path / "o")) == 0
+    assert "has no chat template" in caplog.text and (tmp_path / "o" / "eval.json").exists()
+
+
+def test_demo_refuses_zero_held_out_problems():
+    from zrl_plugins.apps.demo import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--n_eval", "0"])
+
+
+def test_zrl_plugins_reports_a_duplicate_name_without_a_traceback(monkeypatch, capsys):
+    from zrl_plugins.apps import cli
+    from zrl_plugins.framework.errors import DuplicateComponentError
+
+    def clash():
+        raise DuplicateComponentError("normalizer 'grpo' is registered twice: by zrl-plugins and by clash-dist 1.0")
+
+    monkeypatch.setattr(cli, "get_plugin_manager", clash)
+    assert cli.main(["plugins"]) == 2
+    assert "zrl plugins: normalizer 'grpo' is registered twice" in capsys.readouterr().err
+
+
+def test_a_slow_plugin_import_is_named_with_its_time(monkeypatch, caplog):
+    import importlib.metadata
+
+    from zrl_plugins.framework import plugins
+
+    class SlowEntryPoint:
+        name, value = "slowpoke", "slowpoke.plugin:Plugin"
+        dist = type("Dist", (), {"name": "slowpoke-dist", "version": "0.1"})()
+
+        def load(self):
+            time.sleep(0.05)
+            return type("Plugin", (), {})()
+
+    monkeypatch.setattr(plugins, "SLOW_IMPORT_SECONDS", 0.01)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [SlowEntryPoint()])
+    with caplog.at_level(logging.WARNING, logger="zrl_plugins.framework.plugins"):
+        plugins.ZRLPluginManager()
+    assert "zrl plugin 'slowpoke' from distribution 'slowpoke-dist' took" in caplog.text

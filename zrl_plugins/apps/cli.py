@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ..framework.errors import ConfigError, ZRLError
 from ..framework.kinds import COMPONENT_KINDS
 from ..framework.plugins import ZRLPluginManager, get_plugin_manager
 
@@ -57,9 +58,33 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_eval_args(args: argparse.Namespace) -> None:
+    """What `zrl eval` would otherwise find out late: before the model loads, or after the whole evaluation."""
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1 held-out problem, got {args.n}")
+    if args.k < 0:
+        raise ConfigError(f"--k must be 0 (greedy only) or a number of samples per problem, got {args.k}")
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
+    if args.k and not args.temperature > 0:
+        raise ConfigError(f"--temperature must be > 0 to sample --k {args.k} completions, got {args.temperature}")
+    if args.output:
+        from pathlib import Path
+
+        out = Path(args.output)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".zrl-write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"--output {out} is not writable ({exc.strerror}); nothing was evaluated") from exc
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .console import quiet_startup
 
+    check_eval_args(args)
     quiet_startup()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -85,7 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else default_verifiers(recipe, template.answer_format, pm.names("verifier"))
     )
     verifier = pm.load_component("verifier", names[0], **kwargs.get(names[0], {}))
-    _, rows = task_rows(recipe, args.seed) if args.n else ([], [])
+    _, rows = task_rows(recipe, args.seed)
     rows = with_prompts(rows, template)
     import torch
 
@@ -195,7 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_train(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ZRLError as exc:  # a message written for the user (two plugins registering one name, a bad option)
+        print(f"zrl {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

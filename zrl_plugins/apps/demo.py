@@ -114,6 +114,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--vllm_server_cpus", default=None, help="with --async_rollouts on vLLM's CPU build: the server's cores"
     )
     args = parser.parse_args(argv)
+    for name in ("n_eval", "max_steps", "prompts_per_step", "num_generations", "max_completion_length"):
+        if getattr(args, name, 1) < 1:  # 0 crashed with an IndexError after the model loaded
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     args.use_vllm = args.use_vllm or args.async_rollouts
     return args
 

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 
 def _prompt_text(tokenizer: Any, prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt
+    if getattr(tokenizer, "chat_template", None) is None:  # a base model without one (the `tiny` test model)
+        _warn_no_chat_template(type(tokenizer).__name__)
+        return "\n".join(str(message.get("content", "")) for message in prompt) + "\n"
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+@functools.cache
+def _warn_no_chat_template(tokenizer: str) -> None:
+    logger.warning(
+        "the tokenizer (%s) has no chat template: chat prompts are given as their messages' text, one per line",
+        tokenizer,
+    )
 
 
 @torch.no_grad()

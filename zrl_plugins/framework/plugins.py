@@ -15,6 +15,7 @@ import difflib
 import importlib.metadata
 import inspect
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_PLUGIN_NAME = "zrl-builtins"
 CORE_DISTRIBUTION = "zrl-plugins"
+SLOW_IMPORT_SECONDS = 5.0  # a plugin slower than this to import is named with its time
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,17 @@ class ZRLPluginManager:
                 continue
             seen.add(ep.name)
             try:
+                started = time.perf_counter()
                 plugin = ep.load()
+                seconds = time.perf_counter() - started
+                if seconds > SLOW_IMPORT_SECONDS:  # otherwise the wait shows as nothing at all before training
+                    logger.warning(
+                        "zrl plugin %r from distribution %r took %.1f s to import (loading its entry point %s)",
+                        ep.name,
+                        dist,
+                        seconds,
+                        ep.value,
+                    )
                 self.register_plugin(plugin, name=ep.name, distribution=dist, version=version)
             except (DuplicateComponentError, PluginError):
                 raise

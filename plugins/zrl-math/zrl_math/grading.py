@@ -35,6 +35,7 @@ import functools
 import logging
 import math
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -69,6 +70,30 @@ def _parse_gold(gold: str):
     return parse(_as_latex(gold), parsing_timeout=None)
 
 
+# A relation an answer opens with ("≠ 4", "\\leq 4"): math-verify drops it and compares what follows, so "\\neq 4"
+# would equal 4. Compared as written instead: the answer and the gold must open with the same relation (or none).
+_LEADING_RELATION = re.compile(r"^(\\neq|\\ne|\\leq|\\le|\\geq|\\ge|\\lt|\\gt|\\approx|<|>|≠|≤|≥)(?![A-Za-z])")
+_SAME_RELATION = {
+    "\\ne": "\\neq",
+    "≠": "\\neq",
+    "\\le": "\\leq",
+    "≤": "\\leq",
+    "\\ge": "\\geq",
+    "≥": "\\geq",
+    "\\lt": "<",
+    "\\gt": ">",
+}
+
+
+def leading_relation(text: str) -> str | None:
+    """The relation ``text`` opens with, spelled one way (``\\ne`` → ``\\neq``), or ``None``."""
+    core = text.strip().strip("$").strip()
+    if core.startswith("\\boxed{") and core.endswith("}"):
+        core = core[len("\\boxed{") : -1].strip()
+    match = _LEADING_RELATION.match(core)
+    return _SAME_RELATION.get(match.group(1), match.group(1)) if match else None
+
+
 def _grade_unbounded(answer: str | None, gold: str) -> Outcome:
     from math_verify import parse, verify
 
@@ -77,6 +102,8 @@ def _grade_unbounded(answer: str | None, gold: str) -> Outcome:
         return "unparsable_gold"
     if answer is None:
         return "no_answer"
+    if leading_relation(answer) != leading_relation(str(gold)):
+        return "wrong"
     predicted = parse(_as_latex(answer), parsing_timeout=None)
     if not predicted:
         return "wrong"

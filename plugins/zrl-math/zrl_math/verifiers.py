@@ -32,8 +32,8 @@ class MathCorrect:
         mode: ``correct_only`` (SimpleRL-Zoo's default: 1 correct / 0 otherwise) or ``format_aware`` (1 correct,
             ``wrong_reward`` for a wrong but extractable answer, ``no_answer_reward`` when nothing is extractable).
         wrong_reward, no_answer_reward: the ``format_aware`` values.
-        timeout: seconds per item; an item that runs out gets ``None`` (not scored) and counts in
-            ``verifier/timeouts``.
+        timeout: seconds per item; an item that runs out gets ``None`` (not scored; ``format_aware``:
+            ``wrong_reward``, since its answer was extracted but not shown correct) and counts in ``verifier/timeouts``.
         num_workers: grading processes (``None`` = CPU count, ``0`` = in process).
         memory_limit_mb: address space of each grading process (``RLIMIT_AS``; a worker uses about 140 MB before
             grading). An item that needs more gets ``None`` (not scored), counts in ``verifier/math_correct/oom``,
@@ -69,7 +69,9 @@ class MathCorrect:
             "wrong": wrong_reward if mode == "format_aware" else 0.0,
             "no_answer": no_answer_reward if mode == "format_aware" else 0.0,
             "error": 0.0,
-            "timeout": None,
+            # format_aware: an extractable answer that runs out of time is not correct, and was well-formatted:
+            # the wrong-answer reward (as None it escaped the penalty). correct_only: not scored.
+            "timeout": wrong_reward if mode == "format_aware" else None,
             "crashed": None,
             "unparsable_gold": None,
             "oom": None,
