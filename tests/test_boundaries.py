@@ -445,3 +445,58 @@ def test_a_slow_plugin_import_is_named_with_its_time(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="zrl_plugins.framework.plugins"):
         plugins.ZRLPluginManager()
     assert "zrl plugin 'slowpoke' from distribution 'slowpoke-dist' took" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------- isolation
+def test_process_isolation_frees_a_call_stuck_in_c_code(tmp_path, tiny_model_path, arithmetic_dataset):
+    """Left from the last round: a sync verifier stuck inside C code kept its thread. Under
+    verifier_isolation='process' the deadline kills its worker; the next call gets a new one."""
+    import os
+
+    from tests.verifier_workers import reports_its_process, stuck_in_c
+
+    trainer = _trainer(
+        tmp_path,
+        tiny_model_path,
+        arithmetic_dataset,
+        [stuck_in_c, reports_its_process],
+        verifier_isolation="process",
+        verifier_max_consecutive_timeouts=3,
+    )
+    stuck, reporter = trainer.reward_funcs
+    assert stuck(prompts=["p"], completions=["ok"]) == [2.0]
+    worker = stuck.process.pid
+    start = time.monotonic()
+    assert stuck(prompts=["p"], completions=["hang"]) == [None]  # timed out, row not scored
+    assert time.monotonic() - start < 10
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)  # the worker is gone, with whatever it held
+    assert stuck(prompts=["p"], completions=["fine"]) == [4.0] and stuck.process.pid != worker
+    logged = []
+    (pid,) = reporter(prompts=["p"], completions=["x"], log_metric=lambda k, v: logged.append((k, v)))
+    assert pid != os.getpid() and ("verifier/pid", pid) in logged  # metrics logged in the worker reach TRL
+    for guard in (stuck, reporter):
+        guard.process.stop()
+
+
+def test_process_isolation_refuses_what_cannot_reach_a_worker(tmp_path, tiny_model_path, arithmetic_dataset):
+    from zrl_plugins.framework.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="verifier_isolation='process': verifier '<lambda>' does not pickle"):
+        _trainer(tmp_path, tiny_model_path, arithmetic_dataset, [lambda completions, **k: [0.0] * len(completions)],
+                 verifier_isolation="process")  # fmt: skip
+    with pytest.raises(ConfigError, match="verifier_isolation must be 'thread' or 'process'"):
+        tiny_config(tmp_path, verifier_isolation="fork")
+
+
+def test_training_with_isolated_verifiers(tmp_path, tiny_model_path, arithmetic_dataset):
+    """A verifier by name and a reward function, both in worker processes, through TRL's reward call (its columns:
+    trainer_state, log_extra, log_metric) for two steps."""
+    from tests.verifier_workers import reports_its_process
+
+    args = tiny_config(tmp_path, verifiers=["last_number"], verifier_isolation="process", max_steps=2)
+    trainer = ZRLGRPOTrainer(tiny_model_path, [reports_its_process], args=args, train_dataset=arithmetic_dataset)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 2 and all("rewards/last_number/mean" in h for h in logged)
+    assert logged[-1]["rewards/reports_its_process/mean"] not in (0.0, float(__import__("os").getpid()))

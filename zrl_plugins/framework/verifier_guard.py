@@ -12,6 +12,8 @@ keeps hanging does.
   (at most one stuck thread per verifier). Async verifiers (``async def __call__``) run on TRL's event loop under
   ``asyncio.wait_for``, which cancels them at the deadline; a coroutine that blocks the loop without awaiting cannot
   be cancelled, so CPU-bound work belongs in a sync verifier or a worker process (as ``zrl-math`` grades).
+* With ``verifier_isolation="process"`` (:mod:`.verifier_process`) every call runs in the verifier's worker
+  process instead, and a missed deadline kills the worker: a hang in C code frees its resources too.
 * ``max_consecutive_timeouts`` calls in a row that time out stop the run with :class:`VerifierHangError` naming the
   verifier, instead of training on batches it never scores.
 * A wrong number of rewards, or a reward that is not a finite number or ``None`` — or one beyond float32's range,
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ComponentContractError, PluginError, ZRLError
+from .verifier_process import ProcessRunner
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +167,7 @@ class NamedVerifier:
         origin: str,
         timeout: float | None,
         max_consecutive_timeouts: int | None = None,
+        worker_payload: bytes | None = None,
     ):
         self.__name__ = name
         self.verifier = verifier
@@ -172,6 +176,8 @@ class NamedVerifier:
         self.max_consecutive_timeouts = max_consecutive_timeouts
         self.consecutive_timeouts = 0
         self._runner = ThreadRunner(name)
+        # verifier_isolation="process": calls run in a worker process that a missed deadline kills
+        self.process = ProcessRunner(name, worker_payload) if worker_payload is not None else None
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         tally = _Tally(len(completions))
@@ -192,7 +198,11 @@ class NamedVerifier:
         return self._finish(tally, rewards, columns)
 
     def _call(self, prompts: list[Any], completions: list[Any], columns: dict[str, Any]) -> list[float | None]:
-        rewards = self._runner(lambda: self.verifier(prompts=prompts, completions=completions, **columns), self.timeout)
+        if self.process is not None:
+            rewards = self.process.call(prompts, completions, columns, self.timeout)
+        else:
+            call = lambda: self.verifier(prompts=prompts, completions=completions, **columns)  # noqa: E731
+            rewards = self._runner(call, self.timeout)
         return check_rewards(self.__name__, self.origin, rewards, len(completions))
 
     # -------------------------------------------------------------------------------------------- shared bookkeeping

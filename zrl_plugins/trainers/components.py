@@ -15,7 +15,9 @@ from trl.trainer.utils import get_callable_name, is_async_callable
 
 from ..framework.errors import ComponentContractError, ConfigError, PluginError
 from ..framework.plugins import ZRLPluginManager, accepts_keyword
+from ..framework.protocols import Stateful
 from ..framework.verifier_guard import AsyncNamedVerifier, NamedVerifier
+from ..framework.verifier_process import worker_payload
 from .numerics import NumericalInstabilityError
 
 
@@ -79,7 +81,10 @@ def verifier(pm: ZRLPluginManager, name: str, kwargs: dict[str, Any], args: Any)
     guard = AsyncNamedVerifier if is_async_callable(built) else NamedVerifier  # TRL awaits async ones together
     origin = entry.origin if entry.origin.startswith("(") else f"({entry.origin})"
     limits = (args.verifier_timeout, args.verifier_max_consecutive_timeouts)
-    wrapped = guard(name, built, f"{entry.plugin} {origin}", *limits)
+    payload = isolated(built, name, args, rebuild=("verifier", name, kwargs))
+    if payload is not None:
+        guard = NamedVerifier  # the worker process awaits an async verifier itself
+    wrapped = guard(name, built, f"{entry.plugin} {origin}", *limits, payload)
     if get_callable_name(wrapped) != name:  # pragma: no cover - guards TRL's naming rule
         raise RuntimeError("TRL would not name the verifier after its component")
     return wrapped
@@ -146,15 +151,30 @@ def call_plugin(pm: ZRLPluginManager, selected: Selected, method: str, *args: An
         raise PluginError(entry.plugin, f"{selected.kind} {selected.name!r}.{method}", exc, entry.distribution) from exc
 
 
+def isolated(verifier: Any, name: str, args: Any, rebuild: tuple[str, str, dict[str, Any]] | None) -> bytes | None:
+    """What a verifier's worker process receives under ``verifier_isolation="process"`` (else ``None``)."""
+    if args.verifier_isolation != "process":
+        return None
+    if isinstance(verifier, Stateful):
+        raise ConfigError(
+            f"verifier_isolation='process': verifier {name!r} keeps state (state_dict / load_state_dict) that "
+            "checkpoints save from the trainer's process, which its worker's copy would leave behind. Use "
+            "verifier_isolation='thread' for it."
+        )
+    return worker_payload(verifier, rebuild, name)
+
+
 def guarded_reward_func(func: Any, args: Any) -> Any:
     """A reward function passed TRL's way under the verifier's contract (:mod:`~zrl_plugins.framework.verifier_guard`:
     deadline, row-by-row retries, checked values, errors naming it), named as TRL names it. Reward models (a module,
     or a model id TRL loads) are TRL's to run."""
     if isinstance(func, str | torch.nn.Module | NamedVerifier):
         return func
-    guard = AsyncNamedVerifier if is_async_callable(func) else NamedVerifier
+    name = get_callable_name(func)
+    payload = isolated(func, name, args, rebuild=None)
+    guard = AsyncNamedVerifier if is_async_callable(func) and payload is None else NamedVerifier
     limits = (args.verifier_timeout, args.verifier_max_consecutive_timeouts)
-    return guard(get_callable_name(func), func, "a reward function passed to the trainer", *limits)
+    return guard(name, func, "a reward function passed to the trainer", *limits, payload)
 
 
 def trl_reward_funcs(

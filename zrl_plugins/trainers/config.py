@@ -77,6 +77,14 @@ class ZRLConfig(GRPOConfig):
             "logged as verifier/<name>/timeouts and training goes on. None: no limit."
         },
     )
+    verifier_isolation: str = field(
+        default="thread",
+        metadata={
+            "help": "Where verifier calls run: `thread` (a thread stopped at the deadline; a call stuck in C code "
+            "keeps running) or `process` (a worker process per verifier, killed at the deadline and restarted, so a "
+            "hang anywhere frees its resources; the verifier must pickle or be an installed component)."
+        },
+    )
     verifier_max_consecutive_timeouts: int | None = field(
         default=3,
         metadata={
@@ -303,6 +311,8 @@ class ZRLConfig(GRPOConfig):
         if self.max_consecutive_skips < 1:
             raise ConfigError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         self._check_numbers()
+        if self.verifier_isolation not in ("thread", "process"):
+            raise ConfigError(f"verifier_isolation must be 'thread' or 'process', got {self.verifier_isolation!r}")
         if isinstance(self.verifiers, str):  # `verifiers: last_number` in YAML, or one name from Python
             self.verifiers = [name.strip() for name in self.verifiers.split(",") if name.strip()]
         self._check_server_generation()
