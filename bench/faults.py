@@ -314,6 +314,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         produced = case(bench)
         rows += produced if isinstance(produced, list) else [produced]
         print(f"{case.__name__}: done", flush=True)
+    from bench import fault_cases_boundaries
+
+    rows += fault_cases_boundaries.cases(bench)
     rows += checkpoint_rows(workdir / "checkpoints")
     table = markdown(rows)
     write_results("faults", {"rows": rows}, table)
