@@ -500,3 +500,28 @@ def test_training_with_isolated_verifiers(tmp_path, tiny_model_path, arithmetic_
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logged) == 2 and all("rewards/last_number/mean" in h for h in logged)
     assert logged[-1]["rewards/reports_its_process/mean"] not in (0.0, float(__import__("os").getpid()))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 6), st.data())
+def test_every_built_in_kl_penalty_is_finite_and_per_token(rows, length, data):
+    """Any finite log-probs, however far apart (-120 against 0), give a per-token KL of the batch's shape and never
+    NaN (k3's exp(Δ) may overflow to inf there, as in TRL: the step's numerics, which the skip guard handles)."""
+    from zrl_plugins.framework.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    values = st.lists(st.floats(-120.0, 0.0), min_size=rows * length, max_size=rows * length)
+    logps = torch.tensor(data.draw(values)).view(rows, length)
+    ref = torch.tensor(data.draw(values)).view(rows, length)
+    for name in pm.names("kl_penalty"):
+        penalty = pm.load_component("kl_penalty", name, beta=0.1)
+        kl = loss.checked_kl(name, penalty.per_token(logps, ref), logps, ref)  # raises on a broken contract
+        assert not torch.isnan(kl).any(), name
+
+
+def test_a_kl_penalty_output_is_checked_naming_it():
+    logps, ref = torch.zeros(3, 4), torch.zeros(3, 4)
+    with pytest.raises(ComponentContractError, match=r"kl_penalty 'mine'.per_token returned \(3, 1\); expected"):
+        loss.checked_kl("mine", torch.zeros(3, 1), logps, ref)
+    with pytest.raises(ComponentContractError, match="NaN from finite log-probs"):
+        loss.checked_kl("mine", torch.full((3, 4), float("nan")), logps, ref)

@@ -171,6 +171,7 @@ class ZRLGRPOTrainer(
             aux_loss_coef=self.router_aux_loss_coef if self.aux_loss_enabled else None,
             off_policy_mask_threshold=self.off_policy_mask_threshold,
             high_entropy_mask=high_entropy_mask,
+            kl_penalty_name=self.components.kl_penalty.name,
         )
         if isinstance(self.rollout_strategy, ValidatesSetup):
             self.rollout_strategy.validate(self)  # e.g. a strategy that cannot work with TRL's vLLM modes refuses
@@ -262,7 +263,9 @@ class ZRLGRPOTrainer(
         logps = output.get("old_per_token_logps")
         if logps is None:
             logps = self._policy_logps(output)
-        per_token_kl = self.kl_penalty.per_token(logps, output["ref_per_token_logps"]) * mask
+        ref_logps = output["ref_per_token_logps"]
+        name = self.components.kl_penalty.name
+        per_token_kl = loss.checked_kl(name, self.kl_penalty.per_token(logps, ref_logps), logps, ref_logps) * mask
         self._metrics[mode]["kl"].append(self.collective.masked_mean(per_token_kl, mask))
         if mode == "train":
             self.controllers.observe((per_token_kl.sum(), mask.sum()), None)

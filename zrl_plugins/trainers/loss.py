@@ -92,11 +92,36 @@ def check_policy_loss(name: str, out: PolicyLossOutput, logps: torch.Tensor) -> 
 
 
 def kl_term(
-    kl_penalty: Any, logps: torch.Tensor, ref_logps: torch.Tensor | None, ratio: torch.Tensor, bias_correction: bool
+    kl_penalty: Any,
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    ratio: torch.Tensor,
+    bias_correction: bool,
+    name: str = "kl_penalty",
 ) -> torch.Tensor:
     """β-free per-token KL of a penalty placed in the loss (bias-corrected by the importance ratio when asked)."""
-    per_token_kl = kl_penalty.per_token(logps, ref_logps)
+    per_token_kl = checked_kl(name, kl_penalty.per_token(logps, ref_logps), logps, ref_logps)
     return per_token_kl * ratio if bias_correction else per_token_kl
+
+
+def checked_kl(name: str, per_token_kl: Any, logps: torch.Tensor, ref_logps: torch.Tensor | None) -> torch.Tensor:
+    """A KL penalty's per-token estimate where the core receives it: a floating B x T tensor, never NaN where both
+    log-probs are finite. (An estimate that overflows to inf — k3's exp(Δ) beyond float32 — is the step's numerics,
+    for the skip guard, not the plugin's fault.)"""
+    if not isinstance(per_token_kl, torch.Tensor) or per_token_kl.shape != logps.shape:
+        shape = tuple(per_token_kl.shape) if isinstance(per_token_kl, torch.Tensor) else type(per_token_kl).__name__
+        raise ComponentContractError(
+            f"kl_penalty {name!r}.per_token returned {shape}; expected {tuple(logps.shape)}, one value per token. No "
+            "optimizer step was taken."
+        )
+    if not per_token_kl.is_floating_point():
+        raise ComponentContractError(f"kl_penalty {name!r}.per_token returned dtype {per_token_kl.dtype}")
+    finite_inputs = torch.isfinite(logps) & (torch.isfinite(ref_logps) if ref_logps is not None else True)
+    if torch.isnan(per_token_kl[finite_inputs]).any():
+        raise ComponentContractError(
+            f"kl_penalty {name!r}.per_token returned NaN from finite log-probs. No optimizer step was taken."
+        )
+    return per_token_kl
 
 
 def aggregate(
@@ -187,6 +212,7 @@ class ObjectiveSetup:
     aux_loss_coef: float | None  # TRL's router_aux_loss_coef when the model reports an aux loss, else None
     off_policy_mask_threshold: float | None  # TRL's DeepSeek-V3.2 sequence mask
     high_entropy_mask: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None  # TRL's top-entropy token mask
+    kl_penalty_name: str = "kl_penalty"  # what contract errors name
 
 
 @dataclass(frozen=True)
@@ -236,7 +262,12 @@ def objective(
     per_token_kl, kl = None, None
     if setup.kl_in_loss:
         per_token_kl = kl_term(
-            setup.kl_penalty, forward.logps, inputs["ref_per_token_logps"], out.ratio, setup.bias_correction_kl
+            setup.kl_penalty,
+            forward.logps,
+            inputs["ref_per_token_logps"],
+            out.ratio,
+            setup.bias_correction_kl,
+            setup.kl_penalty_name,
         )
         per_token_loss = per_token_loss + setup.kl_penalty.controller.beta * per_token_kl
         kl = ((per_token_kl.detach() * mask).sum(), mask.sum())
