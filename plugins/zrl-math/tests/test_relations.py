@@ -4,7 +4,6 @@ format_aware timeout is not an escape from the wrong-answer penalty."""
 from __future__ import annotations
 
 import pytest
-
 from zrl_math.grading import grade, leading_relation
 
 
