@@ -39,56 +39,31 @@ ACCELERATE_CONFIGS = {
     "zero2": "deepspeed_zero2.yaml",
     "zero3": "deepspeed_zero3.yaml",
 }
+
+
+def _ppo_max(critic_mode: str) -> list[str]:
+    """PPO-max's flags on a bare config, with the critic kept separate or as a head on the policy."""
+    return [
+        "--advantage_estimator",
+        "gae",
+        "--kl_penalty",
+        "k1",
+        "--beta",
+        "0.01",
+        "--critic_mode",
+        critic_mode,
+        "--critic_learning_rate",
+        "1e-5",
+    ]
+
+
 # cell name → (recipe method, the flags that make it that method on a bare config)
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "simplerl_zoo": ("simplerl_zoo", ["--normalizer", "grpo", "--kl_penalty", "k3", "--beta", "0.04"]),
-    "ppo_max": (
-        "ppo_max",
-        [
-            "--advantage_estimator",
-            "gae",
-            "--kl_penalty",
-            "k1",
-            "--beta",
-            "0.01",
-            "--critic_mode",
-            "separate",
-            "--critic_learning_rate",
-            "1e-5",
-        ],
-    ),
-    "ppo_max_shared": (
-        "ppo_max",
-        [
-            "--advantage_estimator",
-            "gae",
-            "--kl_penalty",
-            "k1",
-            "--beta",
-            "0.01",
-            "--critic_mode",
-            "shared",
-            "--critic_learning_rate",
-            "1e-5",
-        ],
-    ),
-    "ppo_max_packed": (  # padding_free: packed rows through the engine's forward, critic values included
-        "ppo_max",
-        [
-            "--advantage_estimator",
-            "gae",
-            "--kl_penalty",
-            "k1",
-            "--beta",
-            "0.01",
-            "--critic_mode",
-            "separate",
-            "--critic_learning_rate",
-            "1e-5",
-            "--padding_free",
-            "true",
-        ],
-    ),
+    "ppo_max": ("ppo_max", _ppo_max("separate")),
+    "ppo_max_shared": ("ppo_max", _ppo_max("shared")),
+    # padding_free: packed rows through the engine's forward, critic values included
+    "ppo_max_packed": ("ppo_max", [*_ppo_max("separate"), "--padding_free", "true"]),
     "nested_reft": (
         "nested_reft",
         [

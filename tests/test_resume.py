@@ -20,6 +20,15 @@ CASES = {
 }
 
 
+def _run_and_resume(trainer, tmp_path, checkpoint: str):
+    """An uninterrupted run ``a``, and a run ``b`` resumed from ``a``'s ``checkpoint``."""
+    first = trainer("a")
+    first.train()
+    resumed = trainer("b")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / checkpoint))
+    return first, resumed
+
+
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_resume_takes_the_same_next_step(case, tmp_path, tiny_model_path, arithmetic_dataset):
     options = dict(max_steps=3, save_strategy="steps", save_steps=2, **CASES[case])
@@ -28,10 +37,7 @@ def test_resume_takes_the_same_next_step(case, tmp_path, tiny_model_path, arithm
         args = tiny_config(tmp_path / run, **options)
         return ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
 
-    first = trainer("a")
-    first.train()
-    resumed = trainer("b")
-    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-2"))
+    first, resumed = _run_and_resume(trainer, tmp_path, "checkpoint-2")
 
     def step3(t: ZRLGRPOTrainer) -> dict:
         return next(h for h in t.state.log_history if h.get("step") == 3 and "loss" in h)
@@ -111,10 +117,7 @@ def test_resume_inside_a_generation_buffer_is_exact(case, tmp_path, tiny_model_p
         args = tiny_config(tmp_path / run, **options)
         return ZRLGRPOTrainer(tiny_model_path, char_count_reward, args=args, train_dataset=arithmetic_dataset)
 
-    first = trainer("a")
-    first.train()
-    resumed = trainer("b")
-    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-1"))
+    first, resumed = _run_and_resume(trainer, tmp_path, "checkpoint-1")
 
     def logged(t) -> dict[int, dict]:
         return {h["step"]: h for h in t.state.log_history if "loss" in h}
