@@ -329,14 +329,19 @@ def test_eval_metrics_on_canned_completions():
     metrics = summarize_scores(
         scores, [2, 5, 9, 12], [False, False, False, True], sampled_scores=[[0, 1], [1, 1], [0, 1], [0, None]]
     )
+    intervals = {key: metrics.pop(key) for key in [k for k in metrics if k.endswith("_95ci")]}
     assert metrics == {
         "n": 4,
         "pass@1": 0.5,
         "mean_length_correct": 3.5,
         "mean_length_incorrect": 10.5,
         "truncation_rate": 0.25,
+        "avg@2": (0.5 + 1 + 0.5 + 0) / 4,
+        "pass@1_sampled": (0.5 + 1 + 0.5 + 0) / 4,  # pass@1 from 2 samples is their mean accuracy
         "pass@2": 0.75,
     }
+    assert sorted(intervals) == ["pass@1_95ci", "pass@1_sampled_95ci", "pass@2_95ci"]
+    assert all(low <= metrics[key.removesuffix("_95ci")] <= high for key, (low, high) in intervals.items())
 
 
 def test_accuracy_counts_correct_answers_whatever_the_reward_shaping(tiny_model_path):

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .eval_metrics import avg_at_k, bootstrap_interval, pass_at_k_curve
+
 logger = logging.getLogger(__name__)
 
 
@@ -108,10 +110,12 @@ def summarize_scores(
     greedy_truncated: Sequence[bool],
     sampled_scores: Sequence[Sequence[float | None]] | None = None,
 ) -> dict[str, Any]:
-    """Evaluation metrics from scored completions (``None`` = unscorable counts as wrong).
+    """Evaluation metrics from scored completions (``None`` = unscorable counts as wrong; docs/methods.md,
+    "Evaluation metrics").
 
-    pass@1 is greedy accuracy; pass@k is the fraction of problems with at least one correct answer among the ``k``
-    samples of each; lengths are in tokens, for the greedy completions that were correct and incorrect.
+    pass@1 is greedy accuracy, with its 95 % bootstrap interval over problems. With ``n`` samples per problem:
+    pass@k for k = 1, 2, 4, … up to n by the unbiased estimator of Chen et al. (2021), each with its interval, and
+    avg@n. Lengths are in tokens, for the greedy completions that were correct and incorrect.
     """
     correct = [is_correct(s) for s in greedy_scores]
     n = max(len(correct), 1)
@@ -126,9 +130,16 @@ def summarize_scores(
         "mean_length_incorrect": mean([length for length, c in zip(greedy_lengths, correct, strict=True) if not c]),
         "truncation_rate": sum(bool(t) for t in greedy_truncated) / n,
     }
+    if correct:
+        result["pass@1_95ci"] = list(bootstrap_interval([float(c) for c in correct]))
     if sampled_scores:
-        k = len(sampled_scores[0])
-        result[f"pass@{k}"] = sum(any(map(is_correct, row)) for row in sampled_scores) / n
+        samples = [[is_correct(s) for s in row] for row in sampled_scores]
+        k = len(samples[0])
+        result[f"avg@{k}"] = avg_at_k(samples)
+        for size, point in pass_at_k_curve(samples).items():
+            name = f"pass@{size}" if size > 1 else "pass@1_sampled"
+            result[name] = point["estimate"]
+            result[f"{name}_95ci"] = [point["low"], point["high"]]
     return result
 
 

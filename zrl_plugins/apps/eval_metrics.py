@@ -1,0 +1,91 @@
+"""Evaluation metrics as zero-RL papers define them (docs/methods.md, "Evaluation metrics"), as pure functions of
+per-problem results: the unbiased pass@k estimator, avg@k, maj@k, and bootstrap intervals over problems — alone or
+for the paired difference of two models on the same problems."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Hashable, Sequence
+
+Interval = tuple[float, float]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Chen et al. (2021): the probability that at least one of ``k`` samples drawn without replacement from ``n``
+    (of which ``c`` are correct) is correct, 1 − C(n−c, k) / C(n, k), in the product form that does not overflow."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def avg_at_k(correct: Sequence[Sequence[bool]]) -> float:
+    """avg@k: the mean over problems of the fraction of a problem's k samples that are correct."""
+    if not correct:
+        raise ValueError("avg@k of no problems")
+    return sum(sum(map(bool, row)) / len(row) for row in correct) / len(correct)
+
+
+def majority_correct(answers: Sequence[Hashable | None], correct: Sequence[bool], k: int | None = None) -> bool:
+    """Whether the majority answer among the first ``k`` samples is correct (maj@k for one problem). ``answers``
+    are canonical keys (equivalent answers share a key; ``None``: nothing extracted, which never wins a vote); a tie
+    goes to the answer that came first."""
+    k = len(answers) if k is None else k
+    votes: dict[Hashable, int] = {}
+    first_correct: dict[Hashable, bool] = {}
+    for answer, ok in zip(answers[:k], correct[:k], strict=True):
+        if answer is None:
+            continue
+        votes[answer] = votes.get(answer, 0) + 1
+        first_correct.setdefault(answer, bool(ok))
+    if not votes:
+        return False
+    winner = max(votes, key=votes.__getitem__)  # max keeps the first of equal counts: dicts keep insertion order
+    return first_correct[winner]
+
+
+def bootstrap_interval(
+    values: Sequence[float],
+    statistic: Callable[[Sequence[float]], float] = lambda v: sum(v) / len(v),
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """The percentile bootstrap interval of ``statistic`` over problems: ``resamples`` draws of as many problems with
+    replacement, seeded, so a report is reproducible."""
+    if not values:
+        raise ValueError("an interval over no problems")
+    rng = random.Random(seed)
+    n = len(values)
+    draws = sorted(statistic([values[rng.randrange(n)] for _ in range(n)]) for _ in range(resamples))
+    tail = (1.0 - confidence) / 2
+    low = draws[math.floor(tail * (resamples - 1))]
+    high = draws[math.ceil((1.0 - tail) * (resamples - 1))]
+    return low, high
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], **bootstrap: int | float) -> tuple[float, Interval]:
+    """The mean of b − a over the same problems (e.g. trained minus base), with its bootstrap interval (problems are
+    resampled in pairs, so what the two models share cancels)."""
+    if len(a) != len(b):
+        raise ValueError(f"a paired difference needs the same problems, got {len(a)} and {len(b)}")
+    differences = [y - x for x, y in zip(a, b, strict=True)]
+    return sum(differences) / len(differences), bootstrap_interval(differences, **bootstrap)
+
+
+def pass_at_k_curve(correct: Sequence[Sequence[bool]], ks: Sequence[int] | None = None) -> dict[int, dict[str, float]]:
+    """pass@k for each k (default: 1, 2, 4, … up to the samples per problem, and that number), each with its
+    estimate (the mean of the per-problem estimators) and 95 % bootstrap interval over problems."""
+    n = len(correct[0])
+    if any(len(row) != n for row in correct):
+        raise ValueError("pass@k curves need the same number of samples for every problem")
+    if ks is None:
+        ks = sorted({*(2**i for i in range(int(math.log2(n)) + 1)), n})
+    curve = {}
+    for k in ks:
+        per_problem = [pass_at_k(n, sum(map(bool, row)), k) for row in correct]
+        low, high = bootstrap_interval(per_problem)
+        curve[k] = {"estimate": sum(per_problem) / len(per_problem), "low": low, "high": high}
+    return curve
