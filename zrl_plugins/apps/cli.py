@@ -9,6 +9,7 @@ import difflib
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..framework.errors import ConfigError, ZRLError
 from ..framework.kinds import COMPONENT_KINDS
@@ -88,6 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     quiet_startup()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import benchmarks, eval_suite
     from .evaluation import evaluate
     from .models import resolve_model
     from .recipe import RecipeArguments, default_verifiers, task_rows
@@ -104,14 +106,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     template_kwargs = json.loads(args.template_kwargs) if args.template_kwargs else {}
     template = pm.load_component("template", args.template, **template_kwargs)
+    chosen = benchmarks.selected(args.benchmarks, args.suite)
+    if chosen:  # math benchmarks: graded by math_correct unless a verifier is named
+        recipe.task = "benchmarks"
     names, kwargs = (
         ([args.verifier], {})
         if args.verifier
         else default_verifiers(recipe, template.answer_format, pm.names("verifier"))
     )
     verifier = pm.load_component("verifier", names[0], **kwargs.get(names[0], {}))
-    _, rows = task_rows(recipe, args.seed)
-    rows = with_prompts(rows, template)
+    if chosen:  # read before the model loads: a data set that does not fit fails first
+        per_benchmark = {
+            name: with_prompts(benchmarks.load_benchmark(name, path, limit=args.n), template) for name, path in chosen
+        }
+    else:
+        _, rows = task_rows(recipe, args.seed)
+        rows = with_prompts(rows, template)
     import torch
 
     from .devices import cpu_supports_bf16, cuda_available, describe
@@ -123,10 +133,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = AutoModelForCausalLM.from_pretrained(path).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     print(f"device: {describe(device, bf16)}", file=sys.stderr)
+    generation = {"max_new_tokens": args.max_new_tokens, "k": args.k, "temperature": args.temperature}
+    if chosen:
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+            report = eval_suite.evaluate_benchmarks(model, tokenizer, per_benchmark, verifier, **generation)
+        report = {"model": args.model, "template": args.template, "verifier": names[0], **report}
+        return _write_report(args.output, report, eval_suite.table(report))
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-        metrics = evaluate(
-            model, tokenizer, rows, verifier, max_new_tokens=args.max_new_tokens, k=args.k, temperature=args.temperature
-        )
+        metrics = evaluate(model, tokenizer, rows, verifier, **generation)
     metrics = {
         "model": args.model,
         "task": args.task,
@@ -140,13 +154,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for k, v in metrics.items()
         if k != "completions"
     )
+    return _write_report(args.output, metrics, table)
+
+
+def _write_report(output: str | None, report: dict[str, Any], table: str) -> int:
+    """Print the table; with ``--output``, write ``eval.json`` (everything) and ``eval.md`` (the table)."""
     print(table)
-    if args.output:
+    if output:
         from pathlib import Path
 
-        out = Path(args.output)
+        out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
         (out / "eval.md").write_text(table + "\n")
     return 0
 
@@ -192,7 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("--template", default="plain", help="prompt template by name")
     p_eval.add_argument("--template_kwargs", default=None, help="JSON keyword arguments of the template")
     p_eval.add_argument("--verifier", default=None, help="verifier by name (default: the task's)")
-    p_eval.add_argument("--n", type=int, default=200, help="problems (the recipes' held-out split)")
+    p_eval.add_argument(
+        "--benchmarks",
+        default=None,
+        help="math benchmarks by name, comma-separated (gsm8k, math500, minerva, olympiadbench, aime24, amc23); "
+        "name=FILE reads a local file in that benchmark's schema. Graded by math_correct unless --verifier",
+    )
+    p_eval.add_argument("--suite", default=None, help="a named set of benchmarks: simplerl_zoo (SimpleRL-Zoo's six)")
+    p_eval.add_argument("--n", type=int, default=200, help="problems (the recipes' held-out split; per benchmark)")
     p_eval.add_argument("--k", type=int, default=0, help="samples per problem for pass@k (0 = greedy only)")
     p_eval.add_argument("--temperature", type=float, default=1.0)
     p_eval.add_argument("--max_new_tokens", type=int, default=256)

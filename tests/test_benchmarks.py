@@ -1,0 +1,72 @@
+"""Benchmarks by name: every schema's fixture (tests/data/benchmarks/, in the Hub data set's columns) reads as
+question / gold-answer rows whose gold math_correct accepts; unknown names and misfit columns are clear errors;
+``zrl eval --benchmarks`` reports each benchmark and their average. Nothing downloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zrl_plugins.apps.benchmarks import BENCHMARKS, SUITES, load_benchmark, selected
+from zrl_plugins.framework.errors import ConfigError, DataError
+
+FIXTURES = Path(__file__).parent / "data" / "benchmarks"
+GOLDS = {
+    "gsm8k": ["7", "36", "1000"],
+    "math500": ["\\frac{3}{4}", "5", "7"],
+    "minerva": ["40", "81"],
+    "olympiadbench": ["$8$", "$\\frac{1}{2}$"],
+    "aime24": ["024", "009"],
+    "amc23": ["10.0", "30.0"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_each_schema_reads_as_questions_and_golds(name):
+    rows = load_benchmark(name, str(FIXTURES / f"{name}.jsonl"))
+    assert [r["answer"] for r in rows] == GOLDS[name]
+    assert all(r["question"] and r["benchmark"] == name for r in rows)
+    assert len(load_benchmark(name, str(FIXTURES / f"{name}.jsonl"), limit=1)) == 1
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_math_correct_accepts_each_gold_as_written_in_a_box(name):
+    from zrl_plugins import load_component
+
+    verifier = load_component("verifier", "math_correct", num_workers=0)
+    rows = load_benchmark(name, str(FIXTURES / f"{name}.jsonl"))
+    completions = [f"The answer is $\\boxed{{{r['answer'].strip('$')}}}$." for r in rows]
+    scores = verifier(prompts=[""] * len(rows), completions=completions, answer=[r["answer"] for r in rows])
+    assert scores == [1.0] * len(rows)
+
+
+def test_names_suites_and_errors(tmp_path):
+    assert [n for n, _ in selected(None, "simplerl_zoo")] == list(SUITES["simplerl_zoo"])
+    assert selected("gsm8k,aime24=local.jsonl", None) == [("gsm8k", None), ("aime24", "local.jsonl")]
+    with pytest.raises(ConfigError, match="unknown benchmark 'gsm8" + "k2'; benchmarks: gsm8k, math500"):
+        selected("gsm8k2", None)
+    with pytest.raises(ConfigError, match="unknown suite 'zoo'; suites: simplerl_zoo"):
+        selected(None, "zoo")
+    misfit = tmp_path / "misfit.jsonl"
+    misfit.write_text(json.dumps({"prompt": "1+1", "solution": "2"}) + "\n")
+    with pytest.raises(
+        DataError, match=r"gsm8k from .*misfit.jsonl: no question column; expected one of \['question'\]"
+    ):
+        load_benchmark("gsm8k", str(misfit))
+
+
+def test_zrl_eval_on_two_benchmarks(tiny_model_path, tmp_path):
+    from zrl_plugins.apps.cli import main
+
+    specs = ",".join(f"{name}={FIXTURES / name}.jsonl" for name in ("gsm8k", "amc23"))
+    code = main(["eval", "--model", tiny_model_path, "--benchmarks", specs, "--max_new_tokens", "4", "--k", "2",
+                 "--output", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert sorted(report["benchmarks"]) == ["amc23", "gsm8k"] and report["verifier"] == "math_correct"
+    assert report["benchmarks"]["gsm8k"]["n"] == 3 and report["benchmarks"]["amc23"]["n"] == 2
+    average = (report["benchmarks"]["gsm8k"]["pass@2"] + report["benchmarks"]["amc23"]["pass@2"]) / 2
+    assert report["average"]["pass@2"] == pytest.approx(average)
+    assert "| average |" in (tmp_path / "eval.md").read_text()
