@@ -70,3 +70,56 @@ def test_zrl_eval_on_two_benchmarks(tiny_model_path, tmp_path):
     average = (report["benchmarks"]["gsm8k"]["pass@2"] + report["benchmarks"]["amc23"]["pass@2"]) / 2
     assert report["average"]["pass@2"] == pytest.approx(average)
     assert "| average |" in (tmp_path / "eval.md").read_text()
+
+
+def _eval(*argv):
+    from zrl_plugins.apps.cli import main
+
+    return main(["eval", "--max_new_tokens", "4", *argv])
+
+
+def test_two_models_side_by_side_with_the_paired_difference_and_passk_png(tiny_model_path, tmp_path):
+    import shutil
+
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_model_path, trained)  # the same weights under another name: a difference of exactly 0
+    specs = f"gsm8k={FIXTURES / 'gsm8k.jsonl'},math500={FIXTURES / 'math500.jsonl'}"
+    out = tmp_path / "out"
+    assert _eval("--model", tiny_model_path, "--model", str(trained), "--benchmarks", specs, "--k", "2",
+                 "--output", str(out)) == 0  # fmt: skip
+    report = json.loads((out / "eval.json").read_text())
+    assert list(report["models"]) == [tiny_model_path, str(trained)]
+    difference = report["paired_differences"][str(trained)]["gsm8k"]
+    assert difference["minus"] == tiny_model_path and difference["difference"] == 0.0
+    assert (out / "passk.png").stat().st_size > 10_000
+    assert "Paired difference of greedy pass@1" in (out / "eval.md").read_text()
+
+
+def test_a_killed_evaluation_resumes_and_a_finished_one_reports_without_generating(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    from zrl_plugins.apps import eval_suite
+
+    calls = []
+    generate = eval_suite.generate_completions
+
+    def counted(model, tokenizer, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return generate(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(eval_suite, "generate_completions", counted)
+    monkeypatch.setattr(eval_suite, "CHUNK", 1)
+    spec, out = f"gsm8k={FIXTURES / 'gsm8k.jsonl'}", tmp_path / "out"
+    assert _eval("--model", tiny_model_path, "--benchmarks", spec, "--output", str(out)) == 0
+    first = json.loads((out / "eval.json").read_text())
+    lines = (out / "problems.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and calls == [1, 1, 1]
+    # killed while writing the third problem: two whole lines and a cut one remain
+    (out / "problems.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
+    calls.clear()
+    assert _eval("--model", tiny_model_path, "--benchmarks", spec, "--output", str(out)) == 0
+    assert calls == [1]  # only the problem that was not scored
+    assert json.loads((out / "eval.json").read_text())["benchmarks"] == first["benchmarks"]
+    calls.clear()
+    assert _eval("--model", tiny_model_path, "--benchmarks", spec, "--output", str(out)) == 0
+    assert calls == []  # everything cached: re-reported without generating

@@ -403,6 +403,9 @@ def test_zrl_eval_checks_its_output_folder_first(tiny_model_path, tmp_path, caps
 
 def test_zrl_eval_on_a_model_without_a_chat_template(tiny_model_path, tmp_path, caplog):
     """Was: `zrl eval --model tiny` (named in its own help) crashed on the missing chat template."""
+    from zrl_plugins.apps import evaluation
+
+    evaluation._warn_no_chat_template.cache_clear()  # warned once per process: an earlier test may have seen it
     with caplog.at_level(logging.WARNING, logger="zrl_plugins.apps.evaluation"):
         assert _eval(tiny_model_path, tmp_path, "--n", "2", "--output", str(tmp_path / "o")) == 0
     assert "has no chat template" in caplog.text and (tmp_path / "o" / "eval.json").exists()

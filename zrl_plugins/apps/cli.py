@@ -9,6 +9,7 @@ import difflib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..framework.errors import ConfigError, ZRLError
@@ -87,11 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     check_eval_args(args)
     quiet_startup()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from . import benchmarks, eval_suite
-    from .evaluation import evaluate
-    from .models import resolve_model
     from .recipe import RecipeArguments, default_verifiers, task_rows
     from .tasks import with_prompts
 
@@ -115,38 +112,86 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else default_verifiers(recipe, template.answer_format, pm.names("verifier"))
     )
     verifier = pm.load_component("verifier", names[0], **kwargs.get(names[0], {}))
-    if chosen:  # read before the model loads: a data set that does not fit fails first
-        per_benchmark = {
-            name: with_prompts(benchmarks.load_benchmark(name, path, limit=args.n), template) for name, path in chosen
-        }
+    # the problems are read before any model loads: a data set that does not fit fails first
+    if chosen:
+        problems = {name: benchmarks.load_benchmark(name, path, limit=args.n) for name, path in chosen}
     else:
-        _, rows = task_rows(recipe, args.seed)
-        rows = with_prompts(rows, template)
+        problems = {args.task: task_rows(recipe, args.seed)[1]}
+    problems = {name: with_prompts(rows, template) for name, rows in problems.items()}
+    generation = {"max_new_tokens": args.max_new_tokens, "k": args.k, "temperature": args.temperature}
+    if not chosen and len(args.model) == 1:
+        return _evaluate_task(args, problems[args.task], verifier, names[0], generation)
+    cache = eval_suite.ProblemCache(Path(args.output) / "problems.jsonl" if args.output else None)
+    per_model = {}
+    for model_name in args.model:
+        model, tokenizer, where, autocast = _load_for_eval(args, model_name)
+        with autocast:
+            per_model[model_name] = {
+                name: eval_suite.evaluate_problems(
+                    model,
+                    tokenizer,
+                    rows,
+                    verifier,
+                    cache=cache,
+                    model_name=model_name,
+                    benchmark=name,
+                    seed=args.seed,
+                    **generation,
+                )
+                for name, rows in problems.items()
+            }
+        del model
+    reports = {name: eval_suite.report(per_benchmark) for name, per_benchmark in per_model.items()}
+    differences = eval_suite.paired(per_model) if len(per_model) > 1 else {}
+    result: dict[str, Any] = {"template": args.template, "verifier": names[0], "device": where}
+    if len(reports) == 1:
+        result = {"model": args.model[0], **result, **next(iter(reports.values()))}
+    else:
+        result = {**result, "models": reports, "paired_differences": differences}
+    code = _write_report(args.output, result, eval_suite.table(reports, differences))
+    if args.output:
+        eval_suite.plot_pass_at_k(reports, Path(args.output) / "passk.png")
+    return code
+
+
+def _load_for_eval(args: argparse.Namespace, name: str) -> tuple[Any, Any, str, Any]:
+    """(model on its device, tokenizer, the device in words, the autocast context) for ``zrl eval``."""
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .devices import cpu_supports_bf16, cuda_available, describe
+    from .models import resolve_model
 
     device = args.device if args.device != "auto" else ("cuda" if cuda_available() else "cpu")
     native_bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_supports_bf16()
     bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16)
-    path = resolve_model(args.model, args.output or ".")
+    path = resolve_model(name, args.output or ".")
     model = AutoModelForCausalLM.from_pretrained(path).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    print(f"device: {describe(device, bf16)}", file=sys.stderr)
-    generation = {"max_new_tokens": args.max_new_tokens, "k": args.k, "temperature": args.temperature}
-    if chosen:
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-            report = eval_suite.evaluate_benchmarks(model, tokenizer, per_benchmark, verifier, **generation)
-        report = {"model": args.model, "template": args.template, "verifier": names[0], **report}
-        return _write_report(args.output, report, eval_suite.table(report))
-    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+    print(f"{name}: device {describe(device, bf16)}", file=sys.stderr)
+    return (
+        model,
+        tokenizer,
+        describe(device, bf16),
+        torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16),
+    )
+
+
+def _evaluate_task(
+    args: argparse.Namespace, rows: list[dict[str, Any]], verifier: Any, verifier_name: str, generation: dict
+) -> int:
+    """One model on one task: ``zrl eval``'s flat report."""
+    from .evaluation import evaluate
+
+    model, tokenizer, where, autocast = _load_for_eval(args, args.model[0])
+    with autocast:
         metrics = evaluate(model, tokenizer, rows, verifier, **generation)
     metrics = {
-        "model": args.model,
+        "model": args.model[0],
         "task": args.task,
         "template": args.template,
-        "verifier": names[0],
-        "device": describe(device, bf16),
+        "verifier": verifier_name,
+        "device": where,
         **metrics,
     }
     table = "| metric | value |\n|---|---|\n" + "\n".join(
@@ -161,8 +206,6 @@ def _write_report(output: str | None, report: dict[str, Any], table: str) -> int
     """Print the table; with ``--output``, write ``eval.json`` (everything) and ``eval.md`` (the table)."""
     print(table)
     if output:
-        from pathlib import Path
-
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(report, indent=2))
@@ -204,7 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_plugins.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p_plugins.set_defaults(func=cmd_plugins)
     p_eval = sub.add_parser("eval", help="pass@1 (greedy) / pass@k accuracy, lengths and truncation on a task")
-    p_eval.add_argument("--model", required=True, help="path or hub id; `smollm2` / `tiny` as in the recipes")
+    p_eval.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="path or hub id; `smollm2` / `tiny` as in the recipes. Given twice or more (e.g. base, then trained): "
+        "every model on the same problems, the paired difference to the first, and passk.png",
+    )
     p_eval.add_argument("--task", default="addition", help="addition | word_problems | countdown | records file/hub")
     p_eval.add_argument("--task_difficulty", type=int, default=2)
     p_eval.add_argument("--tier", default=None, help="easy | medium | hard (MATH-style records)")
