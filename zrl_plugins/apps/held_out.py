@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ..framework.hookspecs import hookimpl
 from .evaluation import generate_completions, is_correct, prompts_and_columns
 from .provenance import wilson_interval
 
@@ -47,9 +48,14 @@ def sharded_greedy_accuracy(
 
 
 class HeldOutAccuracy(TrainerCallback):
-    """Greedy accuracy on held-out rows when training starts (unless ``before`` is given) and when it ends.
+    """Greedy accuracy on held-out rows when training starts (unless ``before`` is given) and when it ends, and with
+    ``every``, every that many optimizer steps during training — the held-out rows and each of ``benchmarks`` (name
+    to rows, graded by ``benchmark_verifier``) — logged as ``eval/held_out/accuracy`` and
+    ``eval/<benchmark>/pass@1`` in the next metrics TRL logs (through ``zrl_on_log``, so they sit in the log history
+    at their step and in ``training.png``).
 
-    Results are in ``self.before`` / ``self.after`` (floats) and ``self.completions`` (the last evaluation's)."""
+    Results are in ``self.before`` / ``self.after`` (floats), ``self.completions`` (the last evaluation's) and
+    ``self.history`` (step → metrics of each evaluation)."""
 
     def __init__(
         self,
@@ -59,11 +65,40 @@ class HeldOutAccuracy(TrainerCallback):
         max_new_tokens: int,
         before: float | None = None,
         log: Callable[[str], None] = print,
+        every: int | None = None,
+        benchmarks: dict[str, Sequence[dict[str, Any]]] | None = None,
+        benchmark_verifier: Callable[..., list[float | None]] | None = None,
     ):
         self.trainer, self.rows, self.verifier, self.max_new_tokens = trainer, rows, verifier, max_new_tokens
         self.before, self.after = before, None
         self.completions: list[str] = []
         self.log = log
+        self.every, self.benchmarks = every, dict(benchmarks or {})
+        self.benchmark_verifier = benchmark_verifier or verifier
+        self.history: dict[int, dict[str, float]] = {}
+        self.pending: dict[str, float] = {}
+        if every is not None or self.benchmarks:
+            trainer.zrl_pm.register_plugin(self, name=f"held-out-{id(self)}")  # its zrl_on_log adds the metrics
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """The held-out rows and every benchmark, greedy, on the model as it is now."""
+        metrics = {"eval/held_out/accuracy": self._measure(f"at step {step}")} if self.rows else {}
+        for name, rows in self.benchmarks.items():
+            accuracy, _ = sharded_greedy_accuracy(self.trainer, rows, self.benchmark_verifier, self.max_new_tokens)
+            metrics[f"eval/{name}/pass@1"] = accuracy
+        self.history[step] = metrics
+        self.pending.update(metrics)
+        return metrics
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            self.evaluate(state.global_step)
+
+    @hookimpl
+    def zrl_on_log(self, trainer: Any, logs: dict[str, float]) -> None:
+        if trainer is self.trainer and self.pending and "loss" in logs:  # a training step's metrics
+            logs.update(self.pending)
+            self.pending = {}
 
     def _measure(self, when: str) -> float:
         accuracy, self.completions = sharded_greedy_accuracy(
@@ -80,6 +115,19 @@ class HeldOutAccuracy(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.before is None:
             self.before = self._measure("before")
+        for name, rows in self.benchmarks.items():
+            accuracy, _ = sharded_greedy_accuracy(self.trainer, rows, self.benchmark_verifier, self.max_new_tokens)
+            self.history.setdefault(state.global_step, {})[f"eval/{name}/pass@1"] = accuracy
 
     def on_train_end(self, args, state, control, **kwargs):
         self.after = self._measure("after")
+        final = {"eval/held_out/accuracy": self.after}
+        for name, rows in self.benchmarks.items():
+            accuracy, _ = sharded_greedy_accuracy(self.trainer, rows, self.benchmark_verifier, self.max_new_tokens)
+            final[f"eval/{name}/pass@1"] = accuracy
+        self.history[state.global_step] = final
+        if self.every:  # the last point of the curve, at the last step
+            for entry in reversed(state.log_history):
+                if entry.get("step") == state.global_step and "loss" in entry:
+                    entry.update(final)
+                    break

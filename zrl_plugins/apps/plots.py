@@ -44,11 +44,17 @@ def plot_training(log_history: list[dict[str, Any]], path: str | Path, title: st
         print(MISSING_MATPLOTLIB.format(path=path), file=sys.stderr, flush=True)
         return None
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    evaluated = sorted(
+        {k for h in log_history for k in h if k.startswith("eval/") and k.endswith(("/accuracy", "/pass@1"))}
+    )
     for ax, (name, keys) in zip(axes.flat, PANELS, strict=True):
+        if name == "reward and accuracy":  # the held-out curve and benchmarks measured during training
+            keys = (*keys, *evaluated)
         for key in keys:
             points = [(h["step"], h[key]) for h in log_history if key in h and "step" in h]
             if points:
-                ax.plot(*zip(*points), marker=".", label=key.split("/")[-1])
+                label = key.split("/")[-1] if not key.startswith("eval/") else key.removeprefix("eval/")
+                ax.plot(*zip(*points), marker="o" if key.startswith("eval/") else ".", label=label)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("optimizer step", fontsize=8)
         ax.grid(alpha=0.3)

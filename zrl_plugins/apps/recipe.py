@@ -89,6 +89,24 @@ class RecipeArguments:
         default=None,
         metadata={"help": "Generation budget of the before/after evaluation (default: max_completion_length)."},
     )
+    eval_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "Also measure held-out greedy accuracy (and `eval_benchmarks`) every this many optimizer steps "
+            "during training, logged as eval/held_out/accuracy (eval/<benchmark>/pass@1) and drawn in training.png."
+        },
+    )
+    eval_benchmarks: str | None = field(
+        default=None,
+        metadata={
+            "help": "Math benchmarks measured during training (greedy pass@1, at the start, every `eval_every` steps "
+            "and at the end; graded by math_correct): comma-separated names or name=FILE, as in `zrl eval "
+            "--benchmarks`. The final values go to summary.json."
+        },
+    )
+    eval_benchmarks_n: int = field(
+        default=100, metadata={"help": "Problems of each of `eval_benchmarks` measured (the first ones, fixed)."}
+    )
     split_seed: int | None = field(
         default=None,
         metadata={
@@ -190,6 +208,9 @@ class PreparedRun:
     model_path: str
     verifier: Any
     trainer_class: type
+    # eval_benchmarks: their rows (prompts from the run's template) and math_correct grading them
+    benchmark_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    benchmark_verifier: Any = None
 
     @property
     def eval_budget(self) -> int:
@@ -225,9 +246,14 @@ class PreparedRun:
             plugin_manager=self.plugins,
             **peft_and_quantization(self.model_args),
         )
-        if self.recipe.n_eval:
+        if self.recipe.n_eval or self.recipe.eval_benchmarks:
             log = _printer(self.method)
-            trainer.add_callback(HeldOutAccuracy(trainer, self.eval_rows, self.verifier, self.eval_budget, before, log))
+            rows = self.eval_rows if self.recipe.n_eval else []
+            measured = HeldOutAccuracy(
+                trainer, rows, self.verifier, self.eval_budget, before, log, self.recipe.eval_every,
+                self.benchmark_rows, self.benchmark_verifier,
+            )  # fmt: skip
+            trainer.add_callback(measured)
         return use_console(trainer, self.method)
 
 
@@ -317,6 +343,17 @@ def prepare(
     train_rows = with_prompts(train_rows, template)
     needed = {first: tuple(verifier.required_columns)} if isinstance(verifier, NeedsColumns) else {}
     check_training_data(train_rows, needed)  # before the model loads
+    benchmark_rows, benchmark_verifier = {}, None
+    if recipe.eval_benchmarks:  # read before the model loads too
+        from . import benchmarks
+
+        chosen = benchmarks.selected(recipe.eval_benchmarks, None)
+        benchmark_rows = {
+            name: with_prompts(benchmarks.load_benchmark(name, path, limit=recipe.eval_benchmarks_n), template)
+            for name, path in chosen
+        }
+        extraction = template.answer_format if template.answer_format != "last_number" else "auto"
+        benchmark_verifier = manager.load_component("verifier", "math_correct", extraction=extraction)
     return PreparedRun(
         method=method,
         recipe=recipe,
@@ -329,6 +366,8 @@ def prepare(
         model_path=resolve_model(model_args.model_name_or_path, model_workdir or config.output_dir),
         verifier=verifier,
         trainer_class=trainer_class,
+        benchmark_rows=benchmark_rows,
+        benchmark_verifier=benchmark_verifier,
     )
 
 
@@ -387,7 +426,9 @@ def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] =
         **counts,
     }
     held_out = held_out_results(trainer)
-    if held_out is not None:
+    if held_out is not None and held_out.history:  # evaluations during training, by step (the last: the final table)
+        summary["evaluations"] = {str(step): metrics for step, metrics in sorted(held_out.history.items())}
+    if held_out is not None and held_out.rows:
         n = len(prepared.eval_rows)
         summary.update(
             held_out=n,
