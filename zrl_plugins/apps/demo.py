@@ -115,6 +115,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max_staleness", type=int, default=1, help="with --async_rollouts: the staleness bound")
     parser.add_argument(
+        "--save_model", action="store_true", help="write the trained model to <output_dir>/model (for `zrl eval`)"
+    )
+    parser.add_argument(
         "--eval_every",
         type=int,
         default=15,
@@ -224,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     before, after, n = held_out.before, held_out.after, len(measured_rows)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.save_model:
+        trainer.save_model(str(out / "model"))
+        tokenizer.save_pretrained(str(out / "model"))
     history = trainer.state.log_history
     rewards = [h["reward"] for h in history if "reward" in h]
     minutes = (time.time() - started) / 60

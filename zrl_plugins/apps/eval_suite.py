@@ -18,6 +18,7 @@ import torch
 
 from .eval_metrics import paired_difference, pass_at_k_curve
 from .evaluation import generate_completions, is_correct, prompts_and_columns, summarize_scores
+from .monitor import BEHAVIOUR_RULES, behaviours
 
 CHUNK = 32  # problems generated and scored together, then cached
 
@@ -120,6 +121,9 @@ def summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if sampled:
         curve = pass_at_k_curve([[is_correct(s) for s in row] for row in sampled])
         metrics["pass_at_k_curve"] = {str(size): point for size, point in curve.items()}
+    shown = [behaviours(r.get("completion", "")) for r in records]
+    for name in BEHAVIOUR_RULES:  # the reasoning behaviours of the greedy answers, by the monitor's rules
+        metrics[f"behaviour/{name}"] = sum(s[name] for s in shown) / max(len(shown), 1)
     return metrics
 
 
