@@ -8,10 +8,10 @@ Longer runs, kept out of the suite (times on 2 CPU cores): `python -m bench.demo
 fresh clone, ~15 min with setup), `bench.demo_tuning` (demo settings on the validation split, ~6 min a variant),
 `bench.trl_comparison` (zrl's CPU path vs plain TRL, ~8 min), `bench.ppo_critic` (~15 min a configuration),
 `bench.simplerl_findings` and `bench.length_bias` (seeded ablations, ~1 h each), `bench.nested_selection` (~40 min),
-`bench.ppo_vs_grpo --device cuda` (~3 min on an H100), `bench.padding_free` (~12 min; on a GPU
-`--device cuda --attn_implementation flash_attention_2`), `bench.async_cpu` (in `.venv-vllm`, ~30 min; its demo arms
-~12 min a seed), `bench.engines` (the engine matrix; GPU: `scripts/gpu_engines.sh`) and the recipes' cpu-demo presets
-(`accelerate launch recipes/<method>.py --preset cpu-demo`).
+`bench.ppo_vs_grpo --device cuda` (~3 min on an H100), `bench.passk_demo` (~22 min), `bench.padding_free` (~12 min;
+on a GPU `--device cuda --attn_implementation flash_attention_2`), `bench.async_cpu` (in `.venv-vllm`, ~30 min;
+its demo arms ~12 min a seed), `bench.engines` (the engine matrix; GPU: `scripts/gpu_engines.sh`) and the recipes'
+cpu-demo presets (`accelerate launch recipes/<method>.py --preset cpu-demo`).
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ TITLES = {
     "faults": "Fault injection (tiny Llama, CPU): fault injected → outcome",
     "vllm_cpu": "vLLM's CPU build vs transformers on SmolLM2, 2 CPU cores (python -m bench.vllm_cpu in .venv-vllm)",
     "async_cpu": "Asynchronous rollouts vs vLLM colocate, SmolLM2, 2 CPU cores (python -m bench.async_cpu, .venv-vllm)",
+    "passk_demo_smollm2": "pass@k of SmolLM2 before and after the demo, 64 samples, 100 held-out problems "
+    "(python -m bench.passk_demo)",
     "padding_free_smollm2": "Padded vs padding-free vs token budget, loss forward + backward, SmolLM2, 2 CPU cores "
     "(python -m bench.padding_free)",
     "truncated_support": "Kept probability mass under top-k / top-p (tiny model): the ratio bias of a correction",
