@@ -335,24 +335,21 @@ def scan(run_dir: str) -> Scan:
     return Scan(complete, incomplete)
 
 
+def check_unchanged(checkpoint_dir: str, changed: list[str]) -> None:
+    """Refuse a checkpoint whose files ``changed`` (:func:`changed_files`) since its manifest hashed them."""
+    if changed:
+        raise CheckpointError(
+            f"checkpoint {checkpoint_dir} changed after it was written: {', '.join(changed)} no longer match the "
+            f"SHA-256 in its {MANIFEST} (overwritten by another run, or corrupted). Resume from another checkpoint."
+        )
+
+
 def resolve_resume(
     output_dir: str, resume_from_checkpoint: str | bool, override: bool = False
 ) -> tuple[str, list[str]]:
     """The checkpoint to resume from and the warnings to give: ``True`` → the newest complete one in ``output_dir``
     (naming the incomplete ones skipped); a path → that one, if complete (or, with ``override``, a TRL checkpoint).
-    Its files must still be the ones its manifest hashed."""
-    path, notes = _resume_target(output_dir, resume_from_checkpoint, override)
-    if os.path.isfile(os.path.join(path, MANIFEST)):
-        changed = changed_files(path)
-        if changed:
-            raise CheckpointError(
-                f"checkpoint {path} changed after it was written: {', '.join(changed)} no longer match the SHA-256 "
-                f"in its {MANIFEST} (overwritten by another run, or corrupted). Resume from another checkpoint."
-            )
-    return path, notes
-
-
-def _resume_target(output_dir: str, resume_from_checkpoint: str | bool, override: bool) -> tuple[str, list[str]]:
+    The trainer then checks its files' hashes (:func:`changed_files`, :func:`check_unchanged`)."""
     if resume_from_checkpoint is True:
         found = scan(output_dir)
         if found.newest_complete is None:

@@ -14,13 +14,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 
 from .checkpoint import (
     SAVE_MARKER,
     STATE_FILE,
     CheckpointError,
+    changed_files,
     check_free_space,
     check_setup,
+    check_unchanged,
     describe_changes,
     estimate_bytes,
     is_foreign_checkpoint,
@@ -187,6 +190,12 @@ def prepare_resume(trainer: Any, resume_from_checkpoint: str | bool) -> str:
         warnings.warn(note, stacklevel=3)
     if is_foreign_checkpoint(target):
         return target  # resume_override (resolve_resume refused it otherwise): TRL's files, zrl's initial state
+    # the main process reads every file once to hash it; the others take its answer (a shared file system)
+    accelerator = trainer.accelerator
+    changed = changed_files(target) if accelerator.is_main_process else []
+    if accelerator.num_processes > 1:
+        changed = broadcast_object_list([changed])[0]
+    check_unchanged(target, changed)
     warn_data_changes(read_manifest(target).get("data") or {}, data_fingerprint(trainer), target)
     changes = check_setup(target, setup_of(args), args.resume_override)
     if changes:

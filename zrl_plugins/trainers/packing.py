@@ -95,11 +95,16 @@ class TrimmedRows:
         return torch.nn.functional.pad(trimmed, padding)
 
 
+def _extent(attention_mask: torch.Tensor) -> tuple[int, int]:
+    """[first, last) columns in which some row has a real token."""
+    used = attention_mask.bool().any(0).nonzero().flatten()
+    return int(used[0]), int(used[-1]) + 1
+
+
 def trim(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> TrimmedRows:
     """The padded batch without the columns in which no row has a real token; labels as TRL sets them."""
     width = input_ids.size(1)
-    used = attention_mask.bool().any(0).nonzero().flatten()
-    first, last = int(used[0]), int(used[-1]) + 1
+    first, last = _extent(attention_mask)
     ids, mask = input_ids[:, first:last], attention_mask[:, first:last]
     labels = ids.masked_fill(mask == 0, IGNORE)
     prompt_columns = max(width - logits_to_keep - first, 0)
@@ -144,6 +149,25 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+RowPlan = tuple[list[tuple[int, int]], list[list[int]], int]  # (sequence spans, the rows' sequences, row width)
+
+
+def row_plan(attention_mask: torch.Tensor, *, capacity: int | None = None, one_row: bool = False) -> RowPlan:
+    """Which sequences go into which packed row, and the rows' width — what packing costs (rows x width positions),
+    known before any tensor is built."""
+    spans = sequence_spans(attention_mask)
+    lengths = [n for _, n in spans]
+    capacity = max(capacity or 0, max(lengths))
+    bins = [list(range(len(lengths)))] if one_row else first_fit_decreasing(lengths, capacity)
+    return spans, bins, max(sum(lengths[i] for i in row) for row in bins)
+
+
+def trimmed_width(attention_mask: torch.Tensor) -> int:
+    """How many columns :func:`trim` keeps."""
+    first, last = _extent(attention_mask)
+    return last - first
+
+
 def pack(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -152,17 +176,16 @@ def pack(
     capacity: int | None = None,
     one_row: bool = False,
     pad_token_id: int = 0,
+    plan: RowPlan | None = None,
 ) -> PackedRows:
     """Pack the padded batch (B x L, the last ``logits_to_keep`` columns the completions) into rows.
 
-    ``capacity``: tokens per row (default: the longest sequence); ``one_row``: a single row with every sequence.
+    ``capacity``: tokens per row (default: the longest sequence); ``one_row``: a single row with every sequence;
+    ``plan``: the :func:`row_plan` already made for this batch.
     """
     batch, width = input_ids.shape
-    spans = sequence_spans(attention_mask)
+    spans, bins, row_width = plan or row_plan(attention_mask, capacity=capacity, one_row=one_row)
     lengths = [n for _, n in spans]
-    capacity = max(capacity or 0, max(lengths))
-    bins = [list(range(batch))] if one_row else first_fit_decreasing(lengths, capacity)
-    row_width = max(sum(lengths[i] for i in row) for row in bins)
     device = input_ids.device
     packed_ids = torch.full((len(bins), row_width), pad_token_id, dtype=input_ids.dtype, device=device)
     position_ids = torch.zeros((len(bins), row_width), dtype=torch.long, device=device)

@@ -10,7 +10,6 @@ refused with the measured difference, never trained with a silently wrong mask.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +17,9 @@ from typing import Any
 import torch
 
 from ..framework.errors import ConfigError
-from .packing import PackedRows, TrimmedRows, pack, trim
+from .packing import PackedRows, TrimmedRows, pack, row_plan, trim, trimmed_width
 
 Rows = PackedRows | TrimmedRows
-
-logger = logging.getLogger(__name__)
 
 # Attention backends whose masks transformers builds from packed position_ids (masking_utils) or that read the
 # sequence boundaries from them (flash-attention varlen)
@@ -100,11 +97,11 @@ class PaddingFree:
         """The packed rows, or the padded batch trimmed to its extent where packing saves no position (sequences
         about as long as each other: the padded pass then skips building a packed mask). Flash backends always
         pack: their varlen kernels skip pad positions either way, and need the boundaries."""
-        packed = self.pack(input_ids, attention_mask, logits_to_keep)
-        if self.one_row:
-            return packed
-        trimmed = trim(input_ids, attention_mask, logits_to_keep)
-        return packed if packed.input_ids.numel() < trimmed.input_ids.numel() else trimmed
+        plan = row_plan(attention_mask, one_row=self.one_row)  # decided on sizes, then only the winner is built
+        _, bins, row_width = plan
+        if self.one_row or len(bins) * row_width < input_ids.size(0) * trimmed_width(attention_mask):
+            return pack(input_ids, attention_mask, logits_to_keep, pad_token_id=self.pad_token_id, plan=plan)
+        return trim(input_ids, attention_mask, logits_to_keep)
 
     def verify(
         self,
@@ -122,8 +119,8 @@ class PaddingFree:
         together = pack(ids, mask, logits_to_keep, one_row=True, pad_token_id=self.pad_token_id)
         alone = pack(ids[1:], mask[1:], logits_to_keep, pad_token_id=self.pad_token_id)
         with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
-            packed_logps = scored_logps(model, together, logits_to_keep, varlen=self.one_row)[1]
-            alone_logps = scored_logps(model, alone, logits_to_keep)[0]
+            packed_logps = packed_forward(model, together, logits_to_keep, varlen=self.one_row)[0][1]
+            alone_logps = packed_forward(model, alone, logits_to_keep)[0][0]
         completion = mask[1, -logits_to_keep:].bool()
         if not completion.any():
             return
@@ -141,12 +138,6 @@ class PaddingFree:
         self.verified.add(id(model))
 
 
-def scored_logps(model: Any, rows: Rows, logits_to_keep: int, **forward_kwargs: Any) -> torch.Tensor:
-    """Per-token log-probs of the completions (B x T) from one packed forward of a fused-LM-head model."""
-    logps, _, _ = packed_forward(model, rows, logits_to_keep, **forward_kwargs)
-    return logps
-
-
 def packed_forward(
     model: Any,
     rows: Rows,
@@ -154,8 +145,8 @@ def packed_forward(
     compute_entropy: bool = False,
     varlen: bool = False,
     **forward_kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
-    """One packed forward: (log-probs, entropies or ``None``, the model's output), per-token fields in B x T.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One packed forward: (log-probs, entropies or ``None``), per-token in B x T.
     ``varlen``: pass a single row's sequence boundaries to the attention kernels (flash-attention backends)."""
     if varlen and isinstance(rows, PackedRows) and rows.input_ids.size(0) == 1:
         forward_kwargs = {**rows.varlen_kwargs(), **forward_kwargs}
@@ -168,7 +159,7 @@ def packed_forward(
 
     logps = completion_layout(outputs.log_probs)
     entropies = completion_layout(outputs.entropy) if compute_entropy else None
-    return logps, entropies, outputs
+    return logps, entropies
 
 
 def logps_and_entropies(
@@ -194,7 +185,7 @@ def logps_and_entropies(
         if on_pack is not None:
             on_pack(rows)
         with autocast():
-            logps, entropies, _ = packed_forward(model, rows, logits_to_keep, compute_entropy, settings.one_row)
+            logps, entropies = packed_forward(model, rows, logits_to_keep, compute_entropy, settings.one_row)
         all_logps.append(logps)
         if entropies is not None:
             all_entropies.append(entropies)
