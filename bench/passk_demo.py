@@ -32,6 +32,7 @@ def main() -> None:
     from zrl_plugins.apps import demo, eval_suite
     from zrl_plugins.apps.data import addition_splits
     from zrl_plugins.apps.devices import cpu_supports_bf16
+    from zrl_plugins.apps.generation import TransformersGenerator
     from zrl_plugins.apps.models import smollm2_path
 
     workdir = Path(tempfile.mkdtemp(prefix="zrl-passk-"))
@@ -49,11 +50,11 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path)
         started = time.time()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            records = eval_suite.evaluate_problems(
-                model, tokenizer, rows, verifier, cache=cache, model_name=name, benchmark="addition",
-                max_new_tokens=16, k=args.k, temperature=1.0,
-            )  # fmt: skip
+        generate = TransformersGenerator(model, tokenizer, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16))
+        records = eval_suite.evaluate_problems(
+            generate, rows, verifier, cache=cache, model_name=name, benchmark="addition", max_new_tokens=16,
+            k=args.k, temperature=1.0,
+        )  # fmt: skip
         seconds[name] = time.time() - started
         per_model[name] = {"addition": records}
     reports = {name: eval_suite.report(per_benchmark) for name, per_benchmark in per_model.items()}

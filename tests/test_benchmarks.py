@@ -98,17 +98,17 @@ def test_two_models_side_by_side_with_the_paired_difference_and_passk_png(tiny_m
 def test_a_killed_evaluation_resumes_and_a_finished_one_reports_without_generating(
     tiny_model_path, tmp_path, monkeypatch
 ):
-    from zrl_plugins.apps import eval_suite
+    from zrl_plugins.apps.generation import TransformersGenerator
 
     calls = []
-    generate = eval_suite.generate_completions
+    generate = TransformersGenerator.__call__
 
-    def counted(model, tokenizer, prompts, *args, **kwargs):
+    def counted(self, prompts, *args, **kwargs):
         calls.append(len(prompts))
-        return generate(model, tokenizer, prompts, *args, **kwargs)
+        return generate(self, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(eval_suite, "generate_completions", counted)
-    monkeypatch.setattr(eval_suite, "CHUNK", 1)
+    monkeypatch.setattr(TransformersGenerator, "__call__", counted)
+    monkeypatch.setattr(TransformersGenerator, "chunk", 1)
     spec, out = f"gsm8k={FIXTURES / 'gsm8k.jsonl'}", tmp_path / "out"
     assert _eval("--model", tiny_model_path, "--benchmarks", spec, "--output", str(out)) == 0
     first = json.loads((out / "eval.json").read_text())
@@ -140,3 +140,73 @@ def test_a_recipe_evaluates_during_training(tmp_path):
     written = json.loads((tmp_path / "summary.json").read_text())
     assert sorted(written["evaluations"], key=int) == ["0", "2", "4"]
     assert 0.0 <= written["evaluations"]["4"]["eval/gsm8k/pass@1"] <= 1.0
+
+
+class CannedGenerator:
+    """A generator (the protocol of zrl_plugins.apps.generation) that answers from a table: each problem's greedy
+    completion and samples, whatever the model."""
+
+    name = "canned"
+    chunk = 2
+
+    def __init__(self, greedy, samples):
+        self.greedy, self.samples, self.calls = greedy, samples, []
+
+    def __call__(self, prompts, indices, *, max_new_tokens, k, temperature, seed):
+        from zrl_plugins.apps.generation import Completion
+
+        self.calls.append(list(indices))
+        greedy = [Completion(self.greedy[i], 5, False) for i in indices]
+        return greedy, [[Completion(t, 5, False) for t in self.samples[i][:k]] for i in indices]
+
+
+def test_maj_at_k_votes_over_equivalent_answers_by_hand(tmp_path):
+    """math_correct extracts the samples' answers and merges equivalent ones (0.5 = 1/2 = \\frac12); maj@k is the
+    majority answer of the first k samples, a tie going to the answer given first. By hand: problem 0 (gold 1/2)
+    answers 3, 0.5, 1/2, \\frac12: wrong at k = 1 and 2 (a tie, 3 first), right at 4 (3 votes to 1; unmerged, the
+    four would tie and 3 would win). Problem 1 (gold 7) answers 7, 7, 8, 8.0: right at 1, 2 and 4 (a 2–2 tie, 7
+    first)."""
+    from zrl_plugins import load_component
+    from zrl_plugins.apps import eval_suite
+
+    rows = [{"prompt": "p0", "answer": "\\frac{1}{2}"}, {"prompt": "p1", "answer": "7"}]
+    box = "The answer is $\\boxed{{{}}}$.".format
+    samples = [[box(a) for a in ("3", "0.5", "1/2", "\\frac12")], [box(a) for a in ("7", "7", "8", "8.0")]]
+    generate = CannedGenerator([box("1/2"), box("9")], samples)
+    verifier = load_component("verifier", "math_correct", num_workers=0)
+    records = eval_suite.evaluate_problems(
+        generate, rows, verifier, cache=eval_suite.ProblemCache(None), model_name="m", benchmark="b", k=4
+    )
+    assert records[0]["votes"] == [0, 1, 1, 1] and records[1]["votes"] == [0, 0, 1, 1]
+    metrics = eval_suite.summary(records)
+    assert metrics["pass@1"] == 0.5  # greedy: 1/2 right, 9 wrong
+    assert (metrics["maj@1"], metrics["maj@2"], metrics["maj@4"]) == (0.5, 0.5, 1.0)
+    assert metrics["avg@4"] == pytest.approx((3 / 4 + 2 / 4) / 2)
+
+
+def test_a_cache_made_with_other_settings_is_refused(tmp_path):
+    from zrl_plugins.apps import eval_suite
+
+    path = tmp_path / "problems.jsonl"
+    cache = eval_suite.ProblemCache(path, {"k": 4, "seed": 0})
+    cache.add([{"model": "m", "benchmark": "b", "index": 0, "score": 1.0}])
+    assert eval_suite.ProblemCache(path, {"k": 4, "seed": 0}).get("m", "b", 0)["score"] == 1.0
+    with pytest.raises(ConfigError, match=r"other settings \(k: 4 then, 8 now\).*another --output"):
+        eval_suite.ProblemCache(path, {"k": 8, "seed": 0})
+
+
+def test_backend_vllm_without_vllm_is_refused_before_any_model_loads(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: the vLLM lane tests --backend vllm")
+    assert _eval("--model", str(tmp_path / "absent"), "--backend", "vllm") == 2
+    assert "--backend vllm needs vLLM" in capsys.readouterr().err
+
+
+def test_last_number_answers_are_written_one_way():
+    from zrl_plugins import load_component
+
+    verifier = load_component("verifier", "last_number")
+    assert verifier.answers(["so 3.0", "it is 3", "x = -2.50", "none"]) == ["3", "3", "-2.5", None]

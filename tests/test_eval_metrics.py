@@ -15,6 +15,7 @@ from zrl_plugins.apps.eval_metrics import (
     paired_difference,
     pass_at_k,
     pass_at_k_curve,
+    vote_keys,
 )
 
 
@@ -85,3 +86,24 @@ def test_pass_at_k_curve_default_ks_and_estimates():
     assert curve[2]["estimate"] == pytest.approx((1 - math.comb(3, 2) / math.comb(4, 2) + 0 + 1) / 3)
     assert curve[4]["estimate"] == pytest.approx(2 / 3)
     assert all(v["low"] <= v["estimate"] <= v["high"] for v in curve.values())
+
+
+def test_vote_keys_group_answers_written_alike_and_merge_equivalent_ones():
+    rows = [["1/2", " 0.5", "3", None, "1/2", "0.5"], [None, None], ["7", "8", "9"]]
+    # without an equivalence: only answers written alike (up to whitespace) share a key; ties keep first appearance
+    assert vote_keys(rows) == [[0, 1, 2, None, 0, 1], [None, None], [0, 1, 2]]
+    asked: list[tuple[str, str]] = []
+
+    def equivalent(pairs):
+        asked.extend(pairs)
+        return [{a, b} == {"1/2", "0.5"} for a, b in pairs]
+
+    keys = vote_keys(rows, equivalent)
+    assert keys[0] == [0, 0, 2, None, 0, 0]  # 1/2 and 0.5 vote together, under the more frequent one's key
+    assert len(asked) == 3 + 3  # one call for all problems: the pairs among each problem's distinct answers
+    # majority over the merged keys: 4 votes for 1/2 == 0.5 (correct), 1 for 3
+    assert majority_correct(keys[0], [True, True, False, False, True, True])
+    # only the `top` most frequent answers are compared
+    asked.clear()
+    vote_keys(rows, equivalent, top=2)
+    assert len(asked) == 2

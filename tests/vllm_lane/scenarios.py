@@ -172,7 +172,41 @@ def train(workdir: str, setup: str) -> dict[str, Any]:
     return {"logs": logs, "sent": sorted(set(sent)), "changed": changed, "steps": trainer.state.global_step}
 
 
-SCENARIOS = {"fresh_engine": fresh_engine, "sync_matches_fresh": sync_matches_fresh, "train": train}
+def eval_generators(workdir: str) -> dict[str, Any]:
+    """``zrl eval``'s two generators on the same chat prompts of a tiny model in fp32: vLLM's and transformers'
+    greedy completions with their lengths and truncation, and vLLM's samples of one problem generated with the
+    others and alone (its seed is its own)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zrl_plugins.apps.generation import TransformersGenerator, VLLMGenerator
+    from zrl_plugins.apps.tiny_model import build_tiny_model
+
+    path = str(build_tiny_model(Path(workdir) / "model", hidden_size=64))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompts = [[{"role": "user", "content": f"What is {a} + {a + 3}?"}] for a in range(5)]
+    options = {"max_new_tokens": GREEDY_TOKENS, "temperature": 1.0, "seed": 3}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    hf_greedy, _ = TransformersGenerator(model, tokenizer)(prompts, list(range(5)), k=0, **options)
+    generate = VLLMGenerator(path, tokenizer, dtype="float32", max_model_len=256)
+    greedy, samples = generate(prompts, list(range(5)), k=4, **options)
+    _, alone = generate(prompts[2:3], [2], k=4, **options)
+    generate.close()
+    as_lists = lambda cs: [[c.text, c.tokens, c.truncated] for c in cs]  # noqa: E731
+    return {
+        "hf_greedy": as_lists(hf_greedy),
+        "vllm_greedy": as_lists(greedy),
+        "samples": [as_lists(row) for row in samples],
+        "alone": as_lists(alone[0]),
+    }
+
+
+SCENARIOS = {
+    "fresh_engine": fresh_engine,
+    "sync_matches_fresh": sync_matches_fresh,
+    "train": train,
+    "eval_generators": eval_generators,
+}
 
 if __name__ == "__main__":
     name, out, *args = sys.argv[1:]

@@ -89,6 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_eval_args(args)
     quiet_startup()
     from . import benchmarks, eval_suite
+    from .generation import choose_backend
     from .recipe import RecipeArguments, default_verifiers, task_rows
     from .tasks import with_prompts
 
@@ -119,17 +120,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         problems = {args.task: task_rows(recipe, args.seed)[1]}
     problems = {name: with_prompts(rows, template) for name, rows in problems.items()}
     generation = {"max_new_tokens": args.max_new_tokens, "k": args.k, "temperature": args.temperature}
-    if not chosen and len(args.model) == 1:
-        return _evaluate_task(args, problems[args.task], verifier, names[0], generation)
-    cache = eval_suite.ProblemCache(Path(args.output) / "problems.jsonl" if args.output else None)
-    per_model = {}
+    backend = choose_backend(args.backend, args.device)
+    settings = {**generation, "seed": args.seed, "template": args.template, "template_kwargs": template_kwargs,
+                "verifier": names[0], "backend": backend}  # fmt: skip
+    cache = eval_suite.ProblemCache(Path(args.output) / "problems.jsonl" if args.output else None, settings)
+    per_model, where = {}, ""
     for model_name in args.model:
-        model, tokenizer, where, autocast = _load_for_eval(args, model_name)
-        with autocast:
+        generate, where = _generator(args, model_name, backend)
+        try:
             per_model[model_name] = {
                 name: eval_suite.evaluate_problems(
-                    model,
-                    tokenizer,
+                    generate,
                     rows,
                     verifier,
                     cache=cache,
@@ -140,66 +141,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 )
                 for name, rows in problems.items()
             }
-        del model
+        finally:
+            close = getattr(generate, "close", None)
+            if close is not None:
+                close()
     reports = {name: eval_suite.report(per_benchmark) for name, per_benchmark in per_model.items()}
-    differences = eval_suite.paired(per_model) if len(per_model) > 1 else {}
-    result: dict[str, Any] = {"template": args.template, "verifier": names[0], "device": where}
-    if len(reports) == 1:
-        result = {"model": args.model[0], **result, **next(iter(reports.values()))}
+    header = {"template": args.template, "verifier": names[0], "backend": backend, "device": where}
+    if not chosen and len(args.model) == 1:  # one model on one task: the flat report
+        records = per_model[args.model[0]][args.task]
+        metrics = {"model": args.model[0], "task": args.task, **header, **eval_suite.summary(records)}
+        metrics["completions"] = [r["completion"] for r in records[:20]]
+        table = "| metric | value |\n|---|---|\n" + "\n".join(
+            f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
+            for k, v in metrics.items()
+            if k != "completions" and not isinstance(v, dict | list)
+        )
+        code = _write_report(args.output, metrics, table)
     else:
-        result = {**result, "models": reports, "paired_differences": differences}
-    code = _write_report(args.output, result, eval_suite.table(reports, differences))
+        differences = eval_suite.paired(per_model) if len(per_model) > 1 else {}
+        if len(reports) == 1:
+            result = {"model": args.model[0], **header, **next(iter(reports.values()))}
+        else:
+            result = {**header, "models": reports, "paired_differences": differences}
+        code = _write_report(args.output, result, eval_suite.table(reports, differences))
     if args.output:
         eval_suite.plot_pass_at_k(reports, Path(args.output) / "passk.png")
     return code
 
 
-def _load_for_eval(args: argparse.Namespace, name: str) -> tuple[Any, Any, str, Any]:
-    """(model on its device, tokenizer, the device in words, the autocast context) for ``zrl eval``."""
+def _generator(args: argparse.Namespace, name: str, backend: str) -> tuple[Any, str]:
+    """``zrl eval``'s generator for the model ``name`` (its path or hub id) and its device in words."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .devices import cpu_supports_bf16, cuda_available, describe
+    from .generation import TransformersGenerator, VLLMGenerator
     from .models import resolve_model
 
     device = args.device if args.device != "auto" else ("cuda" if cuda_available() else "cpu")
     native_bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_supports_bf16()
     bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16)
     path = resolve_model(name, args.output or ".")
-    model = AutoModelForCausalLM.from_pretrained(path).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if backend == "vllm":  # vLLM computes in the dtype itself (no autocast): bf16 weights where bf16 is native
+        where = f"vLLM on {device}, {'bf16' if bf16 else 'fp32'}"
+        print(f"{name}: {where}", file=sys.stderr)
+        return VLLMGenerator(str(path), tokenizer, dtype="bfloat16" if bf16 else "float32"), where
+    model = AutoModelForCausalLM.from_pretrained(path).to(device)
     print(f"{name}: device {describe(device, bf16)}", file=sys.stderr)
-    return (
-        model,
-        tokenizer,
-        describe(device, bf16),
-        torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16),
-    )
-
-
-def _evaluate_task(
-    args: argparse.Namespace, rows: list[dict[str, Any]], verifier: Any, verifier_name: str, generation: dict
-) -> int:
-    """One model on one task: ``zrl eval``'s flat report."""
-    from .evaluation import evaluate
-
-    model, tokenizer, where, autocast = _load_for_eval(args, args.model[0])
-    with autocast:
-        metrics = evaluate(model, tokenizer, rows, verifier, **generation)
-    metrics = {
-        "model": args.model[0],
-        "task": args.task,
-        "template": args.template,
-        "verifier": verifier_name,
-        "device": where,
-        **metrics,
-    }
-    table = "| metric | value |\n|---|---|\n" + "\n".join(
-        f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
-        for k, v in metrics.items()
-        if k != "completions"
-    )
-    return _write_report(args.output, metrics, table)
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
+    return TransformersGenerator(model, tokenizer, autocast), describe(device, bf16)
 
 
 def _write_report(output: str | None, report: dict[str, Any], table: str) -> int:
@@ -274,6 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("--seed", type=int, default=0, help="the recipes' seed, so the split matches")
     p_eval.add_argument("--output", default=None, help="directory for eval.json and eval.md")
     p_eval.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU if visible")
+    p_eval.add_argument(
+        "--backend",
+        choices=["auto", "vllm", "transformers"],
+        default="auto",
+        help="generation: vLLM where it is installed and has a device (GPU, or vLLM's CPU build), else transformers",
+    )
     p_eval.add_argument(
         "--precision",
         choices=["auto", "bf16", "fp32"],

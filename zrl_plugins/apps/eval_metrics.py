@@ -46,6 +46,44 @@ def majority_correct(answers: Sequence[Hashable | None], correct: Sequence[bool]
     return first_correct[winner]
 
 
+def vote_keys(
+    answers: Sequence[Sequence[str | None]],
+    equivalent: Callable[[Sequence[tuple[str, str]]], Sequence[bool]] | None = None,
+    top: int = 16,
+) -> list[list[int | None]]:
+    """Majority-vote keys of each problem's sampled answers: samples with equivalent answers share a key (``None``:
+    no answer). Answers written alike (up to surrounding whitespace) are one answer; with ``equivalent`` (pairs of
+    answers -> whether each pair is the same answer, e.g. by math-verify), the ``top`` answers given most often are
+    also merged pairwise — ``1/2`` and ``0.5`` vote together. All the problems' pairs go to ``equivalent`` in one
+    call. A key is the index of the answer that represents its class among the problem's distinct answers."""
+    distinct_rows: list[list[str]] = []
+    for row in answers:
+        counts: dict[str, int] = {}
+        for answer in row:
+            if answer is not None and answer.strip():
+                counts[answer.strip()] = counts.get(answer.strip(), 0) + 1
+        distinct_rows.append(sorted(counts, key=lambda a: -counts[a]))  # stable: ties keep first appearance
+    parents = [list(range(len(d))) for d in distinct_rows]
+    if equivalent is not None:
+        pairs = [(p, i, j) for p, d in enumerate(distinct_rows) for j in range(min(top, len(d))) for i in range(j)]
+        same = list(equivalent([(distinct_rows[p][j], distinct_rows[p][i]) for p, i, j in pairs])) if pairs else []
+        for (p, i, j), merged in zip(pairs, same, strict=True):
+            if merged:
+                root_i, root_j = _root(parents[p], i), _root(parents[p], j)
+                parents[p][max(root_i, root_j)] = min(root_i, root_j)  # the more frequent answer represents
+    keys = []
+    for row, distinct, parent in zip(answers, distinct_rows, parents, strict=True):
+        index = {answer: position for position, answer in enumerate(distinct)}
+        keys.append([_root(parent, index[a.strip()]) if a is not None and a.strip() else None for a in row])
+    return keys
+
+
+def _root(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        i = parent[i]
+    return i
+
+
 def bootstrap_interval(
     values: Sequence[float],
     statistic: Callable[[Sequence[float]], float] = lambda v: sum(v) / len(v),

@@ -64,6 +64,11 @@ class LastNumberVerifier:
             rewards.append(float(predicted is not None and abs(predicted - gold_value) <= self.tolerance))
         return rewards
 
+    def answers(self, completions: list[Any]) -> list[str | None]:
+        """The last number of each completion, written one way (``3.0`` and ``3`` alike), for majority votes."""
+        numbers = [last_number(completion_text(c)) for c in completions]
+        return [None if x is None or math.isnan(x) else format(x, ".12g") for x in numbers]
+
 
 _EQUATION_CHARS = re.compile(r"^[\d+\-*/().\s]+$")
 

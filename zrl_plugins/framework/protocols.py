@@ -25,6 +25,13 @@ class Verifier(Protocol):
 
     Optional attribute ``required_columns``: data set columns the verifier needs (e.g. the gold answer); the trainer
     checks them before training starts.
+
+    Optional methods for ``zrl eval``'s maj@k (majority vote; without ``answers`` maj@k is not reported):
+
+    - ``answers(completions) -> list[str | None]``: the final answer each completion gives, as the verifier
+      extracts it (``None``: none).
+    - ``equivalent(pairs) -> list[bool]``: whether each ``(answer, other)`` pair is the same answer written
+      differently (``1/2`` and ``0.5``), so that they vote together.
     """
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]: ...

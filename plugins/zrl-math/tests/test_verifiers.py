@@ -239,3 +239,17 @@ def test_an_item_out_of_time_inside_math_verify_is_a_timeout_not_wrong():
     assert grade("10^{10^{10}}!", "5", timeout=1) == "timeout"  # math-verify catches every Exception as "no match"
     assert time.perf_counter() - start < 3
     assert grade("\\frac{1}{2}", "0.5", timeout=1) == "correct"
+
+
+def test_answers_and_equivalence_for_majority_votes():
+    """What zrl eval's maj@k asks of math_correct: the extracted answers, and which pairs are one answer."""
+    from zrl_math import MathCorrect
+
+    verifier = MathCorrect(num_workers=0)
+    assert verifier.answers(["so $\\boxed{\\frac12}$", "The answer is 0.5.", "nothing"]) == ["\\frac12", "0.5", None]
+    assert verifier.equivalent([("0.5", "\\frac{1}{2}"), ("x=3", "3"), ("2", "3"), ("(1,2)", "[1,2]")]) == [
+        True,
+        True,
+        False,
+        False,
+    ]

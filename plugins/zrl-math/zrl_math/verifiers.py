@@ -113,6 +113,15 @@ class MathCorrect:
             log_metric(f"verifier/{self.__name__}/oom", float(counts["oom"]))
         return [self.rewards[o] for o in outcomes]
 
+    def answers(self, completions: list[Any]) -> list[str | None]:
+        """The final answer of each completion, as extracted for grading (``zrl eval``'s majority vote)."""
+        return [extract_answer(completion_text(c), self.extraction) for c in completions]
+
+    def equivalent(self, pairs: list[tuple[str, str]]) -> list[bool]:
+        """Whether each ``(answer, other)`` pair is one answer, by math-verify with ``other`` as the gold (so under the
+        same timeouts and worker processes as grading)."""
+        return [outcome == "correct" for outcome in self.grader.grade_many(list(pairs))]
+
     def close(self) -> None:
         """Stop the grading worker processes (they also stop at interpreter exit)."""
         self.grader.close()
