@@ -43,7 +43,7 @@ def test_math_correct_accepts_each_gold_as_written_in_a_box(name):
 
 
 def test_names_suites_and_errors(tmp_path):
-    assert [n for n, _ in selected(None, "simplerl_zoo")] == list(SUITES["simplerl_zoo"])
+    assert [n for n, _ in selected(None, "simplerl_zoo")] == list(SUITES["simplerl_zoo"].benchmarks)
     assert selected("gsm8k,aime24=local.jsonl", None) == [("gsm8k", None), ("aime24", "local.jsonl")]
     with pytest.raises(ConfigError, match="unknown benchmark 'gsm8" + "k2'; benchmarks: gsm8k, math500"):
         selected("gsm8k2", None)
@@ -139,6 +139,11 @@ def test_a_recipe_evaluates_during_training(tmp_path):
     assert logged[4]["eval/held_out/accuracy"] == summary["accuracy_after"]
     written = json.loads((tmp_path / "summary.json").read_text())
     assert sorted(written["evaluations"], key=int) == ["0", "2", "4"]
+    # `zrl eval` of this run's model prompts with the template it was trained with
+    from zrl_plugins.apps.cli import trained_template
+
+    name, kwargs = trained_template(str(tmp_path))
+    assert name == written["template"] == "plain" and kwargs["chat"] is False  # the random model: no chat template
     assert 0.0 <= written["evaluations"]["4"]["eval/gsm8k/pass@1"] <= 1.0
 
 
@@ -210,3 +215,39 @@ def test_last_number_answers_are_written_one_way():
 
     verifier = load_component("verifier", "last_number")
     assert verifier.answers(["so 3.0", "it is 3", "x = -2.50", "none"]) == ["3", "3", "-2.5", None]
+
+
+def test_the_eval_template_comes_from_the_flag_then_training_then_the_suite(tmp_path):
+    import argparse
+
+    from zrl_plugins import load_component
+    from zrl_plugins.apps.cli import eval_template
+
+    suite = SUITES["simplerl_zoo"]
+    assert (suite.max_new_tokens, suite.k) == (16_000, 0)  # SimpleRL-Zoo's scripts: greedy, 16k new tokens
+
+    def chosen(*models, template=None, kwargs=None, suite_name="simplerl_zoo"):
+        args = argparse.Namespace(model=list(models), template=template, template_kwargs=kwargs, suite=suite_name)
+        return eval_template(args, SUITES.get(suite_name))[:2]
+
+    assert chosen("Qwen/Qwen2.5-7B") == ("chat_boxed", {"system": "You are a helpful assistant."})
+    assert chosen("Qwen/Qwen2.5-7B", suite_name=None) == ("plain", {})
+    assert chosen("m", template="simple", kwargs='{"chat": true}') == ("simple", {"chat": True})
+    trained, other = tmp_path / "run", tmp_path / "other"
+    (trained / "checkpoint-50").mkdir(parents=True)
+    other.mkdir()
+    (trained / "summary.json").write_text(json.dumps({"template": "qwen_math", "template_kwargs": {"chat": False}}))
+    # a checkpoint of the run finds the run's summary one folder up; the base model is evaluated the same way
+    assert chosen("Qwen/Qwen2.5-7B", str(trained / "checkpoint-50")) == ("qwen_math", {"chat": False})
+    (other / "summary.json").write_text(json.dumps({"template": "r1_think", "template_kwargs": {}}))
+    with pytest.raises(ConfigError, match="trained with different templates.*choose one with --template"):
+        chosen(str(trained), str(other))
+    # the suite's template is SimpleRL-Zoo's qwen-boxed prompt
+    template = load_component("template", "chat_boxed", system="You are a helpful assistant.")
+    assert template("What is 1+1?") == [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {
+            "role": "user",
+            "content": "What is 1+1?\nPlease reason step by step, and put your final answer within \\boxed{}.",
+        },
+    ]

@@ -37,9 +37,30 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("amc23", "math-ai/amc23", "test", ("question", "problem"), ("answer",)),
     )
 }
-# SimpleRL-Zoo's evaluation table: these six and their average
-SUITES: dict[str, tuple[str, ...]] = {
-    "simplerl_zoo": ("gsm8k", "math500", "minerva", "olympiadbench", "aime24", "amc23"),
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A paper's evaluation table: its benchmarks and how it generated (used where the command line is silent)."""
+
+    benchmarks: tuple[str, ...]
+    template: str
+    template_kwargs: dict[str, Any]
+    max_new_tokens: int
+    k: int  # 0: greedy pass@1
+
+
+SUITES: dict[str, Suite] = {
+    # SimpleRL-Zoo (Zeng et al. 2025), its evaluation scripts (examples/simplelr_math_eval, Qwen2.5-Math's harness):
+    # the six benchmarks and their average, greedy (temperature 0, top-p 1), up to 16,000 new tokens, the
+    # "qwen-boxed" prompt: system "You are a helpful assistant.", the question and the boxed instruction as the user
+    "simplerl_zoo": Suite(
+        ("gsm8k", "math500", "minerva", "olympiadbench", "aime24", "amc23"),
+        template="chat_boxed",
+        template_kwargs={"system": "You are a helpful assistant."},
+        max_new_tokens=16_000,
+        k=0,
+    ),
 }
 
 
@@ -50,7 +71,7 @@ def selected(benchmarks: str | None, suite: str | None) -> list[tuple[str, str |
     if suite is not None:
         if suite not in SUITES:
             raise ConfigError(f"unknown suite {suite!r}; suites: {', '.join(SUITES)}")
-        chosen += [(name, None) for name in SUITES[suite]]
+        chosen += [(name, None) for name in SUITES[suite].benchmarks]
     for item in (benchmarks or "").split(","):
         if not item.strip():
             continue

@@ -66,7 +66,7 @@ def check_eval_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--n must be at least 1 held-out problem, got {args.n}")
     if args.k < 0:
         raise ConfigError(f"--k must be 0 (greedy only) or a number of samples per problem, got {args.k}")
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ConfigError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
     if args.k and not args.temperature > 0:
         raise ConfigError(f"--temperature must be > 0 to sample --k {args.k} completions, got {args.temperature}")
@@ -94,17 +94,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .tasks import with_prompts
 
     pm = get_plugin_manager()
+    chosen = benchmarks.selected(args.benchmarks, args.suite)
+    suite = benchmarks.SUITES[args.suite] if args.suite else None
+    template_name, template_kwargs, why = eval_template(args, suite)
+    print(f"template: {template_name} {template_kwargs or ''} ({why})", file=sys.stderr)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = suite.max_new_tokens if suite is not None else 256
     recipe = RecipeArguments(
         task=args.task,
         task_difficulty=args.task_difficulty,
         tier=args.tier,
-        template=args.template,
+        template=template_name,
         n_train=0,
         n_eval=args.n,
     )
-    template_kwargs = json.loads(args.template_kwargs) if args.template_kwargs else {}
-    template = pm.load_component("template", args.template, **template_kwargs)
-    chosen = benchmarks.selected(args.benchmarks, args.suite)
+    template = pm.load_component("template", template_name, **template_kwargs)
     if chosen:  # math benchmarks: graded by math_correct unless a verifier is named
         recipe.task = "benchmarks"
     names, kwargs = (
@@ -121,7 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     problems = {name: with_prompts(rows, template) for name, rows in problems.items()}
     generation = {"max_new_tokens": args.max_new_tokens, "k": args.k, "temperature": args.temperature}
     backend = choose_backend(args.backend, args.device)
-    settings = {**generation, "seed": args.seed, "template": args.template, "template_kwargs": template_kwargs,
+    settings = {**generation, "seed": args.seed, "template": template_name, "template_kwargs": template_kwargs,
                 "verifier": names[0], "backend": backend}  # fmt: skip
     cache = eval_suite.ProblemCache(Path(args.output) / "problems.jsonl" if args.output else None, settings)
     per_model, where = {}, ""
@@ -146,7 +150,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if close is not None:
                 close()
     reports = {name: eval_suite.report(per_benchmark) for name, per_benchmark in per_model.items()}
-    header = {"template": args.template, "verifier": names[0], "backend": backend, "device": where}
+    header = {
+        "template": template_name,
+        "template_kwargs": template_kwargs,
+        "verifier": names[0],
+        "backend": backend,
+        "device": where,
+    }
     if not chosen and len(args.model) == 1:  # one model on one task: the flat report
         records = per_model[args.model[0]][args.task]
         metrics = {"model": args.model[0], "task": args.task, **header, **eval_suite.summary(records)}
@@ -167,6 +177,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.output:
         eval_suite.plot_pass_at_k(reports, Path(args.output) / "passk.png")
     return code
+
+
+def trained_template(model: str) -> tuple[str, dict[str, Any]] | None:
+    """The template a zrl run trained ``model`` with: its ``summary.json``, in the model's folder (a recipe's
+    ``output_dir``) or the one above it (a checkpoint's); ``None`` for other models."""
+    for folder in (Path(model), Path(model).parent):
+        summary = folder / "summary.json"
+        if Path(model).is_dir() and summary.is_file():
+            try:
+                written = json.loads(summary.read_text())
+            except ValueError:
+                return None
+            if isinstance(written, dict) and isinstance(written.get("template"), str):
+                return written["template"], dict(written.get("template_kwargs") or {})
+    return None
+
+
+def eval_template(args: argparse.Namespace, suite: Any) -> tuple[str, dict[str, Any], str]:
+    """``zrl eval``'s prompt template, its keyword arguments and why: ``--template``; else the one the models were
+    trained with (every model evaluated with the same one, so that their difference is the models'); else the
+    suite's; else ``plain``. ``--template_kwargs`` update the keyword arguments of whichever it is."""
+    given = json.loads(args.template_kwargs) if args.template_kwargs else {}
+    if args.template is not None:
+        return args.template, given, "--template"
+    trained = {m: t for m in args.model if (t := trained_template(m)) is not None}
+    if len({json.dumps(t, sort_keys=True) for t in trained.values()}) > 1:
+        listed = "; ".join(f"{m}: {t[0]} {t[1]}" for m, t in trained.items())
+        raise ConfigError(f"the models were trained with different templates ({listed}); choose one with --template")
+    if trained:
+        model, (name, kwargs) = next(iter(trained.items()))
+        return name, {**kwargs, **given}, f"the template {model} was trained with, from its summary.json"
+    if suite is not None:
+        return suite.template, {**suite.template_kwargs, **given}, f"the {args.suite} suite's"
+    return "plain", given, "the default"
 
 
 def _generator(args: argparse.Namespace, name: str, backend: str) -> tuple[Any, str]:
@@ -248,7 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_eval.add_argument("--task", default="addition", help="addition | word_problems | countdown | records file/hub")
     p_eval.add_argument("--task_difficulty", type=int, default=2)
     p_eval.add_argument("--tier", default=None, help="easy | medium | hard (MATH-style records)")
-    p_eval.add_argument("--template", default="plain", help="prompt template by name")
+    p_eval.add_argument(
+        "--template",
+        default=None,
+        help="prompt template by name (default: the one a zrl run trained the model with, from its summary.json; "
+        "else the suite's; else plain)",
+    )
     p_eval.add_argument("--template_kwargs", default=None, help="JSON keyword arguments of the template")
     p_eval.add_argument("--verifier", default=None, help="verifier by name (default: the task's)")
     p_eval.add_argument(
@@ -257,11 +306,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="math benchmarks by name, comma-separated (gsm8k, math500, minerva, olympiadbench, aime24, amc23); "
         "name=FILE reads a local file in that benchmark's schema. Graded by math_correct unless --verifier",
     )
-    p_eval.add_argument("--suite", default=None, help="a named set of benchmarks: simplerl_zoo (SimpleRL-Zoo's six)")
+    p_eval.add_argument(
+        "--suite",
+        default=None,
+        help="a paper's evaluation: simplerl_zoo (SimpleRL-Zoo's six benchmarks, its qwen-boxed prompt, greedy, up "
+        "to 16,000 new tokens; --template / --max_new_tokens override)",
+    )
     p_eval.add_argument("--n", type=int, default=200, help="problems (the recipes' held-out split; per benchmark)")
     p_eval.add_argument("--k", type=int, default=0, help="samples per problem for pass@k (0 = greedy only)")
     p_eval.add_argument("--temperature", type=float, default=1.0)
-    p_eval.add_argument("--max_new_tokens", type=int, default=256)
+    p_eval.add_argument(
+        "--max_new_tokens", type=int, default=None, help="generation budget (default: the suite's, else 256)"
+    )
     p_eval.add_argument("--seed", type=int, default=0, help="the recipes' seed, so the split matches")
     p_eval.add_argument("--output", default=None, help="directory for eval.json and eval.md")
     p_eval.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU if visible")

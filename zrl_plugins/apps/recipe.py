@@ -211,6 +211,7 @@ class PreparedRun:
     # eval_benchmarks: their rows (prompts from the run's template) and math_correct grading them
     benchmark_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     benchmark_verifier: Any = None
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # as the template was built (random models: chat off)
 
     @property
     def eval_budget(self) -> int:
@@ -368,6 +369,7 @@ def prepare(
         trainer_class=trainer_class,
         benchmark_rows=benchmark_rows,
         benchmark_verifier=benchmark_verifier,
+        template_kwargs=template_kwargs,
     )
 
 
@@ -414,6 +416,7 @@ def run(method: str, argv: Sequence[str] | None = None, plugins: Sequence[Any] =
         "model": model_args.model_name_or_path,
         "task": recipe.task,
         "template": recipe.template,
+        "template_kwargs": prepared.template_kwargs,  # with the template: what `zrl eval` prompts this model with
         "verifiers": config.verifiers,
         "normalizer": advantage_method(config),
         "kl_penalty": config.kl_penalty,

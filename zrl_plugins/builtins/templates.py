@@ -39,10 +39,11 @@ def simple(chat: bool = False) -> TextTemplate:
     return TextTemplate("Question:\n{question}\nAnswer:\nLet's think step by step.\n", chat=chat)
 
 
-def chat_boxed(chat: bool = True) -> TextTemplate:
-    """SimpleRL-Zoo's chat prompt asking for the final answer in ``\\boxed{}``."""
+def chat_boxed(chat: bool = True, system: str | None = None) -> TextTemplate:
+    """SimpleRL-Zoo's chat prompt asking for the final answer in ``\\boxed{}`` (its "qwen-boxed" with
+    ``system="You are a helpful assistant."``)."""
     instruction = BOXED_INSTRUCTION.replace("{", "{{").replace("}", "}}")  # literal braces under str.format
-    return TextTemplate("{question}\n" + instruction, chat=chat, answer_format="boxed")
+    return TextTemplate("{question}\n" + instruction, chat=chat, system=system, answer_format="boxed")
 
 
 def qwen_math(chat: bool = True) -> TextTemplate:
