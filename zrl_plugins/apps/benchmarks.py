@@ -4,8 +4,9 @@
 Each benchmark names its Hub data set, split and the columns its question and gold answer may be in (the schemas of
 the data set cards). The gold goes through :func:`~zrl_plugins.apps.loaders.gold_answer`: GSM8K's ``#### 42``, a
 MATH solution's last ``\\boxed{}``, or the answer column as it is; OlympiadBench's one-element answer lists are
-unwrapped. ``name=path`` reads a local JSON / JSONL / Parquet file in the benchmark's schema instead (offline, and how
-the tests run: ``tests/data/benchmarks/``).
+unwrapped, and several answers are joined as one tuple (``1, 2``), as peers' harnesses do. ``name=path`` reads a
+local JSON / JSONL / Parquet file in the benchmark's schema instead (offline, and how the tests run:
+``tests/data/benchmarks/``).
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def _column(columns: list[str], candidates: tuple[str, ...], what: str, benchmar
 
 def _gold(record: dict[str, Any], column: str) -> str | None:
     value = record.get(column)
-    if isinstance(value, list | tuple):  # OlympiadBench: ["$\\frac{1}{2}$"]
-        value = value[0] if len(value) == 1 else None
+    if isinstance(value, list | tuple):  # OlympiadBench: ["$\\frac{1}{2}$"]; several answers: one tuple "1, 2"
+        parts = [str(v).strip().strip("$").strip() for v in value]
+        value = ", ".join(parts) if len(parts) > 1 else (f"${parts[0]}$" if parts else None)
         record = {**record, column: value}
     return gold_answer(record, column) if value is not None else None
 
