@@ -131,10 +131,13 @@ def test_a_recipe_evaluates_during_training(tmp_path):
     from tests.test_recipes import TINY_OVERRIDES
     from zrl_plugins.apps.recipe import run
 
-    flags = ["--max_steps", "4", "--eval_every", "2", "--eval_benchmarks", f"gsm8k={FIXTURES / 'gsm8k.jsonl'}"]
+    flags = ["--max_steps", "4", "--eval_every", "2", "--eval_benchmarks", f"gsm8k={FIXTURES / 'gsm8k.jsonl'}",
+             "--eval_benchmarks_k", "2"]  # fmt: skip
     summary = run("dr_grpo", ["--preset", "cpu-demo", *TINY_OVERRIDES, *flags, "--output_dir", str(tmp_path)])
     logged = {h["step"]: h for h in summary["log_history"] if "loss" in h}
     assert "eval/held_out/accuracy" in logged[2] and "eval/gsm8k/pass@1" in logged[2]
+    for key in ("avg@2", "pass@2", "mean_length", "truncation_rate"):  # from 2 samples per problem, and greedy
+        assert 0.0 <= logged[2][f"eval/gsm8k/{key}"] <= (1.0 if "@" in key or "rate" in key else 1e4)
     assert "eval/held_out/accuracy" in logged[4] and "eval/held_out/accuracy" not in logged[3]
     assert logged[4]["eval/held_out/accuracy"] == summary["accuracy_after"]
     written = json.loads((tmp_path / "summary.json").read_text())
@@ -251,3 +254,36 @@ def test_the_eval_template_comes_from_the_flag_then_training_then_the_suite(tmp_
             "content": "What is 1+1?\nPlease reason step by step, and put your final answer within \\boxed{}.",
         },
     ]
+
+
+def test_zrl_eval_on_a_generated_task_uses_the_runs_held_out_split(tiny_model_path, tmp_path):
+    """--n_train with --n and --seed give task_rows what a recipe run gives it, so the held-out word problems are the
+    run's (zrl eval asked for no training problem before, which a generated task refused)."""
+    from zrl_plugins.apps.recipe import RecipeArguments, task_rows
+
+    out = tmp_path / "out"
+    assert _eval("--model", tiny_model_path, "--task", "word_problems", "--n", "3", "--n_train", "10",
+                 "--template_kwargs", '{"chat": false}', "--output", str(out)) == 0  # fmt: skip
+    held_out = task_rows(RecipeArguments(task="word_problems", n_train=10, n_eval=3), 0)[1]
+    cached = [json.loads(line) for line in (out / "problems.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in cached] == [0, 1, 2]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["task"] == "word_problems" and report["n"] == len(held_out) == 3
+
+
+def test_evaluations_during_training_leave_training_as_it_was(tmp_path):
+    """Sampled benchmark evaluations every step draw from a forked RNG: the run trains exactly as one without them
+    (same rewards and losses at every step)."""
+    from tests.test_recipes import TINY_OVERRIDES
+    from zrl_plugins.apps.recipe import run
+
+    common = ["--preset", "cpu-demo", *TINY_OVERRIDES, "--max_steps", "3", "--logging_steps", "1"]
+    plain = run("dr_grpo", [*common, "--output_dir", str(tmp_path / "plain")])
+    benchmark = ["--eval_benchmarks", f"gsm8k={FIXTURES / 'gsm8k.jsonl'}", "--eval_benchmarks_k", "2"]
+    evaluated = run("dr_grpo", [*common, "--output_dir", str(tmp_path / "evaluated"), "--eval_every", "1", *benchmark])
+
+    def trained(summary):
+        return [(h["step"], h["loss"], h["reward"]) for h in summary["log_history"] if "loss" in h]
+
+    assert trained(evaluated) == trained(plain)
+    assert any("eval/gsm8k/avg@2" in h for h in evaluated["log_history"])

@@ -105,7 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         task_difficulty=args.task_difficulty,
         tier=args.tier,
         template=template_name,
-        n_train=0,
+        n_train=args.n_train,
         n_eval=args.n,
     )
     template = pm.load_component("template", template_name, **template_kwargs)
@@ -313,6 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "to 16,000 new tokens; --template / --max_new_tokens override)",
     )
     p_eval.add_argument("--n", type=int, default=200, help="problems (the recipes' held-out split; per benchmark)")
+    p_eval.add_argument(
+        "--n_train",
+        type=int,
+        default=2000,
+        help="the run's n_train: with --n (its n_eval) and --seed, the generated tasks' held-out split is the run's",
+    )
     p_eval.add_argument("--k", type=int, default=0, help="samples per problem for pass@k (0 = greedy only)")
     p_eval.add_argument("--temperature", type=float, default=1.0)
     p_eval.add_argument(

@@ -99,13 +99,21 @@ class RecipeArguments:
     eval_benchmarks: str | None = field(
         default=None,
         metadata={
-            "help": "Math benchmarks measured during training (greedy pass@1, at the start, every `eval_every` steps "
+            "help": "Math benchmarks measured during training (greedy pass@1, lengths, truncation; avg@k with "
+            "`eval_benchmarks_k`; at the start, every `eval_every` steps "
             "and at the end; graded by math_correct): comma-separated names or name=FILE, as in `zrl eval "
             "--benchmarks`. The final values go to summary.json."
         },
     )
     eval_benchmarks_n: int = field(
         default=100, metadata={"help": "Problems of each of `eval_benchmarks` measured (the first ones, fixed)."}
+    )
+    eval_benchmarks_k: int = field(
+        default=0,
+        metadata={
+            "help": "Samples per problem of `eval_benchmarks` (temperature 1, seeded by the step, the training RNG "
+            "untouched): also logs eval/<benchmark>/avg@k and pass@k. 0: greedy pass@1 only."
+        },
     )
     split_seed: int | None = field(
         default=None,
@@ -252,7 +260,7 @@ class PreparedRun:
             rows = self.eval_rows if self.recipe.n_eval else []
             measured = HeldOutAccuracy(
                 trainer, rows, self.verifier, self.eval_budget, before, log, self.recipe.eval_every,
-                self.benchmark_rows, self.benchmark_verifier,
+                self.benchmark_rows, self.benchmark_verifier, self.recipe.eval_benchmarks_k,
             )  # fmt: skip
             trainer.add_callback(measured)
         return use_console(trainer, self.method)
@@ -345,6 +353,13 @@ def prepare(
     needed = {first: tuple(verifier.required_columns)} if isinstance(verifier, NeedsColumns) else {}
     check_training_data(train_rows, needed)  # before the model loads
     benchmark_rows, benchmark_verifier = {}, None
+    if recipe.eval_every is not None and recipe.eval_every < 1:
+        raise ConfigError(f"eval_every must be a number of steps >= 1 (or unset), got {recipe.eval_every}")
+    if recipe.eval_benchmarks_n < 1 or recipe.eval_benchmarks_k < 0:
+        raise ConfigError(
+            f"eval_benchmarks_n must be >= 1 and eval_benchmarks_k >= 0 (0: greedy only), got "
+            f"{recipe.eval_benchmarks_n} and {recipe.eval_benchmarks_k}"
+        )
     if recipe.eval_benchmarks:  # read before the model loads too
         from . import benchmarks
 
