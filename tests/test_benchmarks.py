@@ -69,6 +69,8 @@ def test_zrl_eval_on_two_benchmarks(tiny_model_path, tmp_path):
     assert report["benchmarks"]["gsm8k"]["n"] == 3 and report["benchmarks"]["amc23"]["n"] == 2
     average = (report["benchmarks"]["gsm8k"]["pass@2"] + report["benchmarks"]["amc23"]["pass@2"]) / 2
     assert report["average"]["pass@2"] == pytest.approx(average)
+    low, high = report["average"]["pass@2_95ci"]  # resampled within each benchmark
+    assert low <= report["average"]["pass@2"] <= high
     assert "| average |" in (tmp_path / "eval.md").read_text()
 
 
@@ -91,6 +93,11 @@ def test_two_models_side_by_side_with_the_paired_difference_and_passk_png(tiny_m
     assert list(report["models"]) == [tiny_model_path, str(trained)]
     difference = report["paired_differences"][str(trained)]["gsm8k"]
     assert difference["minus"] == tiny_model_path and difference["difference"] == 0.0
+    assert report["paired_differences"][str(trained)]["average"] == {
+        "minus": tiny_model_path,
+        "difference": 0.0,
+        "95ci": [0.0, 0.0],
+    }
     assert (out / "passk.png").stat().st_size > 10_000
     assert "Paired difference of greedy pass@1" in (out / "eval.md").read_text()
 

@@ -107,3 +107,15 @@ def test_vote_keys_group_answers_written_alike_and_merge_equivalent_ones():
     asked.clear()
     vote_keys(rows, equivalent, top=2)
     assert len(asked) == 2
+
+
+def test_stratified_interval_resamples_within_benchmarks():
+    from zrl_plugins.apps.eval_metrics import stratified_interval
+
+    values = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+    assert stratified_interval([values]) == bootstrap_interval(values)  # one benchmark: the plain bootstrap
+    # every benchmark keeps its weight in the macro mean: 2 solved problems and 100 failed ones average to 0.5,
+    # and with no spread inside a benchmark there is none in its mean
+    assert stratified_interval([[1.0, 1.0], [0.0] * 100]) == (0.5, 0.5)
+    low, high = stratified_interval([values, [0.0, 1.0] * 20])
+    assert low < (4 / 7 + 0.5) / 2 < high

@@ -29,6 +29,7 @@ def test_vllm_and_transformers_generate_alike(tmp_path):
     assert len({text for row in samples for text, _, _ in row}) > 10, "samples should differ"
     # problem 2's samples do not depend on the problems generated with it: a resume draws what a full run draws
     assert result["alone"] == samples[2]
+    assert result["long_samples"] == 48 * 4
 
 
 def _zrl_eval(out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -104,6 +104,28 @@ def bootstrap_interval(
     return low, high
 
 
+def stratified_interval(
+    groups: Sequence[Sequence[float]], resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> Interval:
+    """The percentile bootstrap interval of the macro mean over ``groups`` (benchmarks) of their means: each resample
+    draws every group's problems with replacement within the group, so each benchmark keeps its size and weight.
+    With one group it is :func:`bootstrap_interval` of its mean, draw for draw."""
+    if not groups or not all(groups):
+        raise ValueError("an interval over no problems")
+    rng = random.Random(seed)
+
+    def draw() -> float:
+        means = []
+        for values in groups:
+            n = len(values)
+            means.append(sum(values[rng.randrange(n)] for _ in range(n)) / n)
+        return sum(means) / len(means)
+
+    draws = sorted(draw() for _ in range(resamples))
+    tail = (1.0 - confidence) / 2
+    return draws[math.floor(tail * (resamples - 1))], draws[math.ceil((1.0 - tail) * (resamples - 1))]
+
+
 def paired_difference(a: Sequence[float], b: Sequence[float], **bootstrap: int | float) -> tuple[float, Interval]:
     """The mean of b − a over the same problems (e.g. trained minus base), with its bootstrap interval (problems are
     resampled in pairs, so what the two models share cancels)."""
@@ -113,6 +135,11 @@ def paired_difference(a: Sequence[float], b: Sequence[float], **bootstrap: int |
     return sum(differences) / len(differences), bootstrap_interval(differences, **bootstrap)
 
 
+def default_ks(n: int) -> list[int]:
+    """The k of a pass@k curve from ``n`` samples: 1, 2, 4, … up to ``n``, and ``n``."""
+    return sorted({*(2**i for i in range(int(math.log2(n)) + 1)), n})
+
+
 def pass_at_k_curve(correct: Sequence[Sequence[bool]], ks: Sequence[int] | None = None) -> dict[int, dict[str, float]]:
     """pass@k for each k (default: 1, 2, 4, … up to the samples per problem, and that number), each with its
     estimate (the mean of the per-problem estimators) and 95 % bootstrap interval over problems."""
@@ -120,7 +147,7 @@ def pass_at_k_curve(correct: Sequence[Sequence[bool]], ks: Sequence[int] | None 
     if any(len(row) != n for row in correct):
         raise ValueError("pass@k curves need the same number of samples for every problem")
     if ks is None:
-        ks = sorted({*(2**i for i in range(int(math.log2(n)) + 1)), n})
+        ks = default_ks(n)
     curve = {}
     for k in ks:
         per_problem = [pass_at_k(n, sum(map(bool, row)), k) for row in correct]

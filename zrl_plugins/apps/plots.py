@@ -44,12 +44,13 @@ def plot_training(log_history: list[dict[str, Any]], path: str | Path, title: st
         print(MISSING_MATPLOTLIB.format(path=path), file=sys.stderr, flush=True)
         return None
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
-    evaluated = sorted(
-        {k for h in log_history for k in h if k.startswith("eval/") and k.endswith(("/accuracy", "/pass@1"))}
-    )
+    measured = sorted({k for h in log_history for k in h if k.startswith("eval/")})
+    evaluated = [k for k in measured if k.endswith(("/accuracy", "/pass@1")) or "/avg@" in k]
     for ax, (name, keys) in zip(axes.flat, PANELS, strict=True):
         if name == "reward and accuracy":  # the held-out curve and benchmarks measured during training
             keys = (*keys, *evaluated)
+        elif name.startswith("completion length"):  # the benchmarks' greedy answers, beside the rollouts'
+            keys = (*keys, *(k for k in measured if k.endswith("/mean_length")))
         for key in keys:
             points = [(h["step"], h[key]) for h in log_history if key in h and "step" in h]
             if points:
