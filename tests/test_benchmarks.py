@@ -163,6 +163,7 @@ class CannedGenerator:
 
     name = "canned"
     chunk = 2
+    per_problem_seeds = True  # like vLLM: a problem's samples do not depend on the others in its chunk
 
     def __init__(self, greedy, samples):
         self.greedy, self.samples, self.calls = greedy, samples, []
@@ -234,7 +235,7 @@ def test_the_eval_template_comes_from_the_flag_then_training_then_the_suite(tmp_
     from zrl_plugins.apps.cli import eval_template
 
     suite = SUITES["simplerl_zoo"]
-    assert (suite.max_new_tokens, suite.k) == (16_000, 0)  # SimpleRL-Zoo's scripts: greedy, 16k new tokens
+    assert suite.max_new_tokens == 16_000  # SimpleRL-Zoo's scripts: greedy, 16k new tokens
 
     def chosen(*models, template=None, kwargs=None, suite_name="simplerl_zoo"):
         args = argparse.Namespace(model=list(models), template=template, template_kwargs=kwargs, suite=suite_name)
@@ -248,10 +249,13 @@ def test_the_eval_template_comes_from_the_flag_then_training_then_the_suite(tmp_
     other.mkdir()
     (trained / "summary.json").write_text(json.dumps({"template": "qwen_math", "template_kwargs": {"chat": False}}))
     # a checkpoint of the run finds the run's summary one folder up; the base model is evaluated the same way
-    assert chosen("Qwen/Qwen2.5-7B", str(trained / "checkpoint-50")) == ("qwen_math", {"chat": False})
+    checkpoint = str(trained / "checkpoint-50")
+    assert chosen("Qwen/Qwen2.5-7B", checkpoint, suite_name=None) == ("qwen_math", {"chat": False})
+    # a suite asked for by name is the paper's protocol: its prompt wins over the trained one
+    assert chosen("Qwen/Qwen2.5-7B", checkpoint)[0] == "chat_boxed"
     (other / "summary.json").write_text(json.dumps({"template": "r1_think", "template_kwargs": {}}))
     with pytest.raises(ConfigError, match="trained with different templates.*choose one with --template"):
-        chosen(str(trained), str(other))
+        chosen(str(trained), str(other), suite_name=None)
     # the suite's template is SimpleRL-Zoo's qwen-boxed prompt
     template = load_component("template", "chat_boxed", system="You are a helpful assistant.")
     assert template("What is 1+1?") == [
@@ -265,32 +269,113 @@ def test_the_eval_template_comes_from_the_flag_then_training_then_the_suite(tmp_
 
 def test_zrl_eval_on_a_generated_task_uses_the_runs_held_out_split(tiny_model_path, tmp_path):
     """--n_train with --n and --seed give task_rows what a recipe run gives it, so the held-out word problems are the
-    run's (zrl eval asked for no training problem before, which a generated task refused)."""
+    run's (zrl eval asked for no training problem before, which a generated task refused): the cached problems'
+    fingerprints are those of the run's held-out rows, and another --n_train holds out other problems."""
+    from zrl_plugins import load_component
+    from zrl_plugins.apps.eval_suite import problem_fingerprint
     from zrl_plugins.apps.recipe import RecipeArguments, task_rows
+    from zrl_plugins.apps.tasks import with_prompts
 
-    out = tmp_path / "out"
-    assert _eval("--model", tiny_model_path, "--task", "word_problems", "--n", "3", "--n_train", "10",
-                 "--template_kwargs", '{"chat": false}', "--output", str(out)) == 0  # fmt: skip
-    held_out = task_rows(RecipeArguments(task="word_problems", n_train=10, n_eval=3), 0)[1]
-    cached = [json.loads(line) for line in (out / "problems.jsonl").read_text().splitlines()]
-    assert [r["index"] for r in cached] == [0, 1, 2]
-    report = json.loads((out / "eval.json").read_text())
-    assert report["task"] == "word_problems" and report["n"] == len(held_out) == 3
+    template = load_component("template", "plain", chat=False)
+
+    def evaluated(n_train):
+        out = tmp_path / f"out{n_train}"
+        assert _eval("--model", tiny_model_path, "--task", "word_problems", "--n", "3", "--n_train", str(n_train),
+                     "--template_kwargs", '{"chat": false}', "--output", str(out)) == 0  # fmt: skip
+        return [json.loads(line)["problem"] for line in (out / "problems.jsonl").read_text().splitlines()]
+
+    def held_out(n_train):
+        rows = task_rows(RecipeArguments(task="word_problems", n_train=n_train, n_eval=3), 0)[1]
+        return [problem_fingerprint(row) for row in with_prompts(rows, template)]
+
+    assert evaluated(10) == held_out(10)
+    assert evaluated(50) == held_out(50) != held_out(10)
 
 
-def test_evaluations_during_training_leave_training_as_it_was(tmp_path):
-    """Sampled benchmark evaluations every step draw from a forked RNG: the run trains exactly as one without them
-    (same rewards and losses at every step)."""
-    from tests.test_recipes import TINY_OVERRIDES
-    from zrl_plugins.apps.recipe import run
+def test_sampled_evaluations_leave_the_training_rng_as_it_was(tiny_model_path):
+    """Evaluations during training draw their samples from a forked RNG seeded by the step: the training run's
+    random stream is the same after them (so a run with evaluations trains as one without), and the samples repeat.
+    Without the fork the state moves (the control)."""
+    import contextlib
+    from types import SimpleNamespace
 
-    common = ["--preset", "cpu-demo", *TINY_OVERRIDES, "--max_steps", "3", "--logging_steps", "1"]
-    plain = run("dr_grpo", [*common, "--output_dir", str(tmp_path / "plain")])
-    benchmark = ["--eval_benchmarks", f"gsm8k={FIXTURES / 'gsm8k.jsonl'}", "--eval_benchmarks_k", "2"]
-    evaluated = run("dr_grpo", [*common, "--output_dir", str(tmp_path / "evaluated"), "--eval_every", "1", *benchmark])
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    def trained(summary):
-        return [(h["step"], h["loss"], h["reward"]) for h in summary["log_history"] if "loss" in h]
+    from zrl_plugins import load_component
+    from zrl_plugins.apps import held_out
+    from zrl_plugins.apps.tasks import with_prompts
 
-    assert trained(evaluated) == trained(plain)
-    assert any("eval/gsm8k/avg@2" in h for h in evaluated["log_history"])
+    template = load_component("template", "plain", chat=False)
+    rows = with_prompts(load_benchmark("gsm8k", str(FIXTURES / "gsm8k.jsonl")), template)
+    trainer = SimpleNamespace(
+        accelerator=Accelerator(cpu=True),
+        model_wrapped=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
+    )
+    verifier = load_component("verifier", "math_correct", num_workers=0)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = held_out.sharded_scores(trainer, rows, verifier, max_new_tokens=6, k=2, seed=4)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert [r["completion"] for r in first] == [
+        r["completion"] for r in held_out.sharded_scores(trainer, rows, verifier, max_new_tokens=6, k=2, seed=4)
+    ]
+    original = torch.random.fork_rng
+    try:
+        torch.random.fork_rng = lambda **kwargs: contextlib.nullcontext()
+        held_out.sharded_scores(trainer, rows, verifier, max_new_tokens=6, k=2, seed=4)
+        assert not torch.equal(torch.get_rng_state(), state)
+    finally:
+        torch.random.fork_rng = original
+
+
+def test_cached_results_belong_to_their_problem_and_model(tmp_path):
+    """A cached result is reused only for the same problem (prompt and gold) and the same model files: a changed
+    data file or a model retrained into the same folder is generated again."""
+    from zrl_plugins import load_component
+    from zrl_plugins.apps import eval_suite
+
+    box = "The answer is $\\boxed{{{}}}$.".format
+    rows = [{"prompt": "p0", "answer": "1"}, {"prompt": "p1", "answer": "2"}]
+    verifier = load_component("verifier", "math_correct", num_workers=0)
+    path = tmp_path / "problems.jsonl"
+
+    def evaluate(rows, model_id="m1"):
+        generate = CannedGenerator([box("1"), box("2")], [[], []])
+        records = eval_suite.evaluate_problems(
+            generate, rows, verifier, cache=eval_suite.ProblemCache(path), model_name="m", benchmark="b",
+            model_id=model_id,
+        )  # fmt: skip
+        return [i for call in generate.calls for i in call], [r["score"] for r in records]
+
+    assert evaluate(rows) == ([0, 1], [1.0, 1.0])
+    assert evaluate(rows) == ([], [1.0, 1.0])  # cached
+    changed = [rows[0], {"prompt": "p1", "answer": "3"}]  # the data file's second gold changed
+    assert evaluate(changed) == ([1], [1.0, 0.0])
+    assert evaluate(changed, model_id="m2") == ([0, 1], [1.0, 0.0])  # the model's files changed
+
+
+def test_a_chunk_seeded_generator_regenerates_whole_chunks_on_resume(tmp_path):
+    """transformers seeds a chunk, not a problem: a resume regenerates the chunk a lost problem belongs to, whole
+    and with the same problems, so it draws what the unbroken run drew."""
+    from zrl_plugins import load_component
+    from zrl_plugins.apps import eval_suite
+
+    class ChunkSeeded(CannedGenerator):
+        per_problem_seeds = False
+
+    rows = [{"prompt": f"p{i}", "answer": str(i)} for i in range(5)]
+    verifier = load_component("verifier", "math_correct", num_workers=0)
+    path = tmp_path / "problems.jsonl"
+    generate = ChunkSeeded([f"$\\boxed{{{i}}}$" for i in range(5)], [[] for _ in range(5)])
+    eval_suite.evaluate_problems(generate, rows, verifier, cache=eval_suite.ProblemCache(path), model_name="m",
+                                 benchmark="b")  # fmt: skip
+    assert generate.calls == [[0, 1], [2, 3], [4]]  # fixed chunks of 2
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # problem 2 lost
+    generate.calls.clear()
+    eval_suite.evaluate_problems(generate, rows, verifier, cache=eval_suite.ProblemCache(path), model_name="m",
+                                 benchmark="b")  # fmt: skip
+    assert generate.calls == [[2, 3]]

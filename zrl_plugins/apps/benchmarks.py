@@ -47,8 +47,7 @@ class Suite:
     benchmarks: tuple[str, ...]
     template: str
     template_kwargs: dict[str, Any]
-    max_new_tokens: int
-    k: int  # 0: greedy pass@1
+    max_new_tokens: int  # greedy pass@1 (add --k for samples)
 
 
 SUITES: dict[str, Suite] = {
@@ -60,7 +59,6 @@ SUITES: dict[str, Suite] = {
         template="chat_boxed",
         template_kwargs={"system": "You are a helpful assistant."},
         max_new_tokens=16_000,
-        k=0,
     ),
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -68,6 +69,8 @@ def check_eval_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--k must be 0 (greedy only) or a number of samples per problem, got {args.k}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ConfigError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
+    if args.k > 4096:
+        raise ConfigError(f"--k is at most 4096 samples per problem (their seeds are spaced 4099 apart), got {args.k}")
     if args.k and not args.temperature > 0:
         raise ConfigError(f"--temperature must be > 0 to sample --k {args.k} completions, got {args.temperature}")
     if args.output:
@@ -125,12 +128,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     problems = {name: with_prompts(rows, template) for name, rows in problems.items()}
     generation = {"max_new_tokens": args.max_new_tokens, "k": args.k, "temperature": args.temperature}
     backend = choose_backend(args.backend, args.device)
+    # what every score depends on besides the problem and the model (which each record carries a fingerprint of)
     settings = {**generation, "seed": args.seed, "template": template_name, "template_kwargs": template_kwargs,
-                "verifier": names[0], "backend": backend}  # fmt: skip
+                "verifier": names[0], "verifier_kwargs": kwargs.get(names[0], {}), "backend": backend,
+                "precision": args.precision, "device": args.device}  # fmt: skip
+    if not args.k:
+        del settings["temperature"]  # greedy only: the temperature changes nothing
     cache = eval_suite.ProblemCache(Path(args.output) / "problems.jsonl" if args.output else None, settings)
     per_model, where = {}, ""
     for model_name in args.model:
-        generate, where = _generator(args, model_name, backend)
+        generate, where, model_id = _generator(args, model_name, backend, problems)
         try:
             per_model[model_name] = {
                 name: eval_suite.evaluate_problems(
@@ -141,6 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     model_name=model_name,
                     benchmark=name,
                     seed=args.seed,
+                    model_id=model_id,
                     **generation,
                 )
                 for name, rows in problems.items()
@@ -195,12 +203,15 @@ def trained_template(model: str) -> tuple[str, dict[str, Any]] | None:
 
 
 def eval_template(args: argparse.Namespace, suite: Any) -> tuple[str, dict[str, Any], str]:
-    """``zrl eval``'s prompt template, its keyword arguments and why: ``--template``; else the one the models were
-    trained with (every model evaluated with the same one, so that their difference is the models'); else the
-    suite's; else ``plain``. ``--template_kwargs`` update the keyword arguments of whichever it is."""
+    """``zrl eval``'s prompt template, its keyword arguments and why: ``--template``; else the suite's (a paper's
+    protocol, asked for by name); else the one the models were trained with (every model evaluated with the same
+    one, so that their difference is the models'); else ``plain``. ``--template_kwargs`` update the keyword
+    arguments of whichever it is."""
     given = json.loads(args.template_kwargs) if args.template_kwargs else {}
     if args.template is not None:
         return args.template, given, "--template"
+    if suite is not None:
+        return suite.template, {**suite.template_kwargs, **given}, f"the {args.suite} suite's"
     trained = {m: t for m in args.model if (t := trained_template(m)) is not None}
     if len({json.dumps(t, sort_keys=True) for t in trained.values()}) > 1:
         listed = "; ".join(f"{m}: {t[0]} {t[1]}" for m, t in trained.items())
@@ -208,17 +219,33 @@ def eval_template(args: argparse.Namespace, suite: Any) -> tuple[str, dict[str, 
     if trained:
         model, (name, kwargs) = next(iter(trained.items()))
         return name, {**kwargs, **given}, f"the template {model} was trained with, from its summary.json"
-    if suite is not None:
-        return suite.template, {**suite.template_kwargs, **given}, f"the {args.suite} suite's"
     return "plain", given, "the default"
 
 
-def _generator(args: argparse.Namespace, name: str, backend: str) -> tuple[Any, str]:
-    """``zrl eval``'s generator for the model ``name`` (its path or hub id) and its device in words."""
+def model_fingerprint(path: str | Path) -> str:
+    """What identifies a model's weights for the results cache: the names, sizes and modification times of its
+    weight files (a model retrained into the same folder is a new model); a Hub id stands for itself."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return str(path)
+    files = sorted(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in folder.iterdir()
+        if f.suffix in (".safetensors", ".bin", ".pt", ".gguf") or f.name == "config.json"
+    )
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+
+
+def _generator(
+    args: argparse.Namespace, name: str, backend: str, problems: dict[str, list[dict[str, Any]]]
+) -> tuple[Any, str, str]:
+    """``zrl eval``'s generator for the model ``name`` (its path or hub id), its device in words, and the model's
+    fingerprint."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from .devices import cpu_supports_bf16, cuda_available, describe
+    from .evaluation import _prompt_text
     from .generation import TransformersGenerator, VLLMGenerator
     from .models import resolve_model
 
@@ -228,13 +255,30 @@ def _generator(args: argparse.Namespace, name: str, backend: str) -> tuple[Any, 
     path = resolve_model(name, args.output or ".")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if backend == "vllm":  # vLLM computes in the dtype itself (no autocast): bf16 weights where bf16 is native
-        where = f"vLLM on {device}, {'bf16' if bf16 else 'fp32'}"
+        from ..trainers.vllm_cpu import vllm_runs_on_cpu
+
+        # the context vLLM reserves: the longest prompt and the budget, not the model's whole window (a 32k window
+        # would size every engine step and the KV cache for one 32k sequence)
+        longest = max(
+            len(tokenizer(_prompt_text(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"])
+            for rows in problems.values()
+            for row in rows
+        )
+        window = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+        context = longest + args.max_new_tokens
+        if window is not None and context > window:
+            raise ConfigError(
+                f"{name}: the longest prompt ({longest} tokens) and --max_new_tokens {args.max_new_tokens} need "
+                f"{context} positions; the model has {window}. Lower --max_new_tokens."
+            )
+        where = f"vLLM on {'cpu' if vllm_runs_on_cpu() else 'gpu'}, {'bf16' if bf16 else 'fp32'}"
         print(f"{name}: {where}", file=sys.stderr)
-        return VLLMGenerator(str(path), tokenizer, dtype="bfloat16" if bf16 else "float32"), where
+        generate = VLLMGenerator(str(path), tokenizer, dtype="bfloat16" if bf16 else "float32", max_model_len=context)
+        return generate, where, model_fingerprint(path)
     model = AutoModelForCausalLM.from_pretrained(path).to(device)
     print(f"{name}: device {describe(device, bf16)}", file=sys.stderr)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
-    return TransformersGenerator(model, tokenizer, autocast), describe(device, bf16)
+    return TransformersGenerator(model, tokenizer, autocast), describe(device, bf16), model_fingerprint(path)
 
 
 def _write_report(output: str | None, report: dict[str, Any], table: str) -> int:

@@ -56,17 +56,30 @@ def generate_completions(
             generated = out[:, batch["input_ids"].shape[1] :]
             completions += tokenizer.batch_decode(generated, skip_special_tokens=True)
             if stats is not None:
-                stats += [_length_and_truncation(row.tolist(), tokenizer.eos_token_id) for row in generated]
+                stops = stop_token_ids(model, tokenizer)
+                stats += [_length_and_truncation(row.tolist(), stops) for row in generated]
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     return completions
 
 
-def _length_and_truncation(ids: list[int], eos_token_id: int | None) -> tuple[int, bool]:
-    """Generated tokens up to and including the first EOS, and whether there was none (cut by the budget)."""
-    if eos_token_id is not None and eos_token_id in ids:
-        return ids.index(eos_token_id) + 1, False
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens ``generate`` stops at: the tokenizer's EOS and the generation config's (which may be several,
+    e.g. ``<|im_end|>`` and ``<|endoftext|>``)."""
+    stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        stops |= set(configured) if isinstance(configured, list | tuple) else {configured}
+    return stops
+
+
+def _length_and_truncation(ids: list[int], stops: set[int]) -> tuple[int, bool]:
+    """Generated tokens up to and including the first stop token, and whether there was none (cut by the
+    budget)."""
+    for position, token in enumerate(ids):
+        if token in stops:
+            return position + 1, False
     return len(ids), True
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from .evaluation import _length_and_truncation, _prompt_text
+from .evaluation import _prompt_text
 
 Backend = Literal["auto", "vllm", "transformers"]
 
@@ -35,6 +35,7 @@ class Generator(Protocol):
 
     name: str
     chunk: int  # problems generated (and then cached) together
+    per_problem_seeds: bool  # whether a problem's samples are independent of the other problems in its chunk
 
     def __call__(
         self, prompts: Sequence[Any], indices: Sequence[int], *, max_new_tokens: int, k: int, temperature: float,
@@ -55,6 +56,7 @@ class TransformersGenerator:
 
     name = "transformers"
     chunk = 32
+    per_problem_seeds = False
 
     def __init__(self, model: Any, tokenizer: Any, autocast: Any = None, chunk: int | None = None):
         self.model, self.tokenizer, self.autocast = model, tokenizer, autocast
@@ -74,11 +76,13 @@ class TransformersGenerator:
                 )
             return [Completion(t, n, cut) for t, (n, cut) in zip(texts, stats, strict=True)]
 
-        greedy = run()
+        # the model's generation config may add a repetition penalty; vLLM's explicit sampling parameters do not
+        greedy = run(do_sample=False, repetition_penalty=1.0)
         samples: list[list[Completion]] = [[] for _ in prompts]
         for s in range(k):
             torch.manual_seed(problem_seed(seed, indices[0]) + s)
-            for row, completion in zip(samples, run(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)):
+            sampled = run(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, repetition_penalty=1.0)
+            for row, completion in zip(samples, sampled):
                 row.append(completion)
         return greedy, samples
 
@@ -88,6 +92,7 @@ class VLLMGenerator:
     greedy request and its ``n = k`` sampled request, each sampled request with its :func:`problem_seed`."""
 
     name = "vllm"
+    per_problem_seeds = True
 
     def __init__(self, path: str, tokenizer: Any, dtype: str = "auto", max_model_len: int | None = None,
                  chunk: int = 512, **engine: Any):  # fmt: skip
@@ -138,12 +143,11 @@ class VLLMGenerator:
 
         gc.collect()
 
-    def _completion(self, output: Any) -> Completion:
-        # vLLM's text leaves out the EOS; its token ids keep it, as transformers' do: one length rule for both
-        tokens, truncated = _length_and_truncation(list(output.token_ids), self.tokenizer.eos_token_id)
-        if output.finish_reason == "stop":  # a stop token other than the tokenizer's EOS (the generation config's)
-            truncated = False
-        return Completion(output.text, tokens, truncated)
+    @staticmethod
+    def _completion(output: Any) -> Completion:
+        # vLLM stops at the tokenizer's and the generation config's EOS tokens, as transformers does, and keeps the
+        # stop token in the ids: tokens up to and including it, truncated when the budget ended it
+        return Completion(output.text, len(output.token_ids), output.finish_reason == "length")
 
 
 def vllm_usable() -> bool:

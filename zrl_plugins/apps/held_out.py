@@ -48,8 +48,9 @@ def sharded_scores(
     sampled: list[list[float | None]] = []
     with unwrap_model_for_generation(trainer.model_wrapped, accelerator) as model:
         completions = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size, stats=stats)
-        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        device = accelerator.device
+        devices = [device] if device.type != "cpu" else []  # the accelerator's generator too (cuda, xpu, mps, ...)
+        with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
             torch.manual_seed(seed * 1009 + rank)
             for _ in range(k):
                 texts = generate_completions(
