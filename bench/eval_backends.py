@@ -40,7 +40,7 @@ def problems(n: int) -> list[dict[str, Any]]:
     return with_prompts(task_rows(recipe, 0)[1], load_component("template", "plain"))
 
 
-def arm(backend: str, n: int, k: int, max_new_tokens: int) -> dict[str, Any]:
+def arm(backend: str, n: int, k: int, max_new_tokens: int, precision: str = "bf16") -> dict[str, Any]:
     """One backend, start to report, in this process."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,10 +56,12 @@ def arm(backend: str, n: int, k: int, max_new_tokens: int) -> dict[str, Any]:
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if backend.startswith("vllm"):
-        inner: Any = VLLMGenerator(path, tokenizer, dtype="bfloat16", max_model_len=1024)
+        dtype = "bfloat16" if precision == "bf16" else "float32"
+        inner: Any = VLLMGenerator(path, tokenizer, dtype=dtype, max_model_len=1024)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        inner = TransformersGenerator(model, tokenizer, torch.autocast("cpu", dtype=torch.bfloat16))
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+        inner = TransformersGenerator(model, tokenizer, autocast)
     start_seconds = time.perf_counter() - started
     tokens = []
 
@@ -93,11 +95,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=256)
+    parser.add_argument(
+        "--precision",
+        choices=["bf16", "fp32"],
+        default="bf16",
+        help="fp32: transformers and vLLM (both cores) in fp32 only, to tell rounding from a difference in what the "
+        "backends compute; writes eval_backends_fp32.{json,md}",
+    )
     parser.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # one arm, in the child process
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
-        Path(args.out).write_text(json.dumps(arm(args.arm, args.n, args.k, args.max_new_tokens)))
+        Path(args.out).write_text(json.dumps(arm(args.arm, args.n, args.k, args.max_new_tokens, args.precision)))
         return
 
     from bench.common import write_results
@@ -106,10 +115,13 @@ def main() -> None:
 
     results = {}
     arms = {"transformers": {}, "vllm": {}, "vllm, both cores": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}}
+    if args.precision == "fp32":
+        del arms["vllm"]
     for backend, env in arms.items():
         out = Path(tempfile.mkdtemp()) / "arm.json"
         command = [sys.executable, "-m", "bench.eval_backends", "--arm", backend, "--out", str(out), "--n",
-                   str(args.n), "--k", str(args.k), "--max_new_tokens", str(args.max_new_tokens)]  # fmt: skip
+                   str(args.n), "--k", str(args.k), "--max_new_tokens", str(args.max_new_tokens), "--precision",
+                   args.precision]  # fmt: skip
         subprocess.run(command, check=True, env={**os.environ, **env})
         results[backend] = json.loads(out.read_text())
     hf, vllm = results["transformers"], results["vllm, both cores"]
@@ -122,8 +134,8 @@ def main() -> None:
     k = args.k
     lines = [
         f"SmolLM2-135M-Instruct, {args.n} held-out two-step word problems, plain chat prompt, last_number; greedy + "
-        f"{k} samples (temperature 1) of up to {args.max_new_tokens} tokens per problem; bf16; 2 CPU cores, the "
-        "arms one after the other.",
+        f"{k} samples (temperature 1) of up to {args.max_new_tokens} tokens per problem; {args.precision}; 2 CPU "
+        "cores, the arms one after the other.",
         "",
         f"| backend | start (s) | evaluate (s) | speed-up | tokens/s | greedy pass@1 (95 % CI) | avg@{k} | "
         f"pass@{k} | maj@{k} | truncated |",
@@ -140,9 +152,10 @@ def main() -> None:
         )
     lines += [
         "",
-        f"Identical greedy completions, vLLM (both cores) and transformers: {same_greedy:.2f} of the problems "
-        f"(bf16 rounding differs between them). Greedy pass@1, vLLM − transformers: {difference:+.3f} "
-        f"({low:+.3f}–{high:+.3f}). The default vLLM start keeps one of the 2 cores for its front end.",
+        f"Identical greedy completions, vLLM (both cores) and transformers: {same_greedy:.2f} of the problems"
+        + (" (in bf16 the two round differently)" if args.precision == "bf16" else "")
+        + f". Greedy pass@1, vLLM − transformers: {difference:+.3f} ({low:+.3f}–{high:+.3f})."
+        + (" The default vLLM start keeps one of the 2 cores for its front end." if "vllm" in arms else ""),
     ]
     payload = {
         "settings": vars(args),
@@ -150,7 +163,7 @@ def main() -> None:
         "identical_greedy_fraction": same_greedy,
         "greedy_pass1_difference": {"vllm_minus_transformers": difference, "95ci": [low, high]},
     }
-    write_results("eval_backends", payload, "\n".join(lines))
+    write_results("eval_backends" + ("_fp32" if args.precision == "fp32" else ""), payload, "\n".join(lines))
 
 
 if __name__ == "__main__":
