@@ -379,3 +379,33 @@ def test_a_chunk_seeded_generator_regenerates_whole_chunks_on_resume(tmp_path):
     eval_suite.evaluate_problems(generate, rows, verifier, cache=eval_suite.ProblemCache(path), model_name="m",
                                  benchmark="b")  # fmt: skip
     assert generate.calls == [[2, 3]]
+
+
+def test_problem_fingerprints_are_stable_or_refused():
+    from zrl_plugins.apps.eval_suite import problem_fingerprint
+    from zrl_plugins.framework.errors import DataError
+
+    assert problem_fingerprint({"prompt": "p", "numbers": {3, 1, 2}}) == problem_fingerprint(
+        {"numbers": {2, 3, 1}, "prompt": "p"}
+    )
+    assert problem_fingerprint({"prompt": "p", "answer": "1"}) != problem_fingerprint({"prompt": "p", "answer": "2"})
+    with pytest.raises(DataError, match="holds a object, which zrl eval cannot fingerprint"):
+        problem_fingerprint({"prompt": "p", "extra": object()})
+
+
+def test_generation_stops_at_the_models_window(tiny_model_path):
+    """A budget past the positions the model has is cut at its window, and the cut counts as truncated."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zrl_plugins.apps.evaluation import generate_completions
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    prompt = "What is 1 + 1?"
+    width = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    model.config.max_position_embeddings = width + 3
+    model.generation_config.eos_token_id = None
+    tokenizer.eos_token_id = None  # no stop token at all: only the window ends the completion
+    stats: list[tuple[int, bool]] = []
+    generate_completions(model, tokenizer, [prompt], max_new_tokens=20, stats=stats)
+    assert stats == [(3, True)]

@@ -130,8 +130,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     backend = choose_backend(args.backend, args.device)
     # what every score depends on besides the problem and the model (which each record carries a fingerprint of)
     settings = {**generation, "seed": args.seed, "template": template_name, "template_kwargs": template_kwargs,
-                "verifier": names[0], "verifier_kwargs": kwargs.get(names[0], {}), "backend": backend,
-                "precision": args.precision, "device": args.device}  # fmt: skip
+                "verifier": names[0], "verifier_kwargs": kwargs.get(names[0], {}), "backend": backend}  # fmt: skip
+    device, bf16 = eval_device(args)  # as resolved: `auto` on a GPU and on a CPU are different settings
+    settings.update(device=device, precision="bf16" if bf16 else "fp32")
+    if backend == "vllm":
+        from ..trainers.vllm_cpu import vllm_runs_on_cpu
+
+        settings["device"] = "cpu" if vllm_runs_on_cpu() else "cuda"
     if not args.k:
         del settings["temperature"]  # greedy only: the temperature changes nothing
     cache = eval_suite.ProblemCache(Path(args.output) / "problems.jsonl" if args.output else None, settings)
@@ -222,12 +227,28 @@ def eval_template(args: argparse.Namespace, suite: Any) -> tuple[str, dict[str, 
     return "plain", given, "the default"
 
 
+def eval_device(args: argparse.Namespace) -> tuple[str, bool]:
+    """``--device`` and ``--precision`` resolved: (``cuda`` or ``cpu``, whether to compute in bf16)."""
+    import torch
+
+    from .devices import cpu_supports_bf16, cuda_available
+
+    device = args.device if args.device != "auto" else ("cuda" if cuda_available() else "cpu")
+    native_bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_supports_bf16()
+    return device, args.precision == "bf16" or (args.precision == "auto" and native_bf16)
+
+
 def model_fingerprint(path: str | Path) -> str:
     """What identifies a model's weights for the results cache: the names, sizes and modification times of its
-    weight files (a model retrained into the same folder is a new model); a Hub id stands for itself."""
+    weight files (a model retrained into the same folder is a new model); for a Hub id, its revision."""
     folder = Path(path)
-    if not folder.is_dir():
-        return str(path)
+    if not folder.is_dir():  # a Hub id: the revision the local copy is at
+        try:
+            from transformers import AutoConfig
+
+            return f"{path}@{AutoConfig.from_pretrained(str(path))._commit_hash}"
+        except (OSError, ValueError):
+            return str(path)
     files = sorted(
         (f.name, f.stat().st_size, f.stat().st_mtime_ns)
         for f in folder.iterdir()
@@ -244,14 +265,12 @@ def _generator(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .devices import cpu_supports_bf16, cuda_available, describe
+    from .devices import describe
     from .evaluation import _prompt_text
     from .generation import TransformersGenerator, VLLMGenerator
     from .models import resolve_model
 
-    device = args.device if args.device != "auto" else ("cuda" if cuda_available() else "cpu")
-    native_bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_supports_bf16()
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16)
+    device, bf16 = eval_device(args)
     path = resolve_model(name, args.output or ".")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if backend == "vllm":  # vLLM computes in the dtype itself (no autocast): bf16 weights where bf16 is native
@@ -265,12 +284,9 @@ def _generator(
             for row in rows
         )
         window = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
-        context = longest + args.max_new_tokens
-        if window is not None and context > window:
-            raise ConfigError(
-                f"{name}: the longest prompt ({longest} tokens) and --max_new_tokens {args.max_new_tokens} need "
-                f"{context} positions; the model has {window}. Lower --max_new_tokens."
-            )
+        context: int | None = longest + args.max_new_tokens
+        if window is not None and context > window:  # vLLM's own window (rope scaling included); requests are
+            context = None  # capped to it, and a completion cut there counts as truncated
         where = f"vLLM on {'cpu' if vllm_runs_on_cpu() else 'gpu'}, {'bf16' if bf16 else 'fp32'}"
         print(f"{name}: {where}", file=sys.stderr)
         generate = VLLMGenerator(str(path), tokenizer, dtype="bfloat16" if bf16 else "float32", max_model_len=context)

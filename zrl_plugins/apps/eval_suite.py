@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..framework.errors import ConfigError
+from ..framework.errors import ConfigError, DataError
 from .eval_metrics import (
     bootstrap_interval,
     default_ks,
@@ -89,7 +89,17 @@ class ProblemCache:
 
 def problem_fingerprint(row: dict[str, Any]) -> str:
     """What identifies a problem in the cache: its prompt and every other column (the gold answer, ...)."""
-    return hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(row, sort_keys=True, default=_canonical).encode()).hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    """JSON for the values rows may hold besides JSON's own (sets, tuples are lists already); anything else would
+    hash differently from run to run (an address in its repr), so it is refused by name."""
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
+        return value.tolist()
+    raise DataError(f"a problem's column holds a {type(value).__name__}, which zrl eval cannot fingerprint")
 
 
 def evaluate_problems(

@@ -47,16 +47,24 @@ def generate_completions(
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     options = sampling or {"do_sample": False}
+    # stop where TRL's rollouts and vLLM stop: at the tokenizer's EOS as well as the generation config's
+    stops = stop_token_ids(model, tokenizer)
+    window = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     completions: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
             texts = [_prompt_text(tokenizer, p) for p in prompts[start : start + batch_size]]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options)
+            budget = max_new_tokens
+            if window is not None:  # never past the positions the model has: the cut counts as truncated
+                budget = max(1, min(budget, window - batch["input_ids"].shape[1]))
+            out = model.generate(
+                **batch, max_new_tokens=budget, pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stops),
+                **options,
+            )  # fmt: skip
             generated = out[:, batch["input_ids"].shape[1] :]
             completions += tokenizer.batch_decode(generated, skip_special_tokens=True)
             if stats is not None:
-                stops = stop_token_ids(model, tokenizer)
                 stats += [_length_and_truncation(row.tolist(), stops) for row in generated]
     finally:
         tokenizer.padding_side = side

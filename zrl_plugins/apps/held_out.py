@@ -47,7 +47,10 @@ def sharded_scores(
     stats: list[tuple[int, bool]] = []
     sampled: list[list[float | None]] = []
     with unwrap_model_for_generation(trainer.model_wrapped, accelerator) as model:
-        completions = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size, stats=stats)
+        # as zrl eval generates: no repetition penalty from the model's generation config
+        completions = generate_completions(
+            model, tokenizer, prompts, max_new_tokens, batch_size, stats=stats, do_sample=False, repetition_penalty=1.0
+        )
         device = accelerator.device
         devices = [device] if device.type != "cpu" else []  # the accelerator's generator too (cuda, xpu, mps, ...)
         with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
@@ -55,7 +58,7 @@ def sharded_scores(
             for _ in range(k):
                 texts = generate_completions(
                     model, tokenizer, prompts, max_new_tokens, batch_size, do_sample=True, temperature=temperature,
-                    top_p=1.0, top_k=0,
+                    top_p=1.0, top_k=0, repetition_penalty=1.0,
                 )  # fmt: skip
                 sampled.append(verifier(prompts=prompts, completions=texts, **columns))
     scores = verifier(prompts=prompts, completions=completions, **columns)
